@@ -1,0 +1,98 @@
+"""vLLM-compatible chained prefix-cache block hashing (`sha256_cbor`, vLLM 0.32).
+
+Block i's digest is SHA-256 over canonical CBOR of the tuple
+``(parent_digest, tuple(token_ids_of_block_i), extra_keys)`` where ``parent_digest``
+is the previous block's full 32-byte digest, or NONE_HASH for the first block.
+NONE_HASH is the hash of the string ``"vllm-none-hash"`` unless a seed (vLLM reads
+``PYTHONHASHSEED``) is given, in which case it is the hash of that seed string.
+Only full blocks are hashed. KV events carry the low 64 bits of the digest read
+big-endian.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+DEFAULT_NONE_HASH_SEED = "vllm-none-hash"
+MASK_64 = (1 << 64) - 1
+
+ExtraKeys = tuple[Any, ...] | None
+
+
+def sha256_cbor(obj: object) -> bytes:
+    """vLLM's `sha256_cbor`: SHA-256 of the canonical CBOR encoding of `obj`."""
+    return hashlib.sha256(cbor2.dumps(obj, canonical=True)).digest()
+
+
+def none_hash(seed: str | None = None) -> bytes:
+    """The chain's root digest. `seed` mirrors vLLM's use of PYTHONHASHSEED."""
+    return sha256_cbor(DEFAULT_NONE_HASH_SEED if seed is None else seed)
+
+
+def hash_block(parent: bytes, token_ids: Sequence[int], extra_keys: ExtraKeys = None) -> bytes:
+    """Digest of one full block chained on `parent`."""
+    return sha256_cbor((parent, tuple(token_ids), extra_keys))
+
+
+def to_event_int(digest: bytes) -> int:
+    """The 64-bit integer vLLM 0.32 publishes in KV events for `digest`."""
+    return int.from_bytes(digest, "big") & MASK_64
+
+
+def normalize_event_hash(value: int | bytes) -> int:
+    """Any published form (unsigned int, signed int, raw digest bytes) -> unsigned 64-bit."""
+    if isinstance(value, bytes | bytearray):
+        return int.from_bytes(value, "big") & MASK_64
+    return value & MASK_64
+
+
+@dataclass(frozen=True)
+class BlockHasher:
+    """Hashes token sequences block by block, chained, for one block size and seed."""
+
+    block_size: int
+    seed: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size: must be >= 1, got {self.block_size}")
+
+    @property
+    def root(self) -> bytes:
+        return none_hash(self.seed)
+
+    def extend(
+        self,
+        digests: list[bytes],
+        token_ids: Sequence[int],
+        extra_keys_first_block: ExtraKeys = None,
+        extra_keys: ExtraKeys = None,
+    ) -> list[bytes]:
+        """Append the digests of every newly full block of `token_ids` to `digests`.
+
+        `digests` holds the hashes already computed for the first len(digests) blocks,
+        so growing sequences are hashed incrementally. `extra_keys_first_block` applies
+        to block 0 only (vLLM's cache salt); `extra_keys` to every block (LoRA).
+        """
+        bs = self.block_size
+        num_full = len(token_ids) // bs
+        parent = digests[-1] if digests else self.root
+        for i in range(len(digests), num_full):
+            keys = _merge_keys(extra_keys, extra_keys_first_block if i == 0 else None)
+            parent = hash_block(parent, token_ids[i * bs : (i + 1) * bs], keys)
+            digests.append(parent)
+        return digests
+
+    def hash_all(self, token_ids: Sequence[int], extra_keys: ExtraKeys = None) -> list[bytes]:
+        return self.extend([], token_ids, extra_keys=extra_keys)
+
+
+def _merge_keys(every: ExtraKeys, first: ExtraKeys) -> ExtraKeys:
+    if every is None and first is None:
+        return None
+    return (every or ()) + (first or ())

@@ -1,0 +1,281 @@
+"""One inference engine as a pure, clock-free state machine.
+
+`step()` = schedule -> cost -> advance. It returns everything that happened (tokens
+produced, sequences finished or preempted, KV events, prefix-cache counters) and the
+step's duration in model seconds; the caller owns time (the simulator maps model time
+to the wall clock; the cluster simulation to a virtual clock).
+
+Invariants: every added request ends FINISHED (stop, length) or is aborted; a
+finished or aborted request holds no blocks; KV use never exceeds capacity; a step
+never schedules more than `max_num_batched_tokens` tokens or `max_num_seqs` sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
+
+from headway.core.block_hash import BlockHasher
+from headway.core.block_pool import BlockPool
+from headway.core.costmodel import SeqWork, StepCost
+from headway.core.kv_cache_manager import KvCacheManager
+from headway.core.kv_events import KvEvent
+from headway.core.sampler import DeterministicSampler
+from headway.core.scheduler import Scheduler, SchedulerConfig
+from headway.core.sequence import EngineRequest, FinishReason, SeqStatus, Sequence
+
+StepCostFn = Callable[[Seq[SeqWork]], StepCost]
+
+
+class RequestError(ValueError):
+    """A request the engine cannot take (duplicate id, prompt too long, bad limits)."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine limits and cache geometry, named as vLLM's flags."""
+
+    num_gpu_blocks: int
+    block_size: int = 16
+    max_model_len: int = 131072
+    enable_prefix_caching: bool = True
+    hash_seed: str | None = None
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+@dataclass(frozen=True)
+class TokenOutput:
+    """Tokens a sequence produced in one step, and whether it finished."""
+
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    num_prompt_tokens: int
+    num_output_tokens: int
+    num_cached_tokens: int
+    finish_reason: FinishReason | None
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one step did; `duration_s` is model time."""
+
+    duration_s: float
+    cost: StepCost
+    outputs: tuple[TokenOutput, ...]
+    preempted_ids: tuple[str, ...]
+    events: tuple[KvEvent, ...]
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    num_prefix_query_tokens: int
+    num_prefix_hit_tokens: int
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.outputs and self.cost.num_tokens == 0
+
+
+@dataclass(frozen=True)
+class AbortResult:
+    """A removed request: whether it existed and how many blocks became free at once."""
+
+    found: bool
+    num_freed_blocks: int
+
+
+@dataclass
+class EngineCounters:
+    """Monotonic totals since start (vLLM's counters)."""
+
+    num_prompt_tokens: int = 0
+    num_generation_tokens: int = 0
+    num_prefix_query_tokens: int = 0
+    num_prefix_hit_tokens: int = 0
+    num_preemptions: int = 0
+    num_finished: int = 0
+    num_aborted: int = 0
+    num_aborted_freed_blocks: int = 0
+    num_steps: int = 0
+
+
+class Engine:
+    """Continuous-batching engine over a paged prefix cache."""
+
+    def __init__(
+        self, config: EngineConfig, step_cost: StepCostFn, sampler: DeterministicSampler
+    ) -> None:
+        self.config = config
+        self._step_cost = step_cost
+        self.sampler = sampler
+        self.pool = BlockPool(
+            config.num_gpu_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.kv = KvCacheManager(self.pool, BlockHasher(config.block_size, config.hash_seed))
+        self.scheduler = Scheduler(config.scheduler, self.kv)
+        self.counters = EngineCounters()
+        self._seqs: dict[str, Sequence] = {}
+        self._natural_len: dict[str, int] = {}
+        self._arrivals = 0
+
+    # -- queries ----------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._seqs)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.pool.usage
+
+    def sequence(self, request_id: str) -> Sequence | None:
+        return self._seqs.get(request_id)
+
+    # -- requests ---------------------------------------------------------------
+    def add_request(self, request: EngineRequest) -> None:
+        rid = request.request_id
+        if rid in self._seqs:
+            raise RequestError(f"request_id: {rid!r} is already in the engine")
+        n = len(request.prompt_token_ids)
+        if n == 0:
+            raise RequestError("prompt: must contain at least one token")
+        if request.max_tokens < 1:
+            raise RequestError(f"max_tokens: must be >= 1, got {request.max_tokens}")
+        if n + request.max_tokens > self.config.max_model_len:
+            raise RequestError(
+                f"prompt ({n} tokens) plus max_tokens ({request.max_tokens}) exceeds the "
+                f"model's context length of {self.config.max_model_len} tokens"
+            )
+        bs = self.config.block_size
+        if -(-(n + 1) // bs) > self.config.num_gpu_blocks:
+            raise RequestError(
+                f"prompt ({n} tokens) needs more KV blocks than the engine has "
+                f"({self.config.num_gpu_blocks} blocks of {bs} tokens)"
+            )
+        seq = Sequence(request, self._arrivals)
+        self._arrivals += 1
+        seq.sample_key = self.sampler.key_for(request.prompt_token_ids)
+        if request.prompt_block_hashes is not None:
+            seq.block_hashes = list(request.prompt_block_hashes)
+        self.kv.update_hashes(seq)
+        self._seqs[rid] = seq
+        if not request.ignore_eos:
+            self._natural_len[rid] = self.sampler.natural_length(seq.sample_key)
+        self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str) -> AbortResult:
+        """Remove a request at once and free its blocks (client disconnect)."""
+        seq = self._seqs.get(request_id)
+        if seq is None:
+            return AbortResult(False, 0)
+        freed = self._finish(seq, FinishReason.ABORT)
+        self.counters.num_aborted += 1
+        self.counters.num_aborted_freed_blocks += freed
+        return AbortResult(True, freed)
+
+    def finish_request(self, request_id: str, reason: FinishReason) -> bool:
+        """End a request early for a reason seen outside the engine (a stop string)."""
+        seq = self._seqs.get(request_id)
+        if seq is None:
+            return False
+        self._finish(seq, reason)
+        self.counters.num_finished += 1
+        return True
+
+    def reset_prefix_cache(self) -> bool:
+        return self.pool.reset_prefix_cache()
+
+    def drain_events(self) -> list[KvEvent]:
+        """KV events not yet returned by a step (e.g. after `reset_prefix_cache`)."""
+        return self.pool.drain_events()
+
+    # -- the step ---------------------------------------------------------------
+    def step(self) -> StepResult:
+        sched = self.scheduler.schedule()
+        work = [SeqWork(s.num_new_tokens, s.num_context_tokens) for s in sched.scheduled]
+        cost = self._step_cost(work)
+        outputs: list[TokenOutput] = []
+        num_prefill = num_decode = 0
+        for s in sched.scheduled:
+            seq = s.seq
+            # A step that ends exactly at the last known token samples a new one.
+            is_decode = s.num_context_tokens >= seq.num_prompt_tokens and s.num_new_tokens == 1
+            if is_decode:
+                num_decode += 1
+            else:
+                num_prefill += s.num_new_tokens
+            seq.num_computed_tokens += s.num_new_tokens
+            if seq.num_computed_tokens < seq.num_tokens:
+                self.kv.cache_full_blocks(seq)
+                continue
+            token = self._sample(seq)
+            seq.output_token_ids.append(token)
+            self.counters.num_generation_tokens += 1
+            self.kv.update_hashes(seq)
+            self.kv.cache_full_blocks(seq)
+            reason = self._stop_reason(seq, token)
+            if seq.num_output_tokens == 1:
+                self.counters.num_prompt_tokens += seq.num_prompt_tokens
+            cached = max(seq.num_cached_tokens, 0)
+            outputs.append(
+                TokenOutput(
+                    seq.request_id,
+                    (token,),
+                    seq.num_prompt_tokens,
+                    seq.num_output_tokens,
+                    cached,
+                    reason,
+                )
+            )
+            if reason is not None:
+                self._finish(seq, reason)
+                self.counters.num_finished += 1
+        self.counters.num_preemptions += len(sched.preempted)
+        self.counters.num_prefix_query_tokens += sched.num_prefix_query_tokens
+        self.counters.num_prefix_hit_tokens += sched.num_prefix_hit_tokens
+        self.counters.num_steps += 1
+        return StepResult(
+            duration_s=cost.duration_s,
+            cost=cost,
+            outputs=tuple(outputs),
+            preempted_ids=tuple(s.request_id for s in sched.preempted),
+            events=tuple(self.pool.drain_events()),
+            num_prefill_tokens=num_prefill,
+            num_decode_tokens=num_decode,
+            num_prefix_query_tokens=sched.num_prefix_query_tokens,
+            num_prefix_hit_tokens=sched.num_prefix_hit_tokens,
+        )
+
+    def _sample(self, seq: Sequence) -> int:
+        pos = seq.num_output_tokens
+        natural = self._natural_len.get(seq.request_id)
+        if natural is not None and pos + 1 >= natural:
+            return self.sampler.eos_token_id
+        return self.sampler.token_at(seq.sample_key, pos)
+
+    def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        req = seq.request
+        if not req.ignore_eos and token == self.sampler.eos_token_id:
+            return FinishReason.STOP
+        if token in req.stop_token_ids:
+            return FinishReason.STOP
+        if seq.num_output_tokens >= req.max_tokens:
+            return FinishReason.LENGTH
+        if seq.num_tokens >= self.config.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _finish(self, seq: Sequence, reason: FinishReason) -> int:
+        self.scheduler.remove(seq)
+        freed = self.kv.free(seq)
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = reason
+        del self._seqs[seq.request_id]
+        self._natural_len.pop(seq.request_id, None)
+        return freed

@@ -1,0 +1,91 @@
+"""One request's state inside the engine.
+
+Lifecycle: WAITING -> RUNNING -> (PREEMPTED -> WAITING ->) FINISHED. A preempted
+sequence loses its blocks and recomputes from token 0 (vLLM v1 recompute preemption),
+keeping the tokens it already generated. `num_computed_tokens` counts tokens whose KV
+is in the cache; `block_ids` cover at least that many tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class SeqStatus(StrEnum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    FINISHED = "finished"
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # end-of-sequence token or a stop string/token
+    LENGTH = "length"  # max_tokens or the context limit
+    ABORT = "abort"  # client went away or an operator cancelled it
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """What the engine needs to serve one request (already tokenized)."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    max_tokens: int
+    ignore_eos: bool = False
+    stop_token_ids: frozenset[int] = frozenset()
+    lora_name: str | None = None
+    lora_id: int | None = None
+    cache_salt: str | None = None
+    priority: int = 0
+    # Precomputed prompt block hashes (the cluster simulator caches them per prompt).
+    prompt_block_hashes: tuple[bytes, ...] | None = None
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Mutable engine-side state of one request."""
+
+    request: EngineRequest
+    arrival_index: int
+    status: SeqStatus = SeqStatus.WAITING
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    block_ids: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)
+    num_cached_blocks: int = 0  # leading blocks already registered in the prefix cache
+    num_cached_tokens: int = -1  # prefix hit at first scheduling (-1: not yet scheduled)
+    num_preemptions: int = 0
+    finish_reason: FinishReason | None = None
+    sample_key: int = 0
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.request.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    def token_ids(self) -> list[int]:
+        return [*self.request.prompt_token_ids, *self.output_token_ids]
+
+    @property
+    def extra_keys(self) -> tuple[Any, ...] | None:
+        """vLLM's per-block extra hash keys for LoRA (every block)."""
+        if self.request.lora_name is None:
+            return None
+        return (self.request.lora_name,)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SeqStatus.FINISHED

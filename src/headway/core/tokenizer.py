@@ -1,0 +1,90 @@
+"""What `core` needs of a tokenizer (a protocol), and the one chat template.
+
+The concrete tokenizer is loaded by `headway.resources.tokenizer` (the shipped
+byte-level BPE or any Hugging Face `tokenizer.json`) and passed in.
+
+The chat template is Llama-3's layout, applied the same way by the simulator, the
+gateway and the benchmark so that a prompt's tokens, and hence its block hashes, are
+identical everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+BEGIN_OF_TEXT = "<|begin_of_text|>"
+END_OF_TEXT = "<|end_of_text|>"
+START_HEADER = "<|start_header_id|>"
+END_HEADER = "<|end_header_id|>"
+END_OF_TURN = "<|eot_id|>"
+SPECIAL_TOKENS = (BEGIN_OF_TEXT, END_OF_TEXT, START_HEADER, END_HEADER, END_OF_TURN)
+
+
+class Tokenizer(Protocol):
+    """Text <-> token ids."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_token_id(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings in it map to their ids."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Text of `token_ids`, special tokens left out."""
+        ...
+
+
+class ChatTemplateError(ValueError):
+    """A message list the template cannot render; the message names the field."""
+
+
+def message_text(content: Any, where: str) -> str:
+    """The text of a message's `content`: a string, or a list of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for i, part in enumerate(content):
+            if not isinstance(part, Mapping) or "type" not in part:
+                raise ChatTemplateError(f"{where}[{i}]: must be an object with a 'type'")
+            if part["type"] == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise ChatTemplateError(f"{where}[{i}].text: must be a string")
+                parts.append(text)
+            else:
+                # Images and audio are not simulated; they contribute no text tokens.
+                continue
+        return "".join(parts)
+    raise ChatTemplateError(f"{where}: must be a string or a list of content parts")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """Llama-3-style chat layout."""
+
+    def render(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        if not messages:
+            raise ChatTemplateError("messages: must contain at least one message")
+        out = [BEGIN_OF_TEXT]
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, Mapping):
+                raise ChatTemplateError(f"messages[{i}]: must be an object")
+            role = msg.get("role")
+            if not isinstance(role, str) or not role:
+                raise ChatTemplateError(f"messages[{i}].role: must be a non-empty string")
+            text = message_text(msg.get("content"), f"messages[{i}].content")
+            out.append(f"{START_HEADER}{role}{END_HEADER}\n\n{text}{END_OF_TURN}")
+        if add_generation_prompt:
+            out.append(f"{START_HEADER}assistant{END_HEADER}\n\n")
+        return "".join(out)
