@@ -1,0 +1,20 @@
+"""`headway plan ...` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from headway.plan import throughput
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="plan_command", metavar="PLAN_COMMAND", required=True)
+    p = sub.add_parser(
+        "throughput", help=throughput.__doc__.splitlines()[0] if throughput.__doc__ else ""
+    )
+    throughput.add_arguments(p)
+    p.set_defaults(_plan_run=throughput.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._plan_run(args))

@@ -1,0 +1,229 @@
+"""`headway sim`: run N simulated vLLM replicas in one process.
+
+Replica i listens on --port + i. With --kv-events-port Q, replica i publishes KV
+events on tcp://*:(Q + i) and serves replay on tcp://*:(Q + 1000 + i); or pass vLLM's
+--kv-events-config JSON, whose endpoint ports are offset by i the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from headway.core.kv_events import WireEncoding
+from headway.sim.config import KvEventsSettings, SimConfig
+from headway.sim.faults import FaultConfig, FaultConfigError
+from headway.sim.fleet import Fleet, FleetConfigError
+
+REPLAY_PORT_OFFSET = 1000
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fleet")
+    g.add_argument("--replicas", type=int, default=1, help="number of replicas (default 1)")
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument(
+        "--port", type=int, default=8000, help="replica i listens on PORT+i; 0 = ephemeral"
+    )
+    g.add_argument("--time-scale", type=float, default=1.0,
+                   help="model seconds per wall second; 0.1 runs ten times slower than the modeled GPU")  # fmt: skip
+    g.add_argument("--seed", type=int, default=0, help="seed of generated text and faults")
+    g.add_argument(
+        "--ready-file", type=Path, help="write the fleet's addresses as JSON here when ready"
+    )
+    g = p.add_argument_group("model and hardware")
+    g.add_argument("--model", default="llama-3.1-8b", help="catalog model name or alias")
+    g.add_argument("--served-model-name", nargs="+", default=None, help="names the API accepts")
+    g.add_argument("--gpu", default="h100")
+    g.add_argument("--precision", default="fp8")
+    g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1)
+    g.add_argument(
+        "--catalog", action="append", default=[], help="extra catalog YAML (GPUs, models)"
+    )
+    g.add_argument(
+        "--tokenizer", default=None, help="a Hugging Face tokenizer.json (default: shipped)"
+    )
+    g.add_argument("--mean-output-tokens", type=float, default=200.0,
+                   help="mean natural answer length when ignore_eos is not set")  # fmt: skip
+    g = p.add_argument_group("engine (vLLM's flags)")
+    g.add_argument("--block-size", type=int, default=16)
+    g.add_argument("--max-num-seqs", type=int, default=256)
+    g.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    g.add_argument("--max-model-len", type=int, default=None)
+    g.add_argument("--num-gpu-blocks-override", type=int, default=None)
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--enable-prompt-tokens-details", action="store_true",
+                   help="report usage.prompt_tokens_details.cached_tokens (off by default, as in vLLM)")  # fmt: skip
+    g.add_argument("--prefix-caching-hash-algo", default="sha256_cbor", choices=["sha256_cbor"])
+    g.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024)
+    g = p.add_argument_group("KV events")
+    g.add_argument("--kv-events-port", type=int, default=None,
+                   help="publish on tcp://*:(Q+i), replay on tcp://*:(Q+1000+i)")  # fmt: skip
+    g.add_argument("--kv-events-config", default=None, help="vLLM's JSON form")
+    g.add_argument("--kv-events-encoding", choices=[e.value for e in WireEncoding], default="map",
+                   help="map: vLLM 0.32 (tagged maps); array: older vLLM (tagged arrays)")  # fmt: skip
+    g.add_argument("--kv-events-topic", default="")
+    g = p.add_argument_group("fault injection (all replicas, or those in --fault-replicas)")
+    g.add_argument("--fault-error-rate", type=float, default=0.0)
+    g.add_argument("--fault-crash-after", type=int, default=None)
+    g.add_argument("--fault-hang", action="store_true")
+    g.add_argument("--fault-slowdown", type=float, default=1.0)
+    g.add_argument("--fault-drop-stream-after", type=int, default=None)
+    g.add_argument("--fault-replicas", default=None, help="comma-separated replica indexes")
+    p.add_argument("--log-level", default="WARNING")
+
+
+class CliError(ValueError):
+    """A bad flag; the message names it."""
+
+
+def _kv_settings(args: argparse.Namespace) -> KvEventsSettings | None:
+    encoding = WireEncoding(args.kv_events_encoding)
+    if args.kv_events_config:
+        try:
+            cfg = json.loads(args.kv_events_config)
+        except json.JSONDecodeError as exc:
+            raise CliError(f"--kv-events-config: not valid JSON: {exc}") from None
+        if not isinstance(cfg, dict):
+            raise CliError("--kv-events-config: must be a JSON object")
+        if not cfg.get("enable_kv_cache_events", False):
+            return None
+        if cfg.get("publisher", "zmq") not in ("zmq", "null"):
+            raise CliError(f"--kv-events-config: publisher {cfg['publisher']!r} is not supported")
+        if cfg.get("publisher") == "null":
+            return None
+        return KvEventsSettings(
+            endpoint=str(cfg.get("endpoint", "tcp://*:5557")),
+            replay_endpoint=cfg.get("replay_endpoint"),
+            topic=str(cfg.get("topic", "")),
+            encoding=encoding,
+            buffer_steps=int(cfg.get("buffer_steps", 10_000)),
+        )
+    if args.kv_events_port is None:
+        return None
+    q = args.kv_events_port
+    return KvEventsSettings(
+        endpoint=f"tcp://*:{q}",
+        replay_endpoint=f"tcp://*:{q + REPLAY_PORT_OFFSET if q else 0}",
+        topic=args.kv_events_topic,
+        encoding=encoding,
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    checks = [
+        ("--replicas", args.replicas >= 1),
+        ("--time-scale", args.time_scale > 0),
+        ("--block-size", args.block_size >= 1),
+        ("--max-num-seqs", args.max_num_seqs >= 1),
+        ("--max-num-batched-tokens", args.max_num_batched_tokens >= 1),
+        ("--tp", args.tp >= 1),
+        ("--port", 0 <= args.port <= 65535 - args.replicas),
+        ("--gpu-memory-utilization", 0 < args.gpu_memory_utilization <= 1),
+    ]
+    for flag, ok in checks:
+        if not ok:
+            raise CliError(f"{flag}: invalid value {getattr(args, flag[2:].replace('-', '_'))!r}")
+    if args.num_gpu_blocks_override is not None and args.num_gpu_blocks_override < 1:
+        raise CliError("--num-gpu-blocks-override: must be >= 1")
+    try:
+        faults = FaultConfig(
+            error_rate=args.fault_error_rate,
+            crash_after_requests=args.fault_crash_after,
+            hang=args.fault_hang,
+            slowdown=args.fault_slowdown,
+            drop_stream_after_tokens=args.fault_drop_stream_after,
+        )
+    except FaultConfigError as exc:
+        raise CliError(f"--fault-{exc}") from None
+    fault_replicas = None
+    if args.fault_replicas:
+        try:
+            fault_replicas = tuple(int(x) for x in args.fault_replicas.split(","))
+        except ValueError:
+            raise CliError("--fault-replicas: expected comma-separated integers") from None
+    return SimConfig(
+        model=args.model,
+        served_model_names=tuple(args.served_model_name or ()),
+        gpu=args.gpu,
+        precision=args.precision,
+        tp=args.tp,
+        num_replicas=args.replicas,
+        host=args.host,
+        port=args.port,
+        time_scale=args.time_scale,
+        seed=args.seed,
+        block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len,
+        num_gpu_blocks_override=args.num_gpu_blocks_override,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enable_prefix_caching=args.enable_prefix_caching,
+        enable_prompt_tokens_details=args.enable_prompt_tokens_details,
+        # vLLM seeds the hash chain with PYTHONHASHSEED when it is set.
+        hash_seed=os.environ.get("PYTHONHASHSEED"),
+        tokenizer=args.tokenizer,
+        catalog_files=tuple(args.catalog),
+        kv_events=_kv_settings(args),
+        faults=faults,
+        fault_replicas=fault_replicas,
+        max_body_bytes=args.max_body_bytes,
+        mean_output_tokens=args.mean_output_tokens,
+    )
+
+
+async def serve(config: SimConfig, ready_file: Path | None) -> None:
+    fleet = Fleet(config)
+    try:
+        await fleet.start()
+        info: dict[str, Any] = fleet.describe()
+        line = json.dumps(info)
+        if ready_file is not None:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(line)
+            tmp.replace(ready_file)
+        for r in info["replicas"]:
+            print(f"replica {r['index']}: {r['url']}"
+                  + (f"  kv-events {r['kv_events_endpoint']}" if r["kv_events_endpoint"] else ""),
+                  flush=True)  # fmt: skip
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await fleet.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+    except CliError as exc:
+        print(f"headway sim: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        runner = asyncio.run
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            runner(serve(config, args.ready_file))
+    except (FleetConfigError, OSError) as exc:
+        print(f"headway sim: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

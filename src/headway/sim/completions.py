@@ -1,0 +1,231 @@
+"""Serving one completion request on a replica: the OpenAI response shapes vLLM
+produces, streamed (SSE) or whole, with usage, stop strings and disconnect handling."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from headway.core.sequence import FinishReason
+from headway.sim.protocol import ParsedRequest
+from headway.sim.replica import Emission, Replica, RequestHandle
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class StreamDropped(ConnectionResetError):
+    """Fault injection cut the connection mid-stream."""
+
+
+@dataclass
+class RequestState:
+    """Text and timing assembled from a request's emissions."""
+
+    parsed: ParsedRequest
+    response_id: str
+    created: int
+    model: str
+    text: str = ""
+    num_output_tokens: int = 0
+    num_cached_tokens: int = 0
+    finish_reason: str | None = None
+
+
+def usage(state: RequestState, report_cached: bool) -> dict[str, Any]:
+    n_prompt = len(state.parsed.prompt_token_ids)
+    out: dict[str, Any] = {
+        "prompt_tokens": n_prompt,
+        "total_tokens": n_prompt + state.num_output_tokens,
+        "completion_tokens": state.num_output_tokens,
+        "prompt_tokens_details": (
+            {"cached_tokens": state.num_cached_tokens} if report_cached else None
+        ),
+    }
+    return out
+
+
+class TextAssembler:
+    """Turns emitted token ids into text, applying stop strings."""
+
+    def __init__(self, token_text: Callable[[int], str], eos_token_id: int) -> None:
+        self._token_text = token_text
+        self._eos = eos_token_id
+
+    def advance(self, state: RequestState, emission: Emission) -> str:
+        """Apply one emission; returns the new text to send (may be empty)."""
+        out = emission.output
+        state.num_output_tokens = out.num_output_tokens
+        state.num_cached_tokens = out.num_cached_tokens
+        new = "".join(self._token_text(t) for t in out.new_token_ids if t != self._eos)
+        if out.finish_reason is not None:
+            state.finish_reason = out.finish_reason.value
+        if state.parsed.stop and new:
+            combined = state.text + new
+            # Search only where a stop string could newly appear.
+            start = max(0, len(state.text) - max(len(s) for s in state.parsed.stop) + 1)
+            cut = min(
+                (i for s in state.parsed.stop if (i := combined.find(s, start)) >= 0),
+                default=-1,
+            )
+            if cut >= 0:
+                new = combined[len(state.text) : cut] if cut > len(state.text) else ""
+                state.text = combined[:cut]
+                state.finish_reason = FinishReason.STOP.value
+                return new
+        state.text += new
+        return new
+
+
+class CompletionWriter:
+    """Writes one request's response, streaming or not."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        assembler: TextAssembler,
+        report_cached_tokens: bool,
+        on_first_token: Callable[[float], None],
+        on_token_gap: Callable[[float], None],
+    ) -> None:
+        self.replica = replica
+        self.assembler = assembler
+        self.report_cached = report_cached_tokens
+        self._on_first_token = on_first_token
+        self._on_token_gap = on_token_gap
+
+    def _record_timing(self, handle: RequestHandle, now: float) -> None:
+        if handle.first_token_at is None:
+            handle.first_token_at = now
+            self._on_first_token(now - handle.arrived_at)
+        elif handle.last_token_at is not None:
+            self._on_token_gap(now - handle.last_token_at)
+        handle.last_token_at = now
+
+    def _choice(self, state: RequestState, text: str, first: bool) -> dict[str, Any]:
+        if state.parsed.is_chat:
+            delta: dict[str, Any] = {"content": text}
+            if first:
+                delta = {"role": "assistant", "content": text}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        return {
+            "index": 0,
+            "text": text,
+            "logprobs": None,
+            "finish_reason": None,
+            "stop_reason": None,
+        }
+
+    def _chunk(self, state: RequestState, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": state.response_id,
+            "object": "chat.completion.chunk" if state.parsed.is_chat else "text_completion",
+            "created": state.created,
+            "model": state.model,
+            "choices": choices,
+        }
+
+    async def stream(
+        self,
+        request: web.Request,
+        handle: RequestHandle,
+        state: RequestState,
+        drop_after_tokens: int | None,
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "x-request-id": handle.request_id,
+            },
+        )
+        await resp.prepare(request)
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        parsed = state.parsed
+        loop_time = self.replica._loop.time
+        first = True
+        if parsed.echo_prompt:
+            chunk = self._chunk(state, [self._choice(state, parsed.echo_prompt, False)])
+            await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+        while state.finish_reason is None:
+            emission = await handle.queue.get()
+            self._record_timing(handle, loop_time())
+            text = self.assembler.advance(state, emission)
+            choice = self._choice(state, text, first)
+            first = False
+            if state.finish_reason is not None:
+                choice["finish_reason"] = state.finish_reason
+                if emission.output.finish_reason is None:
+                    # A stop string ended it: the engine still holds the sequence.
+                    self.replica.finish(handle.request_id, FinishReason.STOP)
+            chunk = self._chunk(state, [choice])
+            if parsed.continuous_usage_stats:
+                chunk["usage"] = usage(state, self.report_cached)
+            if parsed.debug_timing:
+                chunk["headway_debug"] = {
+                    "scheduled_at": emission.scheduled_at,
+                    "sent_at": time.time(),
+                }
+            await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+            if drop_after_tokens is not None and state.num_output_tokens >= drop_after_tokens:
+                raise StreamDropped("fault injection: stream dropped")
+        if parsed.include_usage:
+            final = self._chunk(state, [])
+            final["usage"] = usage(state, self.report_cached)
+            await resp.write(b"data: " + msgspec.json.encode(final) + b"\n\n")
+        await resp.write(SSE_DONE)
+        await resp.write_eof()
+        return resp
+
+    async def whole(
+        self, handle: RequestHandle, state: RequestState, drop_after_tokens: int | None
+    ) -> web.Response:
+        loop_time = self.replica._loop.time
+        while state.finish_reason is None:
+            emission = await handle.queue.get()
+            self._record_timing(handle, loop_time())
+            self.assembler.advance(state, emission)
+            if state.finish_reason is not None and emission.output.finish_reason is None:
+                self.replica.finish(handle.request_id, FinishReason.STOP)
+            if drop_after_tokens is not None and state.num_output_tokens >= drop_after_tokens:
+                raise StreamDropped("fault injection: connection dropped")
+        parsed = state.parsed
+        if parsed.is_chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": state.text, "tool_calls": []},
+                "logprobs": None,
+                "finish_reason": state.finish_reason,
+                "stop_reason": None,
+            }
+            obj = "chat.completion"
+        else:
+            choice = {
+                "index": 0,
+                "text": parsed.echo_prompt + state.text,
+                "logprobs": None,
+                "finish_reason": state.finish_reason,
+                "stop_reason": None,
+            }
+            obj = "text_completion"
+        body = {
+            "id": state.response_id,
+            "object": obj,
+            "created": state.created,
+            "model": state.model,
+            "choices": [choice],
+            "usage": usage(state, self.report_cached),
+        }
+        return web.Response(
+            body=msgspec.json.encode(body),
+            content_type="application/json",
+            headers={"x-request-id": handle.request_id},
+        )

@@ -1,0 +1,61 @@
+"""Typed configuration of a simulated fleet (from `headway sim` flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from headway.core.kv_events import WireEncoding
+from headway.sim.faults import FaultConfig
+
+
+@dataclass(frozen=True)
+class KvEventsSettings:
+    """vLLM's `--kv-events-config` plus the simulator's port conventions.
+
+    Replica i publishes on `endpoint`'s port + i and serves replay on
+    `replay_endpoint`'s port + i (vLLM's data-parallel rule). With only
+    `--kv-events-port Q`, the endpoints are tcp://*:Q and tcp://*:(Q + 1000).
+    """
+
+    endpoint: str
+    replay_endpoint: str | None
+    topic: str = ""
+    encoding: WireEncoding = WireEncoding.MAP
+    buffer_steps: int = 10_000
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything one `headway sim` process needs. Defaults follow vLLM where a router
+    can observe them."""
+
+    model: str = "llama-3.1-8b"
+    served_model_names: tuple[str, ...] = ()
+    gpu: str = "h100"
+    precision: str = "fp8"
+    tp: int = 1
+    num_replicas: int = 1
+    host: str = "127.0.0.1"
+    port: int = 8000
+    time_scale: float = 1.0
+    seed: int = 0
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int | None = None
+    num_gpu_blocks_override: int | None = None
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    enable_prompt_tokens_details: bool = False
+    hash_seed: str | None = None
+    tokenizer: str | None = None
+    catalog_files: tuple[str, ...] = ()
+    kv_events: KvEventsSettings | None = None
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    fault_replicas: tuple[int, ...] | None = None  # None: all replicas
+    max_body_bytes: int = 64 * 1024 * 1024
+    mean_output_tokens: float = 200.0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.served_model_names or (self.model,)

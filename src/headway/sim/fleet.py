@@ -1,0 +1,214 @@
+"""A fleet of simulated replicas in one process: replica i listens on port + i.
+
+Building a fleet resolves the catalog entries, sizes each replica's KV cache from the
+cost model (or `--num-gpu-blocks-override`), creates engines with a shared tokenizer
+and sampler, and starts one aiohttp site per replica (port 0 = ephemeral ports).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq.asyncio
+from aiohttp import web
+
+from headway.core.catalog import precision as precision_by_name
+from headway.core.costmodel import CostModel, Deployment, Efficiency
+from headway.core.engine import Engine, EngineConfig
+from headway.core.sampler import DeterministicSampler
+from headway.core.scheduler import SchedulerConfig
+from headway.core.tokenizer import ChatTemplate
+from headway.resources.catalog import load_catalog
+from headway.resources.tokenizer import HfTokenizer, default_tokenizer, load_tokenizer
+from headway.sim.config import SimConfig
+from headway.sim.faults import FaultConfig, FaultInjector
+from headway.sim.kv_publisher import KvEventPublisher, KvEventsConfig
+from headway.sim.replica import Replica
+from headway.sim.server import ReplicaServer
+
+log = logging.getLogger(__name__)
+
+
+class FleetConfigError(ValueError):
+    """A configuration the fleet cannot run; the message names the flag."""
+
+
+def _offset_endpoint(endpoint: str, offset: int) -> str:
+    m = re.fullmatch(r"(tcp://[^:]+|tcp://\[[^\]]+\]):(\d+)", endpoint)
+    if not m:
+        if offset and not endpoint.startswith("ipc://"):
+            raise FleetConfigError(f"kv-events endpoint {endpoint!r}: expected tcp://HOST:PORT")
+        return endpoint if not offset else f"{endpoint}-{offset}"
+    port = int(m.group(2))
+    return f"{m.group(1)}:{port + offset}" if port else endpoint
+
+
+@dataclass
+class ReplicaRuntime:
+    """A started replica: its server, site and addresses."""
+
+    server: ReplicaServer
+    runner: web.AppRunner
+    port: int
+    kv_events_endpoint: str | None = None
+    kv_replay_endpoint: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Fleet:
+    """N simulated replicas sharing one event loop."""
+
+    config: SimConfig
+    replicas: list[ReplicaRuntime] = field(default_factory=list)
+    tokenizer: HfTokenizer | None = None
+    cost_model: CostModel | None = None
+    _zmq: zmq.asyncio.Context | None = None
+
+    def describe(self) -> dict[str, Any]:
+        assert self.cost_model is not None
+        d = self.cost_model.deployment
+        first = self.replicas[0].server.replica.engine.config if self.replicas else None
+        return {
+            "model": d.model.name,
+            "served_model_names": list(self.config.names),
+            "gpu": d.gpu.name,
+            "precision": d.precision.name,
+            "tp": d.tp,
+            "time_scale": self.config.time_scale,
+            "num_gpu_blocks": first.num_gpu_blocks if first else None,
+            "block_size": self.config.block_size,
+            "replicas": [
+                {
+                    "index": i,
+                    "url": r.url,
+                    "port": r.port,
+                    "kv_events_endpoint": r.kv_events_endpoint,
+                    "kv_replay_endpoint": r.kv_replay_endpoint,
+                }
+                for i, r in enumerate(self.replicas)
+            ],
+        }
+
+    async def start(self) -> None:
+        cfg = self.config
+        catalog = load_catalog(cfg.catalog_files)
+        try:
+            model = catalog.model(cfg.model)
+            gpu = catalog.gpu(cfg.gpu)
+            prec = precision_by_name(cfg.precision)
+            deployment = Deployment(model, gpu, prec, cfg.tp)
+        except ValueError as exc:
+            raise FleetConfigError(str(exc)) from None
+        eff = Efficiency(gpu_memory_utilization=cfg.gpu_memory_utilization)
+        self.cost_model = cost_model = CostModel(deployment, eff)
+        num_blocks = cfg.num_gpu_blocks_override or cost_model.kv_capacity_blocks(cfg.block_size)
+        if num_blocks < 1:
+            raise FleetConfigError(
+                f"--model {cfg.model} does not fit on --gpu {cfg.gpu} at --precision "
+                f"{cfg.precision} with --tp {cfg.tp}: no memory left for the KV cache"
+            )
+        max_model_len = cfg.max_model_len or model.max_model_len
+        self.tokenizer = tok = (
+            load_tokenizer(cfg.tokenizer) if cfg.tokenizer else default_tokenizer()
+        )
+        vocab = tok.word_token_ids() or tuple(range(min(tok.vocab_size, 1000)))
+        template = ChatTemplate()
+        if cfg.kv_events is not None:
+            self._zmq = zmq.asyncio.Context()
+        for i in range(cfg.num_replicas):
+            engine_config = EngineConfig(
+                num_gpu_blocks=num_blocks,
+                block_size=cfg.block_size,
+                max_model_len=max_model_len,
+                enable_prefix_caching=cfg.enable_prefix_caching,
+                hash_seed=cfg.hash_seed,
+                scheduler=SchedulerConfig(
+                    max_num_seqs=cfg.max_num_seqs,
+                    max_num_batched_tokens=cfg.max_num_batched_tokens,
+                ),
+            )
+            sampler = DeterministicSampler(
+                vocab, tok.eos_token_id, seed=cfg.seed, mean_output_tokens=cfg.mean_output_tokens
+            )
+            engine = Engine(engine_config, cost_model.step_cost, sampler)
+            publisher, sources = self._publisher(i)
+            faults = cfg.faults
+            if cfg.fault_replicas is not None and i not in cfg.fault_replicas:
+                faults = FaultConfig()
+            replica = Replica(
+                i, engine, cfg.time_scale, FaultInjector(faults, cfg.seed + i), publisher
+            )
+            server = ReplicaServer(replica, cfg, tok, template, sources, self._crashed)
+            runner = web.AppRunner(server.make_app(), handler_cancellation=True, access_log=None)
+            await runner.setup()
+            port = cfg.port + i if cfg.port else 0
+            site = web.TCPSite(runner, cfg.host, port, reuse_address=True)
+            await site.start()
+            actual_port = port or _bound_port(runner)
+            replica.start()
+            self.replicas.append(
+                ReplicaRuntime(
+                    server,
+                    runner,
+                    actual_port,
+                    publisher.bound_endpoint if publisher else None,
+                    publisher.bound_replay_endpoint if publisher else None,
+                )
+            )
+
+    def _publisher(self, i: int) -> tuple[KvEventPublisher | None, dict[str, Any] | None]:
+        kv = self.config.kv_events
+        if kv is None or self._zmq is None:
+            return None, None
+        endpoint = _offset_endpoint(kv.endpoint, i)
+        replay = _offset_endpoint(kv.replay_endpoint, i) if kv.replay_endpoint else None
+        pub_cfg = KvEventsConfig(endpoint, replay, kv.topic, kv.encoding, kv.buffer_steps)
+        publisher = KvEventPublisher(pub_cfg, self._zmq)
+        pub_cfg = publisher.config
+        sources = {
+            "0": {
+                "enable_kv_cache_events": True,
+                "publisher": "zmq",
+                "endpoint": publisher.bound_endpoint,
+                "replay_endpoint": publisher.bound_replay_endpoint,
+                "buffer_steps": kv.buffer_steps,
+                "hwm": pub_cfg.hwm,
+                "max_queue_size": 100000,
+                "topic": kv.topic,
+            }
+        }
+        return publisher, sources
+
+    def _crashed(self, server: ReplicaServer) -> None:
+        for r in self.replicas:
+            if r.server is server:
+                asyncio.get_running_loop().create_task(self._stop_replica(r))
+
+    async def _stop_replica(self, r: ReplicaRuntime) -> None:
+        await r.server.replica.stop()
+        await r.runner.shutdown()
+        await r.runner.cleanup()
+
+    async def stop(self) -> None:
+        for r in self.replicas:
+            await r.server.replica.stop()
+        for r in self.replicas:
+            await r.runner.cleanup()
+        if self._zmq is not None:
+            self._zmq.term()
+            self._zmq = None
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple):
+            return int(addr[1])
+    raise RuntimeError("replica site has no TCP address")
