@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/python -m headway.sim.demo
+	$(BIN)/headway demo
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks scripts

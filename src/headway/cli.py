@@ -13,6 +13,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("headway.sim.cli", "run a fleet of simulated vLLM engines"),
     "plan": ("headway.plan.cli", "capacity planning and tokenomics"),
+    "demo": ("headway.demo", "the main job on a built-in simulated fleet"),
 }
 
 

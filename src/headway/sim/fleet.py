@@ -115,7 +115,16 @@ class Fleet:
                 f"--model {cfg.model} does not fit on --gpu {cfg.gpu} at --precision "
                 f"{cfg.precision} with --tp {cfg.tp}: no memory left for the KV cache"
             )
-        max_model_len = cfg.max_model_len or model.max_model_len
+        capacity_tokens = num_blocks * cfg.block_size
+        if cfg.max_model_len is not None and cfg.max_model_len > capacity_tokens:
+            # vLLM refuses to start when one max-length request cannot fit the KV cache.
+            raise FleetConfigError(
+                f"--max-model-len {cfg.max_model_len}: larger than the KV cache holds "
+                f"({num_blocks} blocks x {cfg.block_size} = {capacity_tokens} tokens)"
+            )
+        # Unset, it is the model's context length, capped (as vLLM's estimate suggests)
+        # at what the KV cache holds.
+        max_model_len = cfg.max_model_len or min(model.max_model_len, capacity_tokens)
         self.tokenizer = tok = (
             load_tokenizer(cfg.tokenizer) if cfg.tokenizer else default_tokenizer()
         )
