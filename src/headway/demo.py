@@ -141,11 +141,15 @@ async def run_demo(args: argparse.Namespace) -> None:
         results = await asyncio.gather(
             *(
                 _stream_one(
-                    clients[i % len(clients)], model,
-                    [{"role": "system", "content": SYSTEM_PROMPT},
-                     {"role": "user", "content": f"Question number {i}: how many GPUs?"}],
-                    None, max_tokens=64,
-                )  # fmt: skip
+                    clients[i % len(clients)],
+                    model,
+                    [
+                        {"role": "system", "content": SYSTEM_PROMPT},
+                        {"role": "user", "content": f"Question number {i}: how many GPUs?"},
+                    ],
+                    None,
+                    max_tokens=64,
+                )
                 for i in range(args.requests)
             )
         )
