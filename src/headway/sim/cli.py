@@ -82,6 +82,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="WARNING")
 
 
+# FaultConfig field -> the flag that sets it.
+_FAULT_FLAGS = {
+    "error_rate": "--fault-error-rate",
+    "crash_after_requests": "--fault-crash-after",
+    "hang": "--fault-hang",
+    "slowdown": "--fault-slowdown",
+    "drop_stream_after_tokens": "--fault-drop-stream-after",
+}
+
+
 class CliError(ValueError):
     """A bad flag; the message names it."""
 
@@ -144,7 +154,9 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
             drop_stream_after_tokens=args.fault_drop_stream_after,
         )
     except FaultConfigError as exc:
-        raise CliError(f"--fault-{exc}") from None
+        # The message starts with the config field's name; name the flag instead.
+        name, _, detail = str(exc).partition(":")
+        raise CliError(f"{_FAULT_FLAGS.get(name, '--fault-' + name)}:{detail}") from None
     fault_replicas = None
     if args.fault_replicas:
         try:
