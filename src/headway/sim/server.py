@@ -163,6 +163,10 @@ class ReplicaServer:
         )
         self._check_model(parsed.model)
         if faults.count_request():
+            # Not yet in active_requests: cut this connection too, or aiohttp would
+            # answer the raised error with a plain-text 500.
+            if request.transport is not None:
+                request.transport.abort()
             self.crash()
             raise ConnectionResetError("replica crashed (fault injection)")
         if faults.should_error():
