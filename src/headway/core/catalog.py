@@ -170,12 +170,17 @@ class ModelSpec:
         distinct experts among E when `num_tokens` tokens each pick k is
         E * (1 - (1 - k/E) ** num_tokens).
         """
-        if self.moe is None or num_tokens <= 0:
-            return self.total_params - (self.vocab_size * self.hidden_size)
         m = self.moe
-        touched = m.num_experts * (
-            1.0 - (1.0 - m.num_experts_per_token / m.num_experts) ** num_tokens
-        )
+        if m is None:
+            touched = 0.0
+        elif num_tokens <= 0:
+            touched = float(m.num_experts)
+        else:
+            touched = m.num_experts * (
+                1.0 - (1.0 - m.num_experts_per_token / m.num_experts) ** num_tokens
+            )
+        # Input-embedding rows are gathered, not streamed; the LM head is read in full
+        # (also when it is tied to the embedding, so not `total - embedding`).
         return (
             self.num_layers * self.attention_params_per_layer
             + self._ffn_params(touched)

@@ -153,10 +153,21 @@ class Engine:
                 f"model's context length of {self.config.max_model_len} tokens"
             )
         bs = self.config.block_size
-        if -(-(n + 1) // bs) > self.config.num_gpu_blocks:
+        # Recompute preemption only makes progress if each request fits the pool (and,
+        # without chunked prefill, one step) on its own: vLLM guarantees this by checking
+        # max_model_len against both at start-up; here each request is checked.
+        total = n + request.max_tokens
+        if -(-total // bs) > self.config.num_gpu_blocks:
             raise RequestError(
-                f"prompt ({n} tokens) needs more KV blocks than the engine has "
-                f"({self.config.num_gpu_blocks} blocks of {bs} tokens)"
+                f"prompt ({n} tokens) plus max_tokens ({request.max_tokens}) needs more KV "
+                f"blocks than the engine has ({self.config.num_gpu_blocks} blocks of {bs} tokens)"
+            )
+        sched = self.config.scheduler
+        if not sched.enable_chunked_prefill and total - 1 > sched.max_num_batched_tokens:
+            raise RequestError(
+                f"prompt ({n} tokens) plus max_tokens ({request.max_tokens}) exceeds "
+                f"max_num_batched_tokens ({sched.max_num_batched_tokens}) and chunked "
+                f"prefill is disabled"
             )
         seq = Sequence(request, self._arrivals)
         self._arrivals += 1

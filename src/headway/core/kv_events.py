@@ -153,7 +153,11 @@ def decode_batch(payload: bytes) -> EventBatch:
     unknown: list[str] = []
     for raw_ev in raw_events:
         tag, fields = _split_event(raw_ev)
-        ev = _build_event(tag, fields)
+        try:
+            ev = _build_event(tag, fields)
+        except (TypeError, ValueError) as exc:
+            # A field of the wrong type (hashes not a list, a hash that is a string...).
+            raise KvEventDecodeError(f"{tag}: malformed field: {exc}") from exc
         if ev is None:
             unknown.append(tag)
         else:

@@ -69,7 +69,7 @@ def parse_gpu(name: str, entry: Any) -> GpuSpec:
         raise CatalogError(f"{where}: must be a mapping")
     _check_keys(entry, _GPU_KEYS, where)
     tflops = entry.get("tflops")
-    if not isinstance(tflops, Mapping) or "bf16" not in tflops:
+    if not isinstance(tflops, Mapping) or "bf16" not in (str(f).lower() for f in tflops):
         raise CatalogError(f"{where}.tflops: must map formats to TFLOPS and include bf16")
     flops: dict[Dtype, float] = {}
     for fmt in tflops:
@@ -165,6 +165,9 @@ def parse_catalog(doc: Any, source: str = "<catalog>") -> Catalog:
     if not isinstance(doc, Mapping):
         raise CatalogError(f"{source}: top level must be a mapping with 'gpus' and/or 'models'")
     _check_keys(doc, ("gpus", "models"), source)
+    for section in ("gpus", "models"):
+        if not isinstance(doc.get(section) or {}, Mapping):
+            raise CatalogError(f"{section}: must be a mapping of names to entries")
     gpus = {name: parse_gpu(name, e) for name, e in (doc.get("gpus") or {}).items()}
     models = {name: parse_model(name, e) for name, e in (doc.get("models") or {}).items()}
     return Catalog(gpus, models)
