@@ -150,7 +150,7 @@ def test_double_free_raises() -> None:
         ([1], None, None, None, None),
         ([1, 2, 3], None, None, None, None),
         ([4, 5], h(3), None, None, None),
-        ([6], h(5), 7, "adapter", ("adapter",)),
+        ([6], h(5), 7, "adapter", [("adapter",)]),
     ],
     ids=["one-root-block", "three-root-blocks", "with-parent", "lora"],
 )
@@ -159,7 +159,7 @@ def test_cache_blocks_emits_block_stored(
     parent: bytes | None,
     lora_id: int | None,
     lora_name: str | None,
-    extra_keys: tuple | None,
+    extra_keys: list[tuple] | None,
 ) -> None:
     pool = BlockPool(8, BS, medium="GPU")
     ids = pool.allocate(len(ks))
@@ -174,7 +174,10 @@ def test_cache_blocks_emits_block_stored(
         lora_id=lora_id,
         medium="GPU",
         lora_name=lora_name,
-        extra_keys=extra_keys,
+        # One entry per block, as vLLM 0.32 publishes them.
+        extra_keys=tuple(extra_keys) if extra_keys else (None,) * len(ks),
+        group_idx=0,
+        kv_cache_spec_kind="full_attention",
     )
     assert pool.drain_events() == []
     assert set(pool.cached_hashes()) == {h(k) for k in ks}

@@ -59,14 +59,19 @@ def test_map_encoding_layout_and_omitted_defaults() -> None:
     raw = msgspec.msgpack.decode(encode_batch(EventBatch(1.0, (STORED, BlockRemoved((1,))), 2)))
     ts, events, rank = raw
     assert (ts, rank) == (1.0, 2)
+    # vLLM 0.32: lora_id, medium and lora_name have no default and are always sent;
+    # the optional fields are omitted when None.
     assert events[0] == {
         "type": "BlockStored",
         "block_hashes": [1, 2, MASK_64],
         "parent_block_hash": None,
         "token_ids": list(range(48)),
         "block_size": 16,
+        "lora_id": None,
+        "medium": "GPU",
+        "lora_name": None,
     }
-    assert events[1] == {"type": "BlockRemoved", "block_hashes": [1]}
+    assert events[1] == {"type": "BlockRemoved", "block_hashes": [1], "medium": "GPU"}
 
 
 def test_map_encoding_keeps_non_default_fields() -> None:
@@ -93,8 +98,11 @@ def test_array_encoding_layout() -> None:
         "GPU",
         None,
         None,
+        None,
+        None,
+        None,
     ]
-    assert events[1] == ["BlockRemoved", [1], "GPU"]
+    assert events[1] == ["BlockRemoved", [1], "GPU", None]
     assert events[2] == ["AllBlocksCleared"]
 
 
@@ -122,8 +130,8 @@ DIGEST_INT = int.from_bytes(DIGEST[-8:], "big")
             EventBatch(1.0, (AllBlocksCleared(),), None, ("Mystery",)),
         ),
         (
-            [1.0, [["Mystery", 1, 2], ["BlockRemoved", [3], "GPU", "extra-field"]]],
-            EventBatch(1.0, (BlockRemoved((3,)),), None, ("Mystery",)),
+            [1.0, [["Mystery", 1, 2], ["BlockRemoved", [3], "GPU", 0, "extra-field"]]],
+            EventBatch(1.0, (BlockRemoved((3,), group_idx=0),), None, ("Mystery",)),
         ),
         (
             [1.0, [{"type": "BlockRemoved", "block_hashes": [-1, DIGEST]}]],

@@ -20,7 +20,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from headway.core.block_hash import to_event_int
-from headway.core.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KvEvent
+from headway.core.kv_events import (
+    FULL_ATTENTION,
+    AllBlocksCleared,
+    BlockRemoved,
+    BlockStored,
+    KvEvent,
+)
 
 
 class OutOfBlocksError(RuntimeError):
@@ -146,11 +152,12 @@ class BlockPool:
         parent_hash: bytes | None,
         lora_id: int | None = None,
         lora_name: str | None = None,
-        extra_keys: tuple[object, ...] | None = None,
+        extra_keys: Sequence[tuple[object, ...] | None] | None = None,
     ) -> None:
         """Mark newly full blocks as cached under their hashes and report them.
 
-        `token_ids` are the tokens of exactly these blocks, concatenated.
+        `token_ids` are the tokens of exactly these blocks, concatenated; `extra_keys`
+        holds each block's keys in the untagged form events carry (None: no keys).
         """
         if not self.enable_caching or not block_ids:
             return
@@ -166,7 +173,11 @@ class BlockPool:
                 lora_id=lora_id,
                 medium=self.medium,
                 lora_name=lora_name,
-                extra_keys=extra_keys,
+                extra_keys=tuple(extra_keys)
+                if extra_keys is not None
+                else (None,) * len(block_ids),
+                group_idx=0,
+                kv_cache_spec_kind=FULL_ATTENTION,
             )
         )
 
@@ -196,7 +207,7 @@ class BlockPool:
             if not holders:
                 del self._cached[h]
         self.num_evicted_blocks += 1
-        self._events.append(BlockRemoved((to_event_int(h),), medium=self.medium))
+        self._events.append(BlockRemoved((to_event_int(h),), medium=self.medium, group_idx=0))
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the pool's accounting is inconsistent."""

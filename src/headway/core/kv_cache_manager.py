@@ -38,13 +38,11 @@ class KvCacheManager:
         bs = self.block_size
         if seq.num_tokens // bs <= len(seq.block_hashes):
             return
-        req = seq.request
-        salt = (("cache_salt", req.cache_salt),) if req.cache_salt else None
         self.hasher.extend(
             seq.block_hashes,
             seq.token_ids(),
-            extra_keys_first_block=salt,
-            extra_keys=seq.extra_keys,
+            extra_keys_first_block=seq.hash_keys_first_block,
+            extra_keys=seq.hash_keys_every_block,
         )
 
     def computed_prefix(self, seq: Sequence) -> ComputedPrefix:
@@ -102,7 +100,7 @@ class KvCacheManager:
             parent,
             lora_id=req.lora_id,
             lora_name=req.lora_name,
-            extra_keys=seq.extra_keys,
+            extra_keys=[seq.event_extra_keys(i) for i in range(start, num_full)],
         )
         seq.num_cached_blocks = num_full
 

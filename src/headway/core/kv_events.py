@@ -6,8 +6,11 @@ payload]`` where payload is msgpack. Two struct encodings exist:
 * ``map`` (vLLM 0.32): the batch is an array ``[ts, events, data_parallel_rank]`` and
   each event a map tagged ``{"type": "BlockStored", ...}``; fields at their defaults
   are omitted.
-* ``array`` (older vLLM): each event an array whose first element is the tag, fields
-  positional.
+* ``array`` (vLLM <= 0.23): each event an array whose first element is the tag, then
+  every field positionally (None as nil).
+
+Both are checked byte for byte against frames captured from vLLM's own publisher
+(tests/core/vectors/vllm_kv_events.json).
 
 `decode_batch` accepts both, tolerates unknown fields, and normalises block hashes
 (ints, signed ints or raw digests) to unsigned 64-bit ints.
@@ -25,11 +28,16 @@ import msgspec
 from headway.core.block_hash import normalize_event_hash
 
 DEFAULT_MEDIUM = "GPU"
+FULL_ATTENTION = "full_attention"
 
 
 @dataclass(frozen=True)
 class BlockStored:
-    """Blocks newly cached, in chain order; `parent_block_hash` precedes the first."""
+    """Blocks newly cached, in chain order; `parent_block_hash` precedes the first.
+
+    `extra_keys` has one entry per block: None, or the block's extra hash keys in
+    the untagged form vLLM publishes (LoRA name, (mm identifier, offset), cache salt).
+    """
 
     block_hashes: tuple[int, ...]
     parent_block_hash: int | None
@@ -39,6 +47,9 @@ class BlockStored:
     medium: str | None = DEFAULT_MEDIUM
     lora_name: str | None = None
     extra_keys: tuple[Any, ...] | None = None
+    group_idx: int | None = None
+    kv_cache_spec_kind: str | None = None
+    kv_cache_spec_sliding_window: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,7 @@ class BlockRemoved:
 
     block_hashes: tuple[int, ...]
     medium: str | None = DEFAULT_MEDIUM
+    group_idx: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +75,7 @@ class EventBatch:
 
     ts: float
     events: tuple[KvEvent, ...]
-    data_parallel_rank: int | None = None
+    data_parallel_rank: int | None = None  # vLLM's publisher fills in its rank (0)
     unknown_event_types: tuple[str, ...] = field(default=())
 
 
@@ -72,8 +84,10 @@ class WireEncoding(StrEnum):
     ARRAY = "array"
 
 
-# Positional field order of the older array encoding (tag first).
-_ARRAY_FIELDS: dict[str, tuple[str, ...]] = {
+# Field order of each event (the array encoding's positions). Fields in _REQUIRED are
+# always written in the map encoding (they have no default in vLLM 0.32, so None is
+# sent as nil); the others are omitted when None, as msgspec's omit_defaults does.
+_FIELDS: dict[str, tuple[str, ...]] = {
     "BlockStored": (
         "block_hashes",
         "parent_block_hash",
@@ -83,54 +97,51 @@ _ARRAY_FIELDS: dict[str, tuple[str, ...]] = {
         "medium",
         "lora_name",
         "extra_keys",
+        "group_idx",
+        "kv_cache_spec_kind",
+        "kv_cache_spec_sliding_window",
     ),
-    "BlockRemoved": ("block_hashes", "medium"),
+    "BlockRemoved": ("block_hashes", "medium", "group_idx"),
     "AllBlocksCleared": (),
 }
-_DEFAULTS: dict[str, Any] = {
-    "lora_id": None,
-    "medium": DEFAULT_MEDIUM,
-    "lora_name": None,
-    "extra_keys": None,
+_REQUIRED = {
+    "block_hashes",
+    "parent_block_hash",
+    "token_ids",
+    "block_size",
+    "lora_id",
+    "medium",
+    "lora_name",
 }
+_ARRAY_FIELDS = _FIELDS
 
 
 class KvEventDecodeError(ValueError):
     """A payload that is not a KV-event batch in either known encoding."""
 
 
-def _event_fields(ev: KvEvent) -> tuple[str, dict[str, Any]]:
-    if isinstance(ev, BlockStored):
-        return "BlockStored", {
-            "block_hashes": list(ev.block_hashes),
-            "parent_block_hash": ev.parent_block_hash,
-            "token_ids": list(ev.token_ids),
-            "block_size": ev.block_size,
-            "lora_id": ev.lora_id,
-            "medium": ev.medium,
-            "lora_name": ev.lora_name,
-            "extra_keys": list(ev.extra_keys) if ev.extra_keys is not None else None,
-        }
-    if isinstance(ev, BlockRemoved):
-        return "BlockRemoved", {"block_hashes": list(ev.block_hashes), "medium": ev.medium}
-    return "AllBlocksCleared", {}
+def _wire(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_wire(v) for v in value]
+    return value
 
 
 def encode_batch(batch: EventBatch, encoding: WireEncoding = WireEncoding.MAP) -> bytes:
-    """msgpack payload of `batch` in the chosen encoding."""
+    """msgpack payload of `batch`, byte-identical to vLLM's publisher: vLLM 0.32 for
+    `MAP`, vLLM 0.23 (the last array-form release) for `ARRAY`."""
     events: list[Any] = []
     for ev in batch.events:
-        tag, fields = _event_fields(ev)
+        tag = type(ev).__name__
+        names = _FIELDS[tag]
         if encoding == WireEncoding.MAP:
             body: dict[str, Any] = {"type": tag}
-            for k, v in fields.items():
-                # Fields at their defaults are omitted, as msgspec's omit_defaults does.
-                if k in _DEFAULTS and v == _DEFAULTS[k]:
-                    continue
-                body[k] = v
+            for name in names:
+                value = getattr(ev, name)
+                if value is not None or name in _REQUIRED:
+                    body[name] = _wire(value)
             events.append(body)
         else:
-            events.append([tag, *(fields[k] for k in _ARRAY_FIELDS[tag])])
+            events.append([tag, *(_wire(getattr(ev, name)) for name in names)])
     return msgspec.msgpack.encode([batch.ts, events, batch.data_parallel_rank])
 
 
@@ -173,13 +184,17 @@ def _split_event(raw_ev: Any) -> tuple[str, dict[str, Any]]:
         return tag, raw_ev
     if isinstance(raw_ev, list) and raw_ev and isinstance(raw_ev[0], str):
         tag = raw_ev[0]
-        names = _ARRAY_FIELDS.get(tag, ())
+        names = _FIELDS.get(tag, ())
         return tag, dict(zip(names, raw_ev[1:], strict=False))
     raise KvEventDecodeError(f"event is neither a tagged map nor a tagged array: {raw_ev!r:.80}")
 
 
 def _hashes(values: Sequence[int | bytes]) -> tuple[int, ...]:
     return tuple(normalize_event_hash(v) for v in values)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _build_event(tag: str, f: dict[str, Any]) -> KvEvent | None:
@@ -194,12 +209,24 @@ def _build_event(tag: str, f: dict[str, Any]) -> KvEvent | None:
             lora_id=f.get("lora_id"),
             medium=f.get("medium", DEFAULT_MEDIUM),
             lora_name=f.get("lora_name"),
-            extra_keys=tuple(extra) if extra is not None else None,
+            extra_keys=_frozen(extra) if extra is not None else None,
+            group_idx=_opt_int(f.get("group_idx")),
+            kv_cache_spec_kind=f.get("kv_cache_spec_kind"),
+            kv_cache_spec_sliding_window=_opt_int(f.get("kv_cache_spec_sliding_window")),
         )
     if tag == "BlockRemoved":
         return BlockRemoved(
-            _hashes(f.get("block_hashes") or ()), medium=f.get("medium", DEFAULT_MEDIUM)
+            _hashes(f.get("block_hashes") or ()),
+            medium=f.get("medium", DEFAULT_MEDIUM),
+            group_idx=_opt_int(f.get("group_idx")),
         )
     if tag == "AllBlocksCleared":
         return AllBlocksCleared()
     return None
+
+
+def _frozen(value: Any) -> Any:
+    """Lists from msgpack back to tuples, so decoded events compare equal."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value

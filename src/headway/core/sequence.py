@@ -37,6 +37,7 @@ class EngineRequest:
     stop_token_ids: frozenset[int] = frozenset()
     lora_name: str | None = None
     lora_id: int | None = None
+    lora_path: str = ""
     cache_salt: str | None = None
     priority: int = 0
     # Precomputed prompt block hashes (the cluster simulator caches them per prompt).
@@ -80,11 +81,27 @@ class Sequence:
         return [*self.request.prompt_token_ids, *self.output_token_ids]
 
     @property
-    def extra_keys(self) -> tuple[Any, ...] | None:
-        """vLLM's per-block extra hash keys for LoRA (every block)."""
-        if self.request.lora_name is None:
+    def hash_keys_every_block(self) -> tuple[Any, ...] | None:
+        """vLLM's tagged extra hash keys for every block: the LoRA adapter."""
+        req = self.request
+        if req.lora_name is None:
             return None
-        return (self.request.lora_name,)
+        return (("lora", req.lora_name, req.lora_path),)
+
+    @property
+    def hash_keys_first_block(self) -> tuple[Any, ...] | None:
+        """vLLM's tagged extra hash keys for block 0 only: the cache salt."""
+        salt = self.request.cache_salt
+        return (("cache_salt", salt),) if salt else None
+
+    def event_extra_keys(self, block_index: int) -> tuple[Any, ...] | None:
+        """A block's extra keys as KV events publish them: untagged, no LoRA path."""
+        keys: tuple[Any, ...] = ()
+        if self.request.lora_name is not None:
+            keys += (self.request.lora_name,)
+        if block_index == 0 and self.request.cache_salt:
+            keys += (self.request.cache_salt,)
+        return keys or None
 
     @property
     def is_finished(self) -> bool:

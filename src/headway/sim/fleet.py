@@ -182,12 +182,18 @@ class Fleet:
         pub_cfg = KvEventsConfig(endpoint, replay, kv.topic, kv.encoding, kv.buffer_steps)
         publisher = KvEventPublisher(pub_cfg, self._zmq)
         pub_cfg = publisher.config
+        # Like vLLM, report wildcard binds with the address clients should dial.
+        host = self.config.host if self.config.host not in ("0.0.0.0", "") else "127.0.0.1"
+
+        def dialable(endpoint: str | None) -> str | None:
+            return endpoint.replace("0.0.0.0", host) if endpoint else endpoint
+
         sources = {
             "0": {
                 "enable_kv_cache_events": True,
                 "publisher": "zmq",
-                "endpoint": publisher.bound_endpoint,
-                "replay_endpoint": publisher.bound_replay_endpoint,
+                "endpoint": dialable(publisher.bound_endpoint),
+                "replay_endpoint": dialable(publisher.bound_replay_endpoint),
                 "buffer_steps": kv.buffer_steps,
                 "hwm": pub_cfg.hwm,
                 "max_queue_size": 100000,

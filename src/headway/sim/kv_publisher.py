@@ -4,8 +4,10 @@
   from 0 at start. ``tcp://*:P`` binds; ``tcp://HOST:P`` connects (the subscriber
   binds and can collect many engines), as vLLM does.
 * Replay: a ROUTER socket. A DEALER sends ``[b"", start_seq (8 bytes)]``; each kept
-  batch with seq >= start_seq is answered ``[b"", seq, payload]``, then the end marker
-  ``[b"", -1 (signed 8 bytes), b""]``. Only the last `buffer_steps` batches are kept.
+  batch with seq >= start_seq is answered ``[b"", topic, seq, payload]``, then the end
+  marker ``[b"", b"", -1 (signed 8 bytes), b""]`` (vLLM 0.32; with the older array
+  encoding, as vLLM 0.23: ``[b"", seq, payload]`` and ``[b"", -1, b""]``). Malformed
+  requests get no answer. Only the last `buffer_steps` batches are kept.
 """
 
 from __future__ import annotations
@@ -94,15 +96,20 @@ class KvEventPublisher:
     async def _serve_replay(self) -> None:
         assert self._replay is not None
         sock = self._replay
+        # vLLM 0.32 (map encoding) repeats the topic frame in replies; the array-form
+        # releases (<= 0.23) did not.
+        head = (b"", self._topic) if self.config.encoding == WireEncoding.MAP else (b"",)
         while True:
             frames = await sock.recv_multipart()
-            if len(frames) < 3:
+            if len(frames) != 3 or len(frames[2]) != 8:
+                log.warning("malformed KV-event replay request ignored (%d frames)", len(frames))
                 continue
-            client, start = frames[0], int.from_bytes(frames[-1], "big")
+            client, start = frames[0], int.from_bytes(frames[2], "big")
             for seq, payload in list(self._buffer):
                 if seq >= start:
-                    await sock.send_multipart((client, b"", seq.to_bytes(8, "big"), payload))
-            await sock.send_multipart((client, b"", END_OF_REPLAY_SEQ, b""))
+                    await sock.send_multipart((client, *head, seq.to_bytes(8, "big"), payload))
+            # The end marker puts an empty frame where the topic (if any) would be.
+            await sock.send_multipart((client, *head[:-1], b"", END_OF_REPLAY_SEQ, b""))
 
     async def close(self) -> None:
         if self._replay_task is not None:

@@ -72,12 +72,14 @@ class _EngineCollector(Collector):
         yield self._gauge(
             "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage
         )
+        # vLLM labels this info gauge with the cache config and an empty `engine`, and
+        # no `model_name`.
         info = GaugeMetricFamily(
             "vllm:cache_config_info",
             "Information of the LLMEngine CacheConfig",
-            labels=[*self._cache_info, *self._labels],
+            labels=[*self._cache_info, "engine"],
         )
-        info.add_metric([*self._cache_info.values(), *self._labels.values()], 1.0)
+        info.add_metric([*self._cache_info.values(), ""], 1.0)
         yield info
         yield self._counter(
             "vllm:prompt_tokens", "Number of prefill tokens processed.", c.num_prompt_tokens
@@ -95,6 +97,10 @@ class _EngineCollector(Collector):
             c.num_prefix_hit_tokens,
         )  # fmt: skip
         yield self._counter(
+            "vllm:prompt_tokens_cached", "Number of cached prompt tokens (local prefix cache).",
+            c.num_prefix_hit_tokens,
+        )  # fmt: skip
+        yield self._counter(
             "vllm:num_preemptions", "Cumulative number of preemption from the engine.",
             c.num_preemptions,
         )  # fmt: skip
@@ -102,7 +108,10 @@ class _EngineCollector(Collector):
             "vllm:request_success", "Count of successfully processed requests.",
             labels=[*self._labels, "finished_reason"],
         )  # fmt: skip
-        for reason, n in sorted(self._counters.num_requests_success.items()):
+        # vLLM pre-creates every finished_reason at zero.
+        reasons = dict.fromkeys(("stop", "length", "abort", "error", "repetition"), 0)
+        reasons.update(self._counters.num_requests_success)
+        for reason, n in reasons.items():
             success.add_metric([*self._labels.values(), reason], n)
         yield success
         yield self._counter(

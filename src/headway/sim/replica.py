@@ -56,6 +56,7 @@ class Replica:
         faults: FaultInjector,
         publisher: KvEventPublisher | None = None,
         max_lag_s: float = 1.0,
+        spin_margin_s: float = 0.0015,
         on_step: Callable[[StepResult], None] | None = None,
     ) -> None:
         if time_scale <= 0:
@@ -66,6 +67,7 @@ class Replica:
         self.faults = faults
         self.publisher = publisher
         self.max_lag_s = max_lag_s
+        self.spin_margin_s = spin_margin_s
         self._on_step = on_step
         self._handles: dict[str, RequestHandle] = {}
         self._wake = asyncio.Event()
@@ -125,7 +127,7 @@ class Replica:
         """Publish events made outside a step (prefix-cache reset)."""
         events = self.engine.drain_events()
         if events and self.publisher is not None:
-            self.publisher.publish(EventBatch(time.time(), tuple(events)))
+            self.publisher.publish(EventBatch(time.time(), tuple(events), 0))
 
     def wall_time(self, loop_time: float) -> float:
         return loop_time + self._wall_offset
@@ -143,14 +145,27 @@ class Replica:
             self.model_time_s += result.duration_s
             real_s = result.duration_s / self.time_scale * self.faults.config.slowdown
             due = next_start + real_s
-            now = loop.time()
-            if due > now:
-                await asyncio.sleep(due - now)
+            await self._sleep_until(due)
             now = loop.time()
             lag = now - due
             self.max_observed_lag_s = max(self.max_observed_lag_s, lag)
             next_start = now if lag > self.max_lag_s else due
             self._deliver(result, due)
+
+    async def _sleep_until(self, due: float) -> None:
+        """Sleep until `due` on the loop clock, to well under a millisecond.
+
+        Event-loop timers fire up to a millisecond or two late (libuv and epoll count
+        in whole milliseconds), which is a large share of a short step. So the timer
+        is set `spin_margin_s` early and the rest is waited out by yielding to the
+        loop (other replicas' I/O keeps running meanwhile).
+        """
+        loop = self._loop
+        coarse = due - loop.time() - self.spin_margin_s
+        if coarse > 0:
+            await asyncio.sleep(coarse)
+        while loop.time() < due:
+            await asyncio.sleep(0)
 
     def _deliver(self, result: StepResult, due: float) -> None:
         scheduled_at = self.wall_time(due)
@@ -163,6 +178,6 @@ class Replica:
                 # The engine freed it; the HTTP side drains the queue and finishes.
                 self._handles.pop(out.request_id, None)
         if result.events and self.publisher is not None:
-            self.publisher.publish(EventBatch(scheduled_at, result.events))
+            self.publisher.publish(EventBatch(scheduled_at, result.events, 0))
         if self._on_step is not None:
             self._on_step(result)

@@ -28,7 +28,7 @@ from headway.sim.config import SimConfig
 from headway.sim.errors import ApiError, error_response
 from headway.sim.faults import FaultConfigError
 from headway.sim.metrics import ReplicaCounters, ReplicaMetrics
-from headway.sim.protocol import decode_json, parse_completion, render_chat
+from headway.sim.protocol import ParsedRequest, decode_json, parse_completion, render_chat
 from headway.sim.replica import Replica
 
 log = logging.getLogger(__name__)
@@ -86,11 +86,15 @@ class ReplicaServer:
         engine = replica.engine
         self.cache_info = {
             "block_size": str(engine.config.block_size),
-            "num_gpu_blocks": str(engine.config.num_gpu_blocks),
-            "enable_prefix_caching": str(engine.config.enable_prefix_caching),
             "gpu_memory_utilization": str(config.gpu_memory_utilization),
-            "cache_dtype": "auto",
+            "cache_dtype": "fp8"
+            if "kvfp8" in config.precision or config.precision in ("fp8", "fp4")
+            else "auto",
+            "num_gpu_blocks_override": str(config.num_gpu_blocks_override),
+            "enable_prefix_caching": str(engine.config.enable_prefix_caching),
             "prefix_caching_hash_algo": "sha256_cbor",
+            "num_gpu_blocks": str(engine.config.num_gpu_blocks),
+            "num_cpu_blocks": "0",
         }
         self.metrics = ReplicaMetrics(engine, config.names[0], self.cache_info, self.counters)
         self._token_text_cache: dict[int, str] = {}
@@ -313,20 +317,48 @@ class ReplicaServer:
             raise ApiError(400, "tokens: must be a list of integers", "tokens")
         return _json({"prompt": self.tokenizer.decode(tokens)})
 
+    def _generate_request(
+        self, request_id: str, parsed: ParsedRequest, data: dict[str, Any]
+    ) -> dict[str, Any]:
+        """vLLM's `GenerateRequest` (scale-out render output) for a parsed request."""
+        sampling: dict[str, Any] = {
+            "stop": list(parsed.stop),
+            "stop_token_ids": sorted(parsed.stop_token_ids),
+            "bad_words": [],
+            "skip_reading_prefix_cache": False,
+        }
+        if parsed.max_tokens is not None:
+            sampling["max_tokens"] = parsed.max_tokens
+        if parsed.ignore_eos:
+            sampling["ignore_eos"] = True
+        return {
+            "request_id": request_id,
+            "token_ids": list(parsed.prompt_token_ids),
+            "token_offsets": None,
+            "features": None,
+            "content_parts": None,
+            "sampling_params": sampling,
+            "model": parsed.model,
+            "reasoning_ended": None,
+            "reasoning_parser_kwargs": None,
+            "return_token_ids": None,
+            "output_mode": "tokens",
+            "stream": parsed.stream,
+            "stream_options": data.get("stream_options"),
+            "cache_salt": parsed.cache_salt,
+            "priority": parsed.priority,
+            "kv_transfer_params": data.get("kv_transfer_params"),
+            "ec_transfer_params": None,
+        }
+
     async def chat_render(self, request: web.Request) -> web.Response:
         data = decode_json(await request.read())
         parsed = parse_completion(
             data, is_chat=True, tokenizer=self.tokenizer, template=self.template
         )
         self._check_model(parsed.model)
-        text = render_chat(data, self.template, bool(data.get("add_generation_prompt", True)))
-        return _json(
-            {
-                "request_id": request.headers.get("x-request-id") or uuid.uuid4().hex,
-                "prompt": text,
-                "prompt_token_ids": list(parsed.prompt_token_ids),
-            }
-        )
+        base = request.headers.get("x-request-id") or uuid.uuid4().hex
+        return _json(self._generate_request("chatcmpl-" + base, parsed, data))
 
     async def completions_render(self, request: web.Request) -> web.Response:
         data = decode_json(await request.read())
@@ -334,25 +366,18 @@ class ReplicaServer:
             data, is_chat=False, tokenizer=self.tokenizer, template=self.template
         )
         self._check_model(parsed.model)
-        return _json(
-            {
-                "request_id": request.headers.get("x-request-id") or uuid.uuid4().hex,
-                "prompt": self.tokenizer.decode(parsed.prompt_token_ids),
-                "prompt_token_ids": list(parsed.prompt_token_ids),
-            }
-        )
+        base = request.headers.get("x-request-id") or uuid.uuid4().hex
+        # One GenerateRequest per prompt, as a list (the simulator takes one prompt).
+        return _json([self._generate_request("cmpl-" + base, parsed, data)])
 
     async def kv_sources(self, request: web.Request) -> web.Response:
         return _json(self.kv_event_sources or {})
 
     async def reset_prefix_cache(self, request: web.Request) -> web.Response:
+        # vLLM answers 200 {"success": false} while blocks are still held.
         ok = self.replica.engine.reset_prefix_cache()
         self.replica.publish_pending_events()
-        if not ok:
-            raise ApiError(
-                503, "cannot reset the prefix cache while requests are running; retry when idle"
-            )
-        return web.Response(status=200)
+        return _json({"success": ok})
 
     async def debug_cache(self, request: web.Request) -> web.Response:
         from headway.core.block_hash import to_event_int
