@@ -17,6 +17,8 @@ from headway.sim.protocol import ParsedRequest
 from headway.sim.replica import Emission, Replica, RequestHandle
 
 SSE_DONE = b"data: [DONE]\n\n"
+# Which replica served a response: lets tests and benchmarks see where a router sent it.
+REPLICA_HEADER = "x-headway-replica"
 
 
 class StreamDropped(ConnectionResetError):
@@ -143,6 +145,7 @@ class CompletionWriter:
                 "Content-Type": "text/event-stream; charset=utf-8",
                 "Cache-Control": "no-cache",
                 "x-request-id": handle.request_id,
+                REPLICA_HEADER: str(self.replica.index),
             },
         )
         await resp.prepare(request)
@@ -227,5 +230,5 @@ class CompletionWriter:
         return web.Response(
             body=msgspec.json.encode(body),
             content_type="application/json",
-            headers={"x-request-id": handle.request_id},
+            headers={"x-request-id": handle.request_id, REPLICA_HEADER: str(self.replica.index)},
         )
