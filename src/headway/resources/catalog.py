@@ -109,7 +109,12 @@ _MOE_KEYS = (
     "dense_intermediate_size",
 )
 _MLA_KEYS = ("kv_lora_rank", "qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim", "q_lora_rank")
-_OPTIONAL_ZERO = {"num_shared_experts", "num_dense_layers", "dense_intermediate_size", "q_lora_rank"}
+_OPTIONAL_ZERO = {
+    "num_shared_experts",
+    "num_dense_layers",
+    "dense_intermediate_size",
+    "q_lora_rank",
+}
 
 
 def _int_fields(entry: Mapping[str, Any], keys: Iterable[str], where: str) -> dict[str, int]:
