@@ -41,6 +41,19 @@ class SchedulerConfig:
             )
 
 
+_GIB = 1024**3
+
+
+def vllm_default_limits(device_memory_bytes: float) -> tuple[int, int]:
+    """vLLM 0.32's API-server defaults by GPU memory (`EngineArgs.get_batch_defaults`):
+    (max_num_batched_tokens, max_num_seqs)."""
+    if device_memory_bytes >= 160 * _GIB:
+        return 16384, 1024
+    if device_memory_bytes >= 70 * _GIB:
+        return 8192, 1024
+    return 2048, 256
+
+
 @dataclass(frozen=True)
 class ScheduledSeq:
     """A sequence's share of a step."""

@@ -55,8 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mean natural answer length when ignore_eos is not set")  # fmt: skip
     g = p.add_argument_group("engine (vLLM's flags)")
     g.add_argument("--block-size", type=int, default=16)
-    g.add_argument("--max-num-seqs", type=int, default=256)
-    g.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    g.add_argument("--max-num-seqs", type=int, default=None,
+                   help="default as vLLM 0.32 on the GPU: 1024 (>= 70 GiB), else 256")  # fmt: skip
+    g.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="default as vLLM 0.32: 16384 (>= 160 GiB), 8192 (>= 70 GiB), else 2048")  # fmt: skip
     g.add_argument("--max-model-len", type=int, default=None)
     g.add_argument("--num-gpu-blocks-override", type=int, default=None)
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -134,8 +136,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         ("--replicas", args.replicas >= 1),
         ("--time-scale", args.time_scale > 0),
         ("--block-size", args.block_size >= 1),
-        ("--max-num-seqs", args.max_num_seqs >= 1),
-        ("--max-num-batched-tokens", args.max_num_batched_tokens >= 1),
+        ("--max-num-seqs", args.max_num_seqs is None or args.max_num_seqs >= 1),
+        (
+            "--max-num-batched-tokens",
+            args.max_num_batched_tokens is None or args.max_num_batched_tokens >= 1,
+        ),
         ("--tp", args.tp >= 1),
         ("--port", 0 <= args.port <= 65535 - args.replicas),
         ("--gpu-memory-utilization", 0 < args.gpu_memory_utilization <= 1),

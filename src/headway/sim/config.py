@@ -40,8 +40,8 @@ class SimConfig:
     time_scale: float = 1.0
     seed: int = 0
     block_size: int = 16
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
+    max_num_seqs: int | None = None  # None: vLLM's default for the GPU's memory
+    max_num_batched_tokens: int | None = None
     max_model_len: int | None = None
     num_gpu_blocks_override: int | None = None
     gpu_memory_utilization: float = 0.9

@@ -20,7 +20,7 @@ from headway.core.catalog import precision as precision_by_name
 from headway.core.costmodel import CostModel, Deployment, Efficiency
 from headway.core.engine import Engine, EngineConfig
 from headway.core.sampler import DeterministicSampler
-from headway.core.scheduler import SchedulerConfig
+from headway.core.scheduler import SchedulerConfig, vllm_default_limits
 from headway.core.tokenizer import ChatTemplate
 from headway.resources.catalog import load_catalog
 from headway.resources.tokenizer import HfTokenizer, default_tokenizer, load_tokenizer
@@ -130,6 +130,7 @@ class Fleet:
         )
         vocab = tok.word_token_ids() or tuple(range(min(tok.vocab_size, 1000)))
         template = ChatTemplate()
+        default_tokens, default_seqs = vllm_default_limits(gpu.hbm_bytes)
         if cfg.kv_events is not None:
             self._zmq = zmq.asyncio.Context()
         for i in range(cfg.num_replicas):
@@ -140,8 +141,8 @@ class Fleet:
                 enable_prefix_caching=cfg.enable_prefix_caching,
                 hash_seed=cfg.hash_seed,
                 scheduler=SchedulerConfig(
-                    max_num_seqs=cfg.max_num_seqs,
-                    max_num_batched_tokens=cfg.max_num_batched_tokens,
+                    max_num_seqs=cfg.max_num_seqs or default_seqs,
+                    max_num_batched_tokens=cfg.max_num_batched_tokens or default_tokens,
                 ),
             )
             sampler = DeterministicSampler(
