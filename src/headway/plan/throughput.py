@@ -201,7 +201,7 @@ def _format(inputs: dict[str, Any], e: ThroughputEstimate) -> str:
         f"  total tokens/s (all)     {e.total_tokens_per_s:12,.0f}",
         f"  requests/s               {e.requests_per_s:12,.2f}",
         f"  batch size               {e.num_seqs:12,d}  (bound: {e.bound.value})",
-        f"  batch limits             {limits}",
+        f"  request limits           {limits}",
         f"  KV capacity              {e.kv_capacity_tokens:,} tokens = {e.kv_capacity_blocks:,} "
         f"blocks of {e.block_size}; {e.kv_blocks_per_seq} blocks per request "
         f"({e.kv_reservation.value})",
