@@ -29,13 +29,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import itertools
 import json
 import math
-import os
-import platform
-import subprocess
 import sys
 import zlib
 from collections.abc import Callable, Sequence
@@ -50,6 +46,9 @@ from headway.core.catalog import Catalog, precision
 from headway.core.costmodel import CostModel, Deployment, Efficiency
 from headway.core.throughput import KvReservation, saturated_throughput
 from headway.resources.catalog import load_catalog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import provenance, relative_path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "benchmarks" / "data" / "trtllm_perf_overview.yaml"
@@ -356,45 +355,14 @@ def _factors(eff: Efficiency, names: Sequence[str]) -> dict[str, float]:
 
 
 # -- provenance ------------------------------------------------------------------
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def provenance() -> dict[str, Any]:
-    relevant = [
-        "src/headway/core/costmodel.py",
-        "src/headway/core/throughput.py",
-        "src/headway/core/catalog.py",
-        "src/headway/resources/data/catalog.yaml",
-        "benchmarks/costmodel_vs_published.py",
-        "benchmarks/data/trtllm_perf_overview.yaml",
-    ]
-    dirty = _git("status", "--porcelain", "--", *relevant)
-    return {
-        "git_sha": _git("rev-parse", "HEAD"),
-        "git_dirty_inputs": sorted(line[3:] for line in dirty.splitlines())
-        if dirty != "unknown"
-        else "unknown",
-        "command": " ".join(["python", *[_relative(a) for a in sys.argv]]),
-        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-        },
-    }
-
-
-def _relative(arg: str) -> str:
-    try:
-        return str(Path(arg).resolve().relative_to(REPO))
-    except ValueError:
-        return arg
+PROVENANCE_INPUTS = [
+    "src/headway/core/costmodel.py",
+    "src/headway/core/throughput.py",
+    "src/headway/core/catalog.py",
+    "src/headway/resources/data/catalog.yaml",
+    "benchmarks/costmodel_vs_published.py",
+    "benchmarks/data/trtllm_perf_overview.yaml",
+]
 
 
 # -- main ------------------------------------------------------------------------
@@ -503,9 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     source_meta = doc.get("sources", {}).get(source, {})
     out = {
         "benchmark": "costmodel_vs_published",
-        **provenance(),
+        **provenance(PROVENANCE_INPUTS),
         "data": {
-            "file": _relative(str(args.data)),
+            "file": relative_path(str(args.data)),
             "source_version": source,
             "source_url": source_meta.get("url"),
             "source_commit": source_meta.get("commit"),

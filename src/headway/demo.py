@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
@@ -55,7 +56,7 @@ async def _stream_one(client: AsyncOpenAI, model: str, messages: list[dict[str, 
     usage = None
     stream = await client.chat.completions.create(
         model=model,
-        messages=messages,  # type: ignore[arg-type]
+        messages=cast("list[ChatCompletionMessageParam]", messages),
         max_tokens=max_tokens,
         stream=True,
         stream_options={"include_usage": True},

@@ -1,0 +1,71 @@
+"""Shared by the benchmark scripts: provenance (git SHA, command, machine) and JSON output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def relative_path(arg: str) -> str:
+    try:
+        return str(Path(arg).resolve().relative_to(REPO))
+    except ValueError:
+        return arg
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def provenance(inputs: Sequence[str] = ()) -> dict[str, Any]:
+    """Where a result came from. `inputs` are repo paths whose uncommitted changes would
+    make the SHA a lie; they are listed under `git_dirty_inputs`."""
+    dirty = _git("status", "--porcelain", "--", *inputs) if inputs else ""
+    return {
+        "git_sha": _git("rev-parse", "HEAD"),
+        "git_dirty_inputs": (
+            sorted(line[3:] for line in dirty.splitlines()) if dirty != "unknown" else "unknown"
+        ),
+        "command": " ".join(["python", *[relative_path(a) for a in sys.argv]]),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
+            "cpu_model": _cpu_model(),
+        },
+    }
+
+
+def write_result(path: Path | None, result: dict[str, Any], inputs: Sequence[str] = ()) -> None:
+    """Write `result` with its provenance as JSON (if a path is given)."""
+    if path is None:
+        return
+    doc = {**provenance(inputs), **result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {path}")
