@@ -104,16 +104,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "BlockRemoved": ("block_hashes", "medium", "group_idx"),
     "AllBlocksCleared": (),
 }
-_REQUIRED = {
-    "block_hashes",
-    "parent_block_hash",
-    "token_ids",
-    "block_size",
-    "lora_id",
-    "medium",
-    "lora_name",
-}
-_ARRAY_FIELDS = _FIELDS
+_REQUIRED = frozenset(_FIELDS["BlockStored"][:7])
 
 
 class KvEventDecodeError(ValueError):

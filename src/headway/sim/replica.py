@@ -56,7 +56,7 @@ class Replica:
         faults: FaultInjector,
         publisher: KvEventPublisher | None = None,
         max_lag_s: float = 1.0,
-        spin_margin_s: float = 0.0015,
+        timer_slack_s: float = 0.0002,
         on_step: Callable[[StepResult], None] | None = None,
     ) -> None:
         if time_scale <= 0:
@@ -67,7 +67,8 @@ class Replica:
         self.faults = faults
         self.publisher = publisher
         self.max_lag_s = max_lag_s
-        self.spin_margin_s = spin_margin_s
+        self.timer_slack_s = timer_slack_s
+        self._timer_bias_s = 0.0
         self._on_step = on_step
         self._handles: dict[str, RequestHandle] = {}
         self._wake = asyncio.Event()
@@ -153,19 +154,21 @@ class Replica:
             self._deliver(result, due)
 
     async def _sleep_until(self, due: float) -> None:
-        """Sleep until `due` on the loop clock, to well under a millisecond.
+        """Sleep until `due` on the loop clock, to within a fraction of a millisecond.
 
-        Event-loop timers fire up to a millisecond or two late (libuv and epoll count
-        in whole milliseconds), which is a large share of a short step. So the timer
-        is set `spin_margin_s` early and the rest is waited out by yielding to the
-        loop (other replicas' I/O keeps running meanwhile).
+        Event-loop timers fire late by up to a millisecond or two (libuv and epoll count
+        in whole milliseconds), a large share of a short step. The replica learns how
+        late its timer usually fires (a moving average) and sets it that much early;
+        a wake-up that is still more than `timer_slack_s` early sleeps again.
         """
         loop = self._loop
-        coarse = due - loop.time() - self.spin_margin_s
-        if coarse > 0:
-            await asyncio.sleep(coarse)
-        while loop.time() < due:
-            await asyncio.sleep(0)
+        while (remaining := due - loop.time()) > self.timer_slack_s:
+            delay = max(0.0, remaining - self._timer_bias_s)
+            asked_at = loop.time()
+            await asyncio.sleep(delay)
+            late = loop.time() - asked_at - delay
+            bias = 0.9 * self._timer_bias_s + 0.1 * late
+            self._timer_bias_s = min(max(bias, 0.0), 0.002)
 
     def _deliver(self, result: StepResult, due: float) -> None:
         scheduled_at = self.wall_time(due)
