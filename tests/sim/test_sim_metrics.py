@@ -69,6 +69,8 @@ def test_counters_move_after_requests(main_fleet: Fleet) -> None:
     assert delta("vllm:time_to_first_token_seconds_count") == 2
     assert delta("vllm:e2e_request_latency_seconds_count") == 2
     assert delta("vllm:inter_token_latency_seconds_count") == 8
+    for phase in ("queue", "prefill", "decode"):
+        assert delta(f"vllm:request_{phase}_time_seconds_count") == 2, phase
     assert after["vllm:num_requests_running"] == 0
     assert after["vllm:num_requests_waiting"] == 0
     fams = families(url)

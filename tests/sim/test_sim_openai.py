@@ -149,6 +149,9 @@ def test_stop_string_cuts_text(client: OpenAI) -> None:
     )  # fmt: skip
     assert cut.choices[0].message.content == expected
     assert cut.choices[0].finish_reason == "stop"
+    # vLLM names the stop string that matched.
+    assert cut.choices[0].model_extra is not None
+    assert cut.choices[0].model_extra["stop_reason"] == stop
     stream = client.chat.completions.create(
         model=MODEL, messages=msgs, max_tokens=30, stop=stop, stream=True,  # type: ignore[arg-type]
         extra_body={"ignore_eos": True},
@@ -156,6 +159,7 @@ def test_stop_string_cuts_text(client: OpenAI) -> None:
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
     assert chunks[-1].choices[0].finish_reason == "stop"
+    assert (chunks[-1].choices[0].model_extra or {})["stop_reason"] == stop
 
 
 def test_cached_tokens_grow_on_repeated_prefix(main_fleet: Fleet) -> None:
@@ -250,5 +254,7 @@ def test_continuous_usage_stats_on_every_chunk(main_fleet: Fleet) -> None:
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     with_choices = [c for c in chunks if c["choices"]]
-    assert [c["usage"]["completion_tokens"] for c in with_choices] == [1, 2, 3, 4]
+    # The role chunk first (no tokens yet), then one chunk per token.
+    assert with_choices[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["usage"]["completion_tokens"] for c in with_choices] == [0, 1, 2, 3, 4]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4

@@ -64,6 +64,7 @@ class StepResult:
     cost: StepCost
     outputs: tuple[TokenOutput, ...]
     preempted_ids: tuple[str, ...]
+    admitted_ids: tuple[str, ...]  # started (or, after preemption, restarted) running
     events: tuple[KvEvent, ...]
     num_prefill_tokens: int
     num_decode_tokens: int
@@ -256,6 +257,7 @@ class Engine:
             cost=cost,
             outputs=tuple(outputs),
             preempted_ids=tuple(s.request_id for s in sched.preempted),
+            admitted_ids=tuple(s.request_id for s in sched.admitted),
             events=tuple(self.pool.drain_events()),
             num_prefill_tokens=num_prefill,
             num_decode_tokens=num_decode,

@@ -67,6 +67,7 @@ class ScheduledSeq:
 class SchedulerOutput:
     scheduled: list[ScheduledSeq] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    admitted: list[Sequence] = field(default_factory=list)  # moved from waiting to running
     num_prefix_query_tokens: int = 0
     num_prefix_hit_tokens: int = 0
 
@@ -148,6 +149,7 @@ class Scheduler:
                 out.num_prefix_query_tokens += seq.num_tokens
                 out.num_prefix_hit_tokens += prefix.num_tokens
                 self.running.append(seq)
+                out.admitted.append(seq)
                 out.scheduled.append(ScheduledSeq(seq, num_new, prefix.num_tokens))
                 budget -= num_new
         return out

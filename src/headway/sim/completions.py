@@ -37,6 +37,7 @@ class RequestState:
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
     finish_reason: str | None = None
+    stop_reason: str | int | None = None  # the stop string or stop token that ended it
 
 
 def usage(state: RequestState, report_cached: bool) -> dict[str, Any]:
@@ -67,6 +68,9 @@ class TextAssembler:
         new = "".join(self._token_text(t) for t in out.new_token_ids if t != self._eos)
         if out.finish_reason is not None:
             state.finish_reason = out.finish_reason.value
+            last = out.new_token_ids[-1] if out.new_token_ids else None
+            if last is not None and last in state.parsed.stop_token_ids:
+                state.stop_reason = last
         if state.parsed.stop and new:
             combined = state.text + new
             # Search only where a stop string could newly appear.
@@ -79,6 +83,9 @@ class TextAssembler:
                 new = combined[len(state.text) : cut] if cut > len(state.text) else ""
                 state.text = combined[:cut]
                 state.finish_reason = FinishReason.STOP.value
+                state.stop_reason = next(
+                    s for s in state.parsed.stop if combined.find(s, cut) == cut
+                )
                 return new
         state.text += new
         return new
@@ -109,12 +116,15 @@ class CompletionWriter:
             self._on_token_gap(now - handle.last_token_at)
         handle.last_token_at = now
 
-    def _choice(self, state: RequestState, text: str, first: bool) -> dict[str, Any]:
+    def _choice(self, state: RequestState, text: str) -> dict[str, Any]:
         if state.parsed.is_chat:
-            delta: dict[str, Any] = {"content": text}
-            if first:
-                delta = {"role": "assistant", "content": text}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+            return {
+                "index": 0,
+                "delta": {"content": text},
+                "logprobs": None,
+                "finish_reason": None,
+                "stop_reason": None,
+            }
         return {
             "index": 0,
             "text": text,
@@ -154,18 +164,26 @@ class CompletionWriter:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         parsed = state.parsed
         loop_time = self.replica._loop.time
-        first = True
         if parsed.echo_prompt:
-            chunk = self._chunk(state, [self._choice(state, parsed.echo_prompt, False)])
+            chunk = self._chunk(state, [self._choice(state, parsed.echo_prompt)])
             await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+        # vLLM opens a chat stream, when the first token is ready, with a chunk that
+        # carries only the assistant role.
+        head = b""
+        if parsed.is_chat:
+            role = self._chunk(state, [self._choice(state, "")])
+            role["choices"][0]["delta"] = {"role": "assistant", "content": ""}
+            if parsed.continuous_usage_stats:
+                role["usage"] = usage(state, self.report_cached)  # 0 completion tokens yet
+            head = b"data: " + msgspec.json.encode(role) + b"\n\n"
         while state.finish_reason is None:
             emission = await handle.queue.get()
             self._record_timing(handle, loop_time())
             text = self.assembler.advance(state, emission)
-            choice = self._choice(state, text, first)
-            first = False
+            choice = self._choice(state, text)
             if state.finish_reason is not None:
                 choice["finish_reason"] = state.finish_reason
+                choice["stop_reason"] = state.stop_reason
                 if emission.output.finish_reason is None:
                     # A stop string ended it: the engine still holds the sequence.
                     self.replica.finish(handle.request_id, FinishReason.STOP)
@@ -177,7 +195,8 @@ class CompletionWriter:
                     "scheduled_at": emission.scheduled_at,
                     "sent_at": time.time(),
                 }
-            await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+            await resp.write(head + b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+            head = b""
             if drop_after_tokens is not None and state.num_output_tokens >= drop_after_tokens:
                 raise StreamDropped("fault injection: stream dropped")
         if parsed.include_usage:
@@ -207,7 +226,7 @@ class CompletionWriter:
                 "message": {"role": "assistant", "content": state.text, "tool_calls": []},
                 "logprobs": None,
                 "finish_reason": state.finish_reason,
-                "stop_reason": None,
+                "stop_reason": state.stop_reason,
             }
             obj = "chat.completion"
         else:
@@ -216,7 +235,7 @@ class CompletionWriter:
                 "text": parsed.echo_prompt + state.text,
                 "logprobs": None,
                 "finish_reason": state.finish_reason,
-                "stop_reason": None,
+                "stop_reason": state.stop_reason,
             }
             obj = "text_completion"
         body = {

@@ -11,6 +11,7 @@ _TYPES = {
     400: "BadRequestError",
     404: "NotFoundError",
     405: "MethodNotAllowed",
+    409: "ConflictError",
     413: "RequestEntityTooLarge",
     422: "UnprocessableEntityError",
     429: "RateLimitError",

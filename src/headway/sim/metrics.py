@@ -164,6 +164,14 @@ class ReplicaMetrics:
             "vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase.",
             REQUEST_LATENCY_BUCKETS_S,
         )  # fmt: skip
+        self.observe_prefill = hist(
+            "vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase.",
+            REQUEST_LATENCY_BUCKETS_S,
+        )  # fmt: skip
+        self.observe_decode = hist(
+            "vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase.",
+            REQUEST_LATENCY_BUCKETS_S,
+        )  # fmt: skip
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -41,6 +41,7 @@ class RequestHandle:
     request_id: str
     arrived_at: float
     queue: asyncio.Queue[Emission] = field(default_factory=asyncio.Queue)
+    scheduled_at: float | None = None  # when the engine first ran it
     first_token_at: float | None = None
     last_token_at: float | None = None
 
@@ -70,6 +71,8 @@ class Replica:
         self.timer_slack_s = timer_slack_s
         self._timer_bias_s = 0.0
         self._on_step = on_step
+        # Observers the HTTP layer plugs in for vLLM's request-phase histograms.
+        self.on_queue_time: Callable[[float], None] | None = None
         self._handles: dict[str, RequestHandle] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -143,6 +146,7 @@ class Replica:
                 await self._wake.wait()
                 next_start = loop.time()
             result = self.engine.step()
+            self._note_admitted(result, next_start)
             self.model_time_s += result.duration_s
             real_s = result.duration_s / self.time_scale * self.faults.config.slowdown
             due = next_start + real_s
@@ -169,6 +173,14 @@ class Replica:
             late = loop.time() - asked_at - delay
             bias = 0.9 * self._timer_bias_s + 0.1 * late
             self._timer_bias_s = min(max(bias, 0.0), 0.002)
+
+    def _note_admitted(self, result: StepResult, started_at: float) -> None:
+        for rid in result.admitted_ids:
+            handle = self._handles.get(rid)
+            if handle is not None and handle.scheduled_at is None:
+                handle.scheduled_at = started_at
+                if self.on_queue_time is not None:
+                    self.on_queue_time(started_at - handle.arrived_at)
 
     def _deliver(self, result: StepResult, due: float) -> None:
         scheduled_at = self.wall_time(due)

@@ -97,6 +97,7 @@ class ReplicaServer:
             "num_cpu_blocks": "0",
         }
         self.metrics = ReplicaMetrics(engine, config.names[0], self.cache_info, self.counters)
+        replica.on_queue_time = self.metrics.observe_queue
         self._token_text_cache: dict[int, str] = {}
         self._assembler = TextAssembler(self._token_text, tokenizer.eos_token_id)
         self.writer = CompletionWriter(
@@ -231,6 +232,9 @@ class ReplicaServer:
         )
         now = self.replica._loop.time()
         self.metrics.observe_e2e(now - handle.arrived_at)
+        if handle.scheduled_at is not None and handle.first_token_at is not None:
+            self.metrics.observe_prefill(handle.first_token_at - handle.scheduled_at)
+            self.metrics.observe_decode(now - handle.first_token_at)
         return resp
 
     def _abort(self, request_id: str) -> None:
