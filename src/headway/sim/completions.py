@@ -13,6 +13,7 @@ import msgspec
 from aiohttp import web
 
 from headway.core.sequence import FinishReason
+from headway.sim import clock
 from headway.sim.protocol import ParsedRequest
 from headway.sim.replica import Emission, Replica, RequestHandle
 
@@ -163,7 +164,6 @@ class CompletionWriter:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         parsed = state.parsed
-        loop_time = self.replica._loop.time
         if parsed.echo_prompt:
             chunk = self._chunk(state, [self._choice(state, parsed.echo_prompt)])
             await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
@@ -178,7 +178,7 @@ class CompletionWriter:
             head = b"data: " + msgspec.json.encode(role) + b"\n\n"
         while state.finish_reason is None:
             emission = await handle.queue.get()
-            self._record_timing(handle, loop_time())
+            self._record_timing(handle, clock.now())
             text = self.assembler.advance(state, emission)
             choice = self._choice(state, text)
             if state.finish_reason is not None:
@@ -210,10 +210,9 @@ class CompletionWriter:
     async def whole(
         self, handle: RequestHandle, state: RequestState, drop_after_tokens: int | None
     ) -> web.Response:
-        loop_time = self.replica._loop.time
         while state.finish_reason is None:
             emission = await handle.queue.get()
-            self._record_timing(handle, loop_time())
+            self._record_timing(handle, clock.now())
             self.assembler.advance(state, emission)
             if state.finish_reason is not None and emission.output.finish_reason is None:
                 self.replica.finish(handle.request_id, FinishReason.STOP)

@@ -24,6 +24,7 @@ from headway.core.scheduler import SchedulerConfig, vllm_default_limits
 from headway.core.tokenizer import ChatTemplate
 from headway.resources.catalog import load_catalog
 from headway.resources.tokenizer import HfTokenizer, default_tokenizer, load_tokenizer
+from headway.sim.clock import PreciseTimer
 from headway.sim.config import SimConfig
 from headway.sim.faults import FaultConfig, FaultInjector
 from headway.sim.kv_publisher import KvEventPublisher, KvEventsConfig
@@ -71,6 +72,7 @@ class Fleet:
     tokenizer: HfTokenizer | None = None
     cost_model: CostModel | None = None
     _zmq: zmq.asyncio.Context | None = None
+    _timer: PreciseTimer | None = None
 
     def describe(self) -> dict[str, Any]:
         assert self.cost_model is not None
@@ -133,6 +135,7 @@ class Fleet:
         default_tokens, default_seqs = vllm_default_limits(gpu.hbm_bytes)
         if cfg.kv_events is not None:
             self._zmq = zmq.asyncio.Context()
+        self._timer = timer = PreciseTimer(asyncio.get_running_loop())
         for i in range(cfg.num_replicas):
             engine_config = EngineConfig(
                 num_gpu_blocks=num_blocks,
@@ -154,7 +157,7 @@ class Fleet:
             if cfg.fault_replicas is not None and i not in cfg.fault_replicas:
                 faults = FaultConfig()
             replica = Replica(
-                i, engine, cfg.time_scale, FaultInjector(faults, cfg.seed + i), publisher
+                i, engine, cfg.time_scale, FaultInjector(faults, cfg.seed + i), timer, publisher
             )
             server = ReplicaServer(replica, cfg, tok, template, sources, self._crashed)
             runner = web.AppRunner(server.make_app(), handler_cancellation=True, access_log=None)
@@ -218,6 +221,9 @@ class Fleet:
             await r.server.replica.stop()
         for r in self.replicas:
             await r.runner.cleanup()
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
         if self._zmq is not None:
             self._zmq.term()
             self._zmq = None

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from headway.core.engine import Engine, StepResult, TokenOutput
 from headway.core.kv_events import EventBatch
 from headway.core.sequence import EngineRequest, FinishReason
+from headway.sim import clock
+from headway.sim.clock import PreciseTimer
 from headway.sim.faults import FaultConfig, FaultInjector
 from headway.sim.kv_publisher import KvEventPublisher
 
@@ -55,9 +57,9 @@ class Replica:
         engine: Engine,
         time_scale: float,
         faults: FaultInjector,
+        timer: PreciseTimer,
         publisher: KvEventPublisher | None = None,
         max_lag_s: float = 1.0,
-        timer_slack_s: float = 0.0002,
         on_step: Callable[[StepResult], None] | None = None,
     ) -> None:
         if time_scale <= 0:
@@ -68,8 +70,6 @@ class Replica:
         self.faults = faults
         self.publisher = publisher
         self.max_lag_s = max_lag_s
-        self.timer_slack_s = timer_slack_s
-        self._timer_bias_s = 0.0
         self._on_step = on_step
         # Observers the HTTP layer plugs in for vLLM's request-phase histograms.
         self.on_queue_time: Callable[[float], None] | None = None
@@ -78,8 +78,9 @@ class Replica:
         self._task: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         self._loop = loop
-        # Offset that turns loop.time() into wall-clock time for emission stamps.
-        self._wall_offset = time.time() - loop.time()
+        self._timer = timer
+        # Offset that turns clock.now() into wall-clock time for emission stamps.
+        self._wall_offset = time.time() - clock.now()
         self.model_time_s = 0.0
         self.max_observed_lag_s = 0.0
 
@@ -109,7 +110,7 @@ class Replica:
     def submit(self, request: EngineRequest) -> RequestHandle:
         """Queue a request on the engine; raises core.engine.RequestError if invalid."""
         self.engine.add_request(request)
-        handle = RequestHandle(request.request_id, self._loop.time())
+        handle = RequestHandle(request.request_id, clock.now())
         self._handles[request.request_id] = handle
         self._wake.set()
         return handle
@@ -133,46 +134,31 @@ class Replica:
         if events and self.publisher is not None:
             self.publisher.publish(EventBatch(time.time(), tuple(events), 0))
 
-    def wall_time(self, loop_time: float) -> float:
-        return loop_time + self._wall_offset
+    def wall_time(self, t: float) -> float:
+        """Wall-clock time of `t` (a `clock.now()` reading)."""
+        return t + self._wall_offset
 
     # -- the loop ---------------------------------------------------------------
     async def _run(self) -> None:
-        loop = self._loop
-        next_start = loop.time()
+        next_start = clock.now()
         while True:
             if not self.engine.has_work:
                 self._wake.clear()
                 await self._wake.wait()
-                next_start = loop.time()
+                next_start = clock.now()
             result = self.engine.step()
             self._note_admitted(result, next_start)
             self.model_time_s += result.duration_s
             real_s = result.duration_s / self.time_scale * self.faults.config.slowdown
             due = next_start + real_s
-            await self._sleep_until(due)
-            now = loop.time()
+            await self._timer.sleep_until(due)
+            now = clock.now()
             lag = now - due
             self.max_observed_lag_s = max(self.max_observed_lag_s, lag)
             next_start = now if lag > self.max_lag_s else due
             self._deliver(result, due)
-
-    async def _sleep_until(self, due: float) -> None:
-        """Sleep until `due` on the loop clock, to within a fraction of a millisecond.
-
-        Event-loop timers fire late by up to a millisecond or two (libuv and epoll count
-        in whole milliseconds), a large share of a short step. The replica learns how
-        late its timer usually fires (a moving average) and sets it that much early;
-        a wake-up that is still more than `timer_slack_s` early sleeps again.
-        """
-        loop = self._loop
-        while (remaining := due - loop.time()) > self.timer_slack_s:
-            delay = max(0.0, remaining - self._timer_bias_s)
-            asked_at = loop.time()
-            await asyncio.sleep(delay)
-            late = loop.time() - asked_at - delay
-            bias = 0.9 * self._timer_bias_s + 0.1 * late
-            self._timer_bias_s = min(max(bias, 0.0), 0.002)
+            # Let the streams write these tokens before the next step is computed.
+            await asyncio.sleep(0)
 
     def _note_admitted(self, result: StepResult, started_at: float) -> None:
         for rid in result.admitted_ids:

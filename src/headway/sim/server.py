@@ -18,6 +18,7 @@ from headway.core.engine import RequestError
 from headway.core.sequence import EngineRequest
 from headway.core.tokenizer import ChatTemplate
 from headway.resources.tokenizer import HfTokenizer
+from headway.sim import clock
 from headway.sim.completions import (
     CompletionWriter,
     RequestState,
@@ -230,7 +231,7 @@ class ReplicaServer:
         self.counters.num_requests_success[reason] = (
             self.counters.num_requests_success.get(reason, 0) + 1
         )
-        now = self.replica._loop.time()
+        now = clock.now()
         self.metrics.observe_e2e(now - handle.arrived_at)
         if handle.scheduled_at is not None and handle.first_token_at is not None:
             self.metrics.observe_prefill(handle.first_token_at - handle.scheduled_at)
