@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from headway.core.workload import LengthDist, SyntheticWorkload
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result
 
@@ -56,6 +58,7 @@ async def _client_main(args: argparse.Namespace) -> dict[str, Any]:
     num_tokens = 0
     num_requests = 0
     rng = np.random.default_rng(args.seed)
+    workload = SyntheticWorkload(LengthDist(args.prompt_tokens), LengthDist(args.max_tokens))
 
     async def one_client(i: int, session: aiohttp.ClientSession) -> None:
         nonlocal num_tokens, num_requests
@@ -65,13 +68,11 @@ async def _client_main(args: argparse.Namespace) -> dict[str, Any]:
         # would lock every replica's steps in phase, an artifact of the benchmark.
         await asyncio.sleep(float(rng.uniform(0.0, 1.0)))
         while time.time() < deadline:
-            n_prompt = int(rng.integers(args.prompt_tokens // 2, args.prompt_tokens * 3 // 2))
-            prompt = rng.integers(300, 3000, size=n_prompt).tolist()
-            max_tokens = int(rng.integers(args.max_tokens // 2, args.max_tokens * 3 // 2))
+            req = workload.sample(rng)
             body = {
                 "model": "llama-3.1-8b",
-                "prompt": prompt,
-                "max_tokens": max_tokens,
+                "prompt": list(req.prompt_token_ids),
+                "max_tokens": req.max_tokens,
                 "ignore_eos": True,
                 "stream": True,
                 "headway_debug_timing": True,
@@ -108,7 +109,12 @@ async def _client_main(args: argparse.Namespace) -> dict[str, Any]:
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-        await asyncio.gather(*(one_client(i, session) for i in range(args.clients)))
+        tasks = [asyncio.create_task(one_client(i, session)) for i in range(args.clients)]
+        # Stop at the deadline: streams still open are closed, not waited for.
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.time()))
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
     lf = np.array(lag_frac) if lag_frac else np.array([np.nan])
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {

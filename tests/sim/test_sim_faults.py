@@ -87,6 +87,8 @@ def test_client_disconnect_mid_stream_aborts(fleets: dict[str, Fleet]) -> None:
     assert after["vllm:kv_cache_usage_perc"] == 0.0
     # The aborted request produced far fewer than its 2000 tokens.
     assert after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"] < 1000
+    # A client going away is routine: no traceback in the simulator's log.
+    assert "Traceback" not in fleets["cancel"].stderr()
 
 
 def test_client_timeout_on_whole_response_aborts(fleets: dict[str, Fleet]) -> None:
@@ -184,6 +186,11 @@ def test_drop_stream_after_tokens(fleets: dict[str, Fleet]) -> None:
     assert len(data_lines) == 4
     finished = [json.loads(x[6:])["choices"][0]["finish_reason"] for x in data_lines]
     assert finished == [None] * len(data_lines)
+
+
+def test_faults_log_no_tracebacks(fleets: dict[str, Fleet]) -> None:
+    test_drop_stream_after_tokens(fleets)
+    assert "Traceback" not in fleets["drop"].stderr()
 
 
 def test_drop_stream_openai_client_sees_incomplete_stream(fleets: dict[str, Fleet]) -> None:

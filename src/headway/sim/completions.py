@@ -143,14 +143,9 @@ class CompletionWriter:
             "choices": choices,
         }
 
-    async def stream(
-        self,
-        request: web.Request,
-        handle: RequestHandle,
-        state: RequestState,
-        drop_after_tokens: int | None,
-    ) -> web.StreamResponse:
-        resp = web.StreamResponse(
+    def open_stream(self, handle: RequestHandle) -> web.StreamResponse:
+        """The SSE response for a streamed request (prepared by `stream`)."""
+        return web.StreamResponse(
             status=200,
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -159,6 +154,16 @@ class CompletionWriter:
                 REPLICA_HEADER: str(self.replica.index),
             },
         )
+
+    async def stream(
+        self,
+        request: web.Request,
+        resp: web.StreamResponse,
+        handle: RequestHandle,
+        state: RequestState,
+        drop_after_tokens: int | None,
+    ) -> None:
+        """Stream the request's tokens into `resp` as they are emitted."""
         await resp.prepare(request)
         sock = request.transport.get_extra_info("socket") if request.transport else None
         if sock is not None:
@@ -205,7 +210,6 @@ class CompletionWriter:
             await resp.write(b"data: " + msgspec.json.encode(final) + b"\n\n")
         await resp.write(SSE_DONE)
         await resp.write_eof()
-        return resp
 
     async def whole(
         self, handle: RequestHandle, state: RequestState, drop_after_tokens: int | None

@@ -169,12 +169,12 @@ class ReplicaServer:
         )
         self._check_model(parsed.model)
         if faults.count_request():
-            # Not yet in active_requests: cut this connection too, or aiohttp would
-            # answer the raised error with a plain-text 500.
+            # Not yet in active_requests: cut this connection too. The response
+            # cannot be sent; aiohttp drops it quietly.
             if request.transport is not None:
                 request.transport.abort()
             self.crash()
-            raise ConnectionResetError("replica crashed (fault injection)")
+            return web.Response(status=503)
         if faults.should_error():
             self.counters.num_injected_errors += 1
             raise ApiError(500, "injected fault: internal server error")
@@ -210,19 +210,23 @@ class ReplicaServer:
         state = RequestState(parsed, prefix + request_id, int(time.time()), parsed.model)
         drop_after = faults.config.drop_stream_after_tokens
         self.active_requests[id(request)] = request
+        resp: web.StreamResponse | None = None
         try:
             if parsed.stream:
-                resp = await self.writer.stream(request, handle, state, drop_after)
+                resp = self.writer.open_stream(handle)
+                await self.writer.stream(request, resp, handle, state, drop_after)
             else:
                 resp = await self.writer.whole(handle, state, drop_after)
-        except StreamDropped:
+        except (StreamDropped, ConnectionResetError):
+            # The client went away (or a fault cut it off): free the sequence now and
+            # end quietly; aiohttp ignores a response it cannot send.
             self._abort(request_id)
             if request.transport is not None:
                 request.transport.abort()
-            raise ConnectionResetError("stream dropped by fault injection") from None
+            return resp if resp is not None else web.Response(status=499)
         except BaseException:
-            # Client gone (CancelledError, ConnectionResetError) or a bug: never leak
-            # the sequence's blocks.
+            # Handler cancelled (client gone while waiting) or a bug: never leak the
+            # sequence's blocks.
             self._abort(request_id)
             raise
         finally:
