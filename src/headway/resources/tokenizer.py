@@ -32,10 +32,11 @@ class HfTokenizer:
             if eos is not None:
                 break
         self._eos = eos if eos is not None else 0
+        self._vocab_size = int(impl.get_vocab_size(with_added_tokens=True))
 
     @property
     def vocab_size(self) -> int:
-        return int(self._impl.get_vocab_size(with_added_tokens=True))
+        return self._vocab_size
 
     @property
     def eos_token_id(self) -> int:

@@ -93,7 +93,10 @@ def _stop(data: Mapping[str, Any]) -> tuple[str, ...]:
     raise ApiError(400, "stop: must be a string or a list of strings", "stop")
 
 
-def _prompt_ids(data: Mapping[str, Any], tokenizer: Tokenizer) -> tuple[tuple[int, ...], str]:
+def _prompt_ids(
+    data: Mapping[str, Any], tokenizer: Tokenizer
+) -> tuple[tuple[int, ...], str | None]:
+    """The prompt's token ids, and its text when it came as text (None for ids)."""
     prompt = data.get("prompt")
     if prompt is None:
         raise ApiError(400, "prompt: field required", "prompt")
@@ -108,11 +111,10 @@ def _prompt_ids(data: Mapping[str, Any], tokenizer: Tokenizer) -> tuple[tuple[in
         and prompt
         and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
     ):
-        if any(t < 0 or t >= tokenizer.vocab_size for t in prompt):
-            raise ApiError(
-                400, f"prompt: token ids must be in [0, {tokenizer.vocab_size})", "prompt"
-            )
-        return tuple(prompt), tokenizer.decode(prompt)
+        vocab_size = tokenizer.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab_size:
+            raise ApiError(400, f"prompt: token ids must be in [0, {vocab_size})", "prompt")
+        return tuple(prompt), None
     if isinstance(prompt, list) and len(prompt) > 1:
         raise ApiError(400, "prompt: batched prompts are not supported; send one", "prompt")
     raise ApiError(400, "prompt: must be a string or a list of token ids", "prompt")
@@ -149,7 +151,9 @@ def parse_completion(
         echo = ""
     else:
         prompt_ids, prompt_text = _prompt_ids(data, tokenizer)
-        echo = prompt_text if _bool(data, "echo") else ""
+        echo = ""
+        if _bool(data, "echo"):
+            echo = prompt_text if prompt_text is not None else tokenizer.decode(prompt_ids)
     max_tokens = _opt_int(data, "max_completion_tokens", 1) if is_chat else None
     if max_tokens is None:
         max_tokens = _opt_int(data, "max_tokens", 1)
