@@ -48,6 +48,11 @@ async def _metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]
     return out
 
 
+async def _num_cached_blocks(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url + "/debug/cache") as resp:
+        return int((await resp.json())["num_cached_blocks"])
+
+
 async def _stream_one(client: AsyncOpenAI, model: str, messages: list[dict[str, Any]],
                       console: Console | None, max_tokens: int = 48) -> dict[str, Any]:  # fmt: skip
     t0 = time.perf_counter()
@@ -110,9 +115,10 @@ async def run_demo(args: argparse.Namespace) -> None:
             console.print(f"  replica at {r.url}")
         model = config.names[0]
         clients = [AsyncOpenAI(base_url=r.url + "/v1", api_key="demo") for r in fleet.replicas]
-        # Open each client's connection first so TTFT below is the server's, not the
-        # client's start-up.
+        # Open each client's connection, and let the SDK load its streaming types, so
+        # TTFT below is the server's and not the client's start-up.
         await asyncio.gather(*(c.models.list() for c in clients))
+        await _stream_one(clients[0], model, [{"role": "user", "content": "warm-up"}], None, 1)
 
         console.rule("1. One streamed answer (openai client, stream=True)")
         res = await _stream_one(
@@ -163,7 +169,8 @@ async def run_demo(args: argparse.Namespace) -> None:
         )
 
         console.rule("4. What the replicas' /metrics report (vLLM metric names)")
-        table = Table("replica", "prompt tok", "gen tok", "prefix hits / queries", "KV use")
+        table = Table("replica", "prompt tok", "gen tok", "prefix hits / queries",
+                      "cached blocks")  # fmt: skip
         async with aiohttp.ClientSession() as session:
             for i, r in enumerate(fleet.replicas):
                 m = await _metrics(session, r.url)
@@ -173,7 +180,7 @@ async def run_demo(args: argparse.Namespace) -> None:
                     str(i), f"{m.get('vllm:prompt_tokens_total', 0):.0f}",
                     f"{m.get('vllm:generation_tokens_total', 0):.0f}",
                     f"{h:.0f} / {q:.0f} ({(h / q if q else 0):.0%})",
-                    f"{m.get('vllm:kv_cache_usage_perc', 0):.1%}",
+                    str(await _num_cached_blocks(session, r.url)),
                 )  # fmt: skip
         console.print(table)
         for c in clients:
