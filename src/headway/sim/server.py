@@ -360,24 +360,22 @@ class ReplicaServer:
             "ec_transfer_params": None,
         }
 
-    async def chat_render(self, request: web.Request) -> web.Response:
+    async def _render(self, request: web.Request, is_chat: bool) -> dict[str, Any]:
         data = decode_json(await request.read())
         parsed = parse_completion(
-            data, is_chat=True, tokenizer=self.tokenizer, template=self.template
+            data, is_chat=is_chat, tokenizer=self.tokenizer, template=self.template
         )
         self._check_model(parsed.model)
         base = request.headers.get("x-request-id") or uuid.uuid4().hex
-        return _json(self._generate_request("chatcmpl-" + base, parsed, data))
+        prefix = "chatcmpl-" if is_chat else "cmpl-"
+        return self._generate_request(prefix + base, parsed, data)
+
+    async def chat_render(self, request: web.Request) -> web.Response:
+        return _json(await self._render(request, is_chat=True))
 
     async def completions_render(self, request: web.Request) -> web.Response:
-        data = decode_json(await request.read())
-        parsed = parse_completion(
-            data, is_chat=False, tokenizer=self.tokenizer, template=self.template
-        )
-        self._check_model(parsed.model)
-        base = request.headers.get("x-request-id") or uuid.uuid4().hex
         # One GenerateRequest per prompt, as a list (the simulator takes one prompt).
-        return _json([self._generate_request("cmpl-" + base, parsed, data)])
+        return _json([await self._render(request, is_chat=False)])
 
     async def kv_sources(self, request: web.Request) -> web.Response:
         return _json(self.kv_event_sources or {})
