@@ -69,6 +69,10 @@ class KvCacheManager:
 
         Returns False, changing nothing, if the pool has too few free blocks.
         """
+        if not prefix.num_blocks and (
+            seq.num_computed_tokens + num_new_tokens <= len(seq.block_ids) * self.block_size
+        ):
+            return True  # the common decode step: the last block still has room
         if not self.can_allocate(seq, num_new_tokens, prefix):
             return False
         if prefix.num_blocks:

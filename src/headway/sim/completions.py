@@ -182,7 +182,7 @@ class CompletionWriter:
                 role["usage"] = usage(state, self.report_cached)  # 0 completion tokens yet
             head = b"data: " + msgspec.json.encode(role) + b"\n\n"
         while state.finish_reason is None:
-            emission = await handle.queue.get()
+            emission = await handle.next()
             self._record_timing(handle, clock.now())
             text = self.assembler.advance(state, emission)
             choice = self._choice(state, text)
@@ -215,7 +215,7 @@ class CompletionWriter:
         self, handle: RequestHandle, state: RequestState, drop_after_tokens: int | None
     ) -> web.Response:
         while state.finish_reason is None:
-            emission = await handle.queue.get()
+            emission = await handle.next()
             self._record_timing(handle, clock.now())
             self.assembler.advance(state, emission)
             if state.finish_reason is not None and emission.output.finish_reason is None:

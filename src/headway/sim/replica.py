@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,14 +39,36 @@ class Emission:
 
 @dataclass
 class RequestHandle:
-    """The HTTP side's view of one in-flight request."""
+    """The HTTP side's view of one in-flight request.
+
+    Emissions wait in an unbounded deque (bounded in practice by the request's
+    max_tokens) with a single waiter future: lighter than an asyncio.Queue on the
+    per-token path, which runs once per stream per step.
+    """
 
     request_id: str
     arrived_at: float
-    queue: asyncio.Queue[Emission] = field(default_factory=asyncio.Queue)
     scheduled_at: float | None = None  # when the engine first ran it
     first_token_at: float | None = None
     last_token_at: float | None = None
+    _pending: deque[Emission] = field(default_factory=deque)
+    _waiter: asyncio.Future[None] | None = None
+
+    def push(self, emission: Emission) -> None:
+        self._pending.append(emission)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self) -> Emission:
+        """The next emission, waiting for the step that produces it."""
+        while not self._pending:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._pending.popleft()
 
 
 class Replica:
@@ -174,7 +197,7 @@ class Replica:
             handle = self._handles.get(out.request_id)
             if handle is None:
                 continue
-            handle.queue.put_nowait(Emission(out, scheduled_at))
+            handle.push(Emission(out, scheduled_at))
             if out.finish_reason is not None:
                 # The engine freed it; the HTTP side drains the queue and finishes.
                 self._handles.pop(out.request_id, None)
