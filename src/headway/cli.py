@@ -11,6 +11,7 @@ from collections.abc import Sequence
 # name -> (module, help). Modules are imported lazily so `headway plan` does not pay
 # for aiohttp and `headway sim` does not pay for matplotlib.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("headway.gateway.cli", "run the inference gateway"),
     "sim": ("headway.sim.cli", "run a fleet of simulated vLLM engines"),
     "plan": ("headway.plan.cli", "capacity planning and tokenomics"),
     "demo": ("headway.demo", "the main job on a built-in simulated fleet"),

@@ -1,0 +1,240 @@
+"""`headway serve`: run the gateway.
+
+    headway serve --config gateway.yaml
+    headway serve --port 8080 --endpoints http://127.0.0.1:9000,http://127.0.0.1:9001
+    headway serve            # embedded simulated fleet of 4 replicas on 127.0.0.1:8080
+
+SIGTERM / SIGINT drain: stop accepting, let in-flight requests finish for up to
+`timeouts.drain_s`, then cancel them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.request import urlopen
+
+from aiohttp import web
+
+from headway.gateway.config import (
+    DEFAULT_PROFILE,
+    EngineKind,
+    GatewayConfig,
+    GatewayConfigError,
+    LimitsConfig,
+    ListenConfig,
+    PoolConfig,
+    config_from_mapping,
+    load_config,
+    validate_endpoint,
+)
+from headway.gateway.server import Gateway
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_REPLICAS = 4
+
+
+class CliError(ValueError):
+    """A bad flag; the message names it."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="gateway YAML (docs/configuration.md)")
+    p.add_argument("--endpoints", default=None,
+                   help="comma-separated upstream base URLs (quick form, one pool)")  # fmt: skip
+    p.add_argument("--model", nargs="+", default=None, metavar="NAME",
+                   help="quick form: the pool's model, then aliases (default: ask the first endpoint)")  # fmt: skip
+    p.add_argument("--engine", default=EngineKind.VLLM.value, choices=[e.value for e in EngineKind])
+    p.add_argument("--profile", default=None, help=f"routing preset (default {DEFAULT_PROFILE})")
+    p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=None, help="listen port (default 8080; 0 = ephemeral)"
+    )
+    p.add_argument("--max-body-bytes", type=int, default=None)
+    p.add_argument("--ready-file", type=Path, default=None,
+                   help="write the bound address as JSON here once serving")  # fmt: skip
+    p.add_argument("--log-level", default="WARNING")
+
+
+def _discover_models(endpoint: str) -> tuple[str, ...]:
+    try:
+        with urlopen(endpoint + "/v1/models", timeout=5) as resp:
+            data = json.loads(resp.read())
+        names = tuple(str(m["id"]) for m in data["data"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CliError(
+            f"--model: not given, and {endpoint}/v1/models did not list models ({exc})"
+        ) from None
+    if not names:
+        raise CliError(f"--model: not given, and {endpoint}/v1/models lists none")
+    return names
+
+
+def _quick_pool(args: argparse.Namespace) -> PoolConfig:
+    endpoints: list[str] = []
+    for i, raw in enumerate(x for x in args.endpoints.split(",")):
+        try:
+            endpoints.append(validate_endpoint(raw, f"--endpoints[{i}]"))
+        except GatewayConfigError as exc:
+            raise CliError(str(exc)) from None
+    names = tuple(args.model) if args.model else _discover_models(endpoints[0])
+    return _checked_pool(
+        {
+            "model": names[0],
+            "aliases": list(names[1:]),
+            "endpoints": endpoints,
+            "engine": args.engine,
+            "routing": args.profile or DEFAULT_PROFILE,
+        }
+    )
+
+
+def _checked_pool(raw: dict[str, Any]) -> PoolConfig:
+    try:
+        return config_from_mapping({"pools": [raw]}).pools[0]
+    except GatewayConfigError as exc:
+        flag = {"routing": "--profile", "engine": "--engine", "model": "--model"}
+        path = exc.path.removeprefix("pools[0].")
+        name = path.split(".")[0].split("[")[0]
+        raise CliError(f"{flag.get(name, path)}: {exc.message}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
+    """The config, and whether it needs the embedded simulated fleet."""
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise CliError(f"--port: must be in [0, 65535], got {args.port}")
+    if args.max_body_bytes is not None and args.max_body_bytes < 1:
+        raise CliError(f"--max-body-bytes: must be >= 1, got {args.max_body_bytes}")
+    if args.config is not None:
+        if args.endpoints is not None:
+            raise CliError("--endpoints: cannot be combined with --config")
+        if args.model or args.profile:
+            raise CliError("--model/--profile: set them in the --config file")
+        try:
+            config = load_config(args.config)
+        except GatewayConfigError as exc:
+            raise CliError(f"--config {args.config}: {exc}") from None
+        embedded = False
+    elif args.endpoints is not None:
+        if not args.endpoints.strip():
+            raise CliError("--endpoints: must list at least one URL")
+        config = GatewayConfig(pools=(_quick_pool(args),))
+        embedded = False
+    else:
+        if args.model or args.profile:
+            _checked_pool(
+                {"model": (args.model or ["x"])[0], "routing": args.profile or DEFAULT_PROFILE}
+            )
+        # Filled in once the embedded fleet is up and its ports are known.
+        config = GatewayConfig(pools=())
+        embedded = True
+    listen = ListenConfig(
+        host=args.host or config.listen.host,
+        port=args.port if args.port is not None else config.listen.port,
+    )
+    limits = config.limits
+    if args.max_body_bytes is not None:
+        limits = LimitsConfig(max_body_bytes=args.max_body_bytes)
+    return replace(config, listen=listen, limits=limits), embedded
+
+
+async def _start_embedded(
+    args: argparse.Namespace, config: GatewayConfig
+) -> tuple[Any, GatewayConfig]:
+    from headway.sim.config import SimConfig  # only the embedded default needs the simulator
+    from headway.sim.fleet import Fleet
+
+    names = tuple(args.model) if args.model else ()
+    fleet = Fleet(SimConfig(num_replicas=EMBEDDED_REPLICAS, port=0, served_model_names=names))
+    await fleet.start()
+    pool = PoolConfig(
+        model=fleet.config.names[0],
+        aliases=fleet.config.names[1:],
+        endpoints=tuple(r.url for r in fleet.replicas),
+        routing=args.profile or DEFAULT_PROFILE,
+    )
+    return fleet, replace(config, pools=(pool,))
+
+
+async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool) -> None:
+    fleet = None
+    runner: web.AppRunner | None = None
+    try:
+        if embedded:
+            fleet, config = await _start_embedded(args, config)
+        gateway = Gateway(config)
+        runner = web.AppRunner(
+            gateway.make_app(),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=config.timeouts.drain_s,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
+        await site.start()
+        port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+        host = config.listen.host
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        info = {
+            "url": url,
+            "host": host,
+            "port": port,
+            "pools": [
+                {"model": p.model, "aliases": list(p.aliases), "endpoints": list(p.endpoints)}
+                for p in config.pools
+            ],
+            "embedded_fleet": embedded,
+        }
+        if args.ready_file is not None:
+            tmp = args.ready_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(info))
+            tmp.replace(args.ready_file)
+        print(
+            f"headway gateway on {url}" + (" (embedded simulated fleet)" if embedded else ""),
+            flush=True,
+        )
+        for p in config.pools:
+            print(f"  model {p.model}: {', '.join(p.endpoints) or '(no endpoints)'}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        if runner is not None:
+            await runner.cleanup()  # stops accepting, drains up to drain_s, cancels the rest
+        if fleet is not None:
+            await fleet.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config, embedded = config_from_args(args)
+    except CliError as exc:
+        print(f"headway serve: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+        runner = asyncio.run
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            runner(serve(args, config, embedded))
+    except OSError as exc:
+        print(f"headway serve: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,309 @@
+"""Typed, frozen gateway configuration, validated at load.
+
+Every error is a `GatewayConfigError` whose message starts with the path of the
+offending field, e.g. ``pools[0].endpoints[1]: must be an http:// or https:// URL``.
+See docs/configuration.md for the file format and every default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from headway.routing import ConfigError, build_handler
+
+
+class GatewayConfigError(ValueError):
+    """An invalid config value; the message starts with the field's path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class EngineKind(StrEnum):
+    """Tells the (later) state collectors how to read an endpoint's engine state."""
+
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    TRTLLM = "trtllm"
+    LLAMACPP = "llamacpp"
+    OPENAI = "openai"
+
+
+DEFAULT_PROFILE = "round-robin"
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """A model (plus aliases) served by a pool of endpoints."""
+
+    model: str
+    endpoints: tuple[str, ...] = ()  # base URLs, no trailing slash
+    aliases: tuple[str, ...] = ()
+    engine: EngineKind = EngineKind.VLLM
+    routing: str | Mapping[str, Any] = DEFAULT_PROFILE  # preset name or routing config
+    fallback: str | None = None  # another pool's model, used when this one has no endpoint
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.model, *self.aliases)
+
+    def routing_config(self) -> Mapping[str, Any]:
+        """What `headway.routing.build_handler` takes."""
+        if isinstance(self.routing, str):
+            return {"preset": self.routing}
+        return self.routing
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_body_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TimeoutsConfig:
+    """Seconds; None disables a timeout."""
+
+    connect_s: float | None = 5.0  # TCP connect to an upstream
+    ttft_s: float | None = 60.0  # streaming: request sent -> first upstream byte
+    idle_s: float | None = 30.0  # streaming: gap between upstream chunks
+    total_s: float | None = 600.0  # whole upstream exchange
+    drain_s: float = 10.0  # on SIGTERM: how long in-flight requests may still run
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    pools: tuple[PoolConfig, ...]
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+
+    def pool_for(self, model: str) -> PoolConfig | None:
+        for pool in self.pools:
+            if model in pool.names:
+                return pool
+        return None
+
+    def pool_named(self, model: str) -> PoolConfig | None:
+        return next((p for p in self.pools if p.model == model), None)
+
+
+# -- validation helpers -------------------------------------------------------------
+def _join(prefix: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{prefix}[{key}]"
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _mapping(raw: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        raise GatewayConfigError(path, f"must be a mapping, got {type(raw).__name__}")
+    for key in raw:
+        if not isinstance(key, str):
+            raise GatewayConfigError(path, f"keys must be strings, got {key!r}")
+    return raw
+
+
+def _keys(raw: Mapping[str, Any], allowed: Sequence[str], path: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise GatewayConfigError(
+                _join(path, key), f"unknown field (expected one of {sorted(allowed)})"
+            )
+
+
+def _str(raw: object, path: str) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise GatewayConfigError(path, "must be a non-empty string")
+    return raw
+
+
+def _str_list(raw: object, path: str) -> tuple[str, ...]:
+    if isinstance(raw, str) or not isinstance(raw, Sequence):
+        raise GatewayConfigError(path, "must be a list of strings")
+    return tuple(_str(item, _join(path, i)) for i, item in enumerate(raw))
+
+
+def _int(raw: object, path: str, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise GatewayConfigError(path, "must be an integer")
+    if raw < minimum or (maximum is not None and raw > maximum):
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise GatewayConfigError(path, f"must be {bound}, got {raw}")
+    return raw
+
+
+def _seconds(raw: object, path: str, *, optional: bool = True) -> float | None:
+    if raw is None and optional:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise GatewayConfigError(path, "must be a number of seconds" + (" or null" * optional))
+    if raw <= 0:
+        raise GatewayConfigError(path, f"must be > 0, got {raw}")
+    return float(raw)
+
+
+def validate_endpoint(raw: object, path: str) -> str:
+    url = _str(raw, path).strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise GatewayConfigError(path, f"must be an http:// or https:// URL, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise GatewayConfigError(path, f"invalid port in {url!r}") from None
+    if parts.query or parts.fragment:
+        raise GatewayConfigError(path, f"must not have a query or fragment, got {url!r}")
+    return url.rstrip("/")
+
+
+def _routing(raw: object, path: str) -> str | Mapping[str, Any]:
+    if isinstance(raw, str):
+        spec: str | Mapping[str, Any] = raw
+    elif isinstance(raw, Mapping):
+        spec = MappingProxyType(dict(raw))
+    else:
+        raise GatewayConfigError(path, "must be a preset name or a routing config mapping")
+    try:
+        build_handler({"preset": spec} if isinstance(spec, str) else dict(spec))
+    except ConfigError as exc:
+        if isinstance(spec, str):
+            raise GatewayConfigError(path, exc.message) from None
+        raise GatewayConfigError(_join(path, exc.path) if exc.path else path, exc.message) from None
+    return spec
+
+
+_POOL_KEYS = ("model", "aliases", "endpoints", "engine", "routing", "fallback")
+
+
+def _pool(raw: object, path: str) -> PoolConfig:
+    data = _mapping(raw, path)
+    _keys(data, _POOL_KEYS, path)
+    if "model" not in data:
+        raise GatewayConfigError(_join(path, "model"), "field required")
+    model = _str(data["model"], _join(path, "model"))
+    aliases = _str_list(data.get("aliases", ()), _join(path, "aliases"))
+    ep_path = _join(path, "endpoints")
+    raw_eps = data.get("endpoints", ())
+    if isinstance(raw_eps, str) or not isinstance(raw_eps, Sequence):
+        raise GatewayConfigError(ep_path, "must be a list of URLs")
+    endpoints: list[str] = []
+    for i, item in enumerate(raw_eps):
+        url = validate_endpoint(item, _join(ep_path, i))
+        if url in endpoints:
+            raise GatewayConfigError(_join(ep_path, i), f"duplicate endpoint {url!r}")
+        endpoints.append(url)
+    engine_raw = data.get("engine", EngineKind.VLLM.value)
+    try:
+        engine = EngineKind(engine_raw)
+    except ValueError:
+        raise GatewayConfigError(
+            _join(path, "engine"),
+            f"must be one of {[e.value for e in EngineKind]}, got {engine_raw!r}",
+        ) from None
+    fallback = data.get("fallback")
+    if fallback is not None:
+        fallback = _str(fallback, _join(path, "fallback"))
+    return PoolConfig(
+        model=model,
+        endpoints=tuple(endpoints),
+        aliases=aliases,
+        engine=engine,
+        routing=_routing(data.get("routing", DEFAULT_PROFILE), _join(path, "routing")),
+        fallback=fallback,
+    )
+
+
+def config_from_mapping(raw: object) -> GatewayConfig:
+    """Validate plain data (as loaded from YAML) into a `GatewayConfig`."""
+    data = _mapping(raw, "")
+    _keys(data, ("pools", "listen", "limits", "timeouts"), "")
+    if "pools" not in data:
+        raise GatewayConfigError("pools", "field required")
+    raw_pools = data["pools"]
+    if isinstance(raw_pools, str) or not isinstance(raw_pools, Sequence) or not raw_pools:
+        raise GatewayConfigError("pools", "must be a non-empty list of pools")
+    pools = tuple(_pool(p, _join("pools", i)) for i, p in enumerate(raw_pools))
+    seen: dict[str, int] = {}
+    for i, pool in enumerate(pools):
+        for j, name in enumerate(pool.names):
+            where = _join("pools", i) + (".model" if j == 0 else f".aliases[{j - 1}]")
+            if name in seen:
+                raise GatewayConfigError(
+                    where, f"{name!r} is already served by pools[{seen[name]}]"
+                )
+            seen[name] = i
+    for i, pool in enumerate(pools):
+        if pool.fallback is None:
+            continue
+        where = _join(_join("pools", i), "fallback")
+        if pool.fallback == pool.model:
+            raise GatewayConfigError(where, "a pool cannot fall back to itself")
+        if not any(p.model == pool.fallback for p in pools):
+            raise GatewayConfigError(where, f"no pool with model {pool.fallback!r}")
+
+    listen = _mapping(data.get("listen", {}), "listen")
+    _keys(listen, ("host", "port"), "listen")
+    limits = _mapping(data.get("limits", {}), "limits")
+    _keys(limits, ("max_body_bytes",), "limits")
+    timeouts = _mapping(data.get("timeouts", {}), "timeouts")
+    _keys(timeouts, ("connect_s", "ttft_s", "idle_s", "total_s", "drain_s"), "timeouts")
+    t_default = TimeoutsConfig()
+
+    def timeout(key: str) -> float | None:
+        return _seconds(timeouts.get(key, getattr(t_default, key)), _join("timeouts", key))
+
+    drain = _seconds(timeouts.get("drain_s", t_default.drain_s), "timeouts.drain_s", optional=False)
+    assert drain is not None
+    return GatewayConfig(
+        pools=pools,
+        listen=ListenConfig(
+            host=_str(listen.get("host", ListenConfig.host), "listen.host"),
+            port=_int(listen.get("port", ListenConfig.port), "listen.port", 0, 65535),
+        ),
+        limits=LimitsConfig(
+            max_body_bytes=_int(
+                limits.get("max_body_bytes", LimitsConfig.max_body_bytes),
+                "limits.max_body_bytes",
+                1,
+            )
+        ),
+        timeouts=TimeoutsConfig(
+            connect_s=timeout("connect_s"),
+            ttft_s=timeout("ttft_s"),
+            idle_s=timeout("idle_s"),
+            total_s=timeout("total_s"),
+            drain_s=drain,
+        ),
+    )
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a gateway YAML file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise GatewayConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise GatewayConfigError("", f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raise GatewayConfigError("", f"{path}: the file is empty")
+    return config_from_mapping(raw)

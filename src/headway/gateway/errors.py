@@ -1,0 +1,64 @@
+"""OpenAI-style errors as the gateway returns them: ``{"error": {"message", "type",
+"param", "code"}}``, as a JSON response before any byte was sent, or as an SSE event
+once a stream has started."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+from aiohttp import web
+
+_TYPES = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    405: "MethodNotAllowed",
+    413: "RequestEntityTooLarge",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    502: "BadGatewayError",
+    503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
+}
+
+
+@dataclass
+class GatewayError(Exception):
+    """An error to return to the client with an HTTP status."""
+
+    status: int
+    message: str
+    param: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def error_body(status: int, message: str, param: str | None = None) -> bytes:
+    return msgspec.json.encode(
+        {
+            "error": {
+                "message": message,
+                "type": _TYPES.get(status, "Error"),
+                "param": param,
+                "code": status,
+            }
+        }
+    )
+
+
+def error_response(
+    status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=error_body(status, message, param),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def sse_error_event(status: int, message: str) -> bytes:
+    """The event that ends a stream the gateway cannot finish."""
+    return b"data: " + error_body(status, message) + b"\n\n"

@@ -1,0 +1,47 @@
+"""The gateway's Prometheus metrics, in a registry of its own (several gateways can
+share a process, as in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "headway_gateway_requests",
+            "Completion requests by model, endpoint and HTTP status sent to the client.",
+            ("model", "endpoint", "status"),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "headway_gateway_in_flight_requests",
+            "Requests sent upstream and not yet finished.",
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "headway_gateway_ttft_seconds",
+            "Streamed requests: time from arrival to the first byte relayed to the client.",
+            ("model",),
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.e2e = Histogram(
+            "headway_gateway_e2e_seconds",
+            "Time from arrival to the end of the response.",
+            ("model",),
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "headway_gateway_tokens",
+            "Tokens by kind (prompt, completion), from upstream usage.",
+            ("model", "kind"),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

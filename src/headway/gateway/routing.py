@@ -1,0 +1,98 @@
+"""Picking an endpoint for a request: the pool's `headway.routing` handler over
+snapshots built from the gateway's in-flight tracker.
+
+Health is not collected yet: every configured endpoint is offered as healthy. A pool
+with no endpoint hands its requests to its fallback pool, if it names one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from headway.gateway.config import GatewayConfig, PoolConfig
+from headway.gateway.tracker import InFlightTracker
+from headway.routing import (
+    EndpointSnapshot,
+    ProfileHandler,
+    RequestContext,
+    RoutingResult,
+    build_handler,
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    pool: PoolConfig  # the pool that serves the request (the fallback, if used)
+    endpoint: str
+    result: RoutingResult
+
+
+class PoolRouter:
+    def __init__(self, pool: PoolConfig, tracker: InFlightTracker, seed: int) -> None:
+        self.pool = pool
+        self._tracker = tracker
+        self._handler: ProfileHandler = build_handler(dict(pool.routing_config()))
+        self._rng = np.random.default_rng(seed)
+
+    def snapshots(self) -> list[EndpointSnapshot]:
+        models = frozenset({self.pool.model})
+        out = []
+        for url in self.pool.endpoints:
+            load = self._tracker.load(url)
+            out.append(
+                EndpointSnapshot(
+                    endpoint_id=url,
+                    models=models,
+                    num_in_flight_requests=load.num_requests,
+                    num_in_flight_tokens=load.num_tokens,
+                )
+            )
+        return out
+
+    def decide(self, ctx: RequestContext) -> RoutingResult:
+        return self._handler.decide(
+            ctx, self.snapshots(), now=time.monotonic(), rng=self._rng, timer=time.perf_counter
+        )
+
+    def observe(self, ctx: RequestContext, result: RoutingResult) -> None:
+        self._handler.observe(ctx, result)
+
+
+class Router:
+    """Every pool's router; resolves a model name (or alias) to a pool."""
+
+    def __init__(self, config: GatewayConfig, tracker: InFlightTracker, seed: int = 0) -> None:
+        self.config = config
+        self._pools = {
+            p.model: PoolRouter(p, tracker, seed + i) for i, p in enumerate(config.pools)
+        }
+        self._by_name = {name: p.model for p in config.pools for name in p.names}
+
+    def pool_for(self, model: str) -> PoolConfig | None:
+        name = self._by_name.get(model)
+        return None if name is None else self._pools[name].pool
+
+    def route(self, pool: PoolConfig, ctx: RequestContext) -> Route | None:
+        """Decide and commit (observe) a route, following fallbacks; None: no endpoint."""
+        seen: set[str] = set()
+        current: PoolConfig | None = pool
+        while current is not None and current.model not in seen:
+            seen.add(current.model)
+            router = self._pools[current.model]
+            pool_ctx = ctx if ctx.model == current.model else _with_model(ctx, current.model)
+            result = router.decide(pool_ctx)
+            if result.is_routed:
+                router.observe(pool_ctx, result)
+                endpoint = result.decision.endpoint_id
+                assert endpoint is not None
+                return Route(current, endpoint, result)
+            fallback = current.fallback
+            current = self._pools[fallback].pool if fallback in self._pools else None
+        return None
+
+
+def _with_model(ctx: RequestContext, model: str) -> RequestContext:
+    return replace(ctx, model=model)

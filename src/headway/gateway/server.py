@@ -1,0 +1,391 @@
+"""The gateway's HTTP front door: OpenAI-compatible endpoints relayed to upstream
+engines chosen by `headway.routing`.
+
+Accounting invariant: a request holds an in-flight lease on its endpoint from the
+routing decision until its handler ends, however it ends (success, error, client
+disconnect = handler cancellation); the lease is released exactly once in `finally`.
+An upstream exchange that did not finish is closed, so the engine aborts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from headway.gateway.config import GatewayConfig
+from headway.gateway.errors import GatewayError, error_response, sse_error_event
+from headway.gateway.metrics import GatewayMetrics
+from headway.gateway.request import CompletionRequest, parse_completion, upstream_body
+from headway.gateway.routing import Route, Router
+from headway.gateway.sse import SseRelayFilter
+from headway.gateway.tracker import InFlightTracker
+from headway.gateway.transport import (
+    AiohttpTransport,
+    Transport,
+    UpstreamConnectError,
+    UpstreamReadError,
+    UpstreamResponse,
+)
+from headway.routing import Headers, RequestContext
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = "x-request-id"
+_FORWARD_REQUEST_HEADERS = ("traceparent", "tracestate", "accept")
+# Not relayed from upstream responses: hop-by-hop, or rewritten by the gateway.
+_DROP_RESPONSE_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "date",
+        "server",
+        "proxy-authenticate",
+        "trailer",
+        "upgrade",
+        REQUEST_ID,
+    }
+)
+_MAX_UPSTREAM_ERROR_BYTES = 64 * 1024
+_MAX_UPSTREAM_BODY_BYTES = 256 * 1024 * 1024
+
+
+class _UpstreamTimeout(Exception):
+    pass
+
+
+class Gateway:
+    """The gateway's state: config, router, in-flight tracker, metrics, transport."""
+
+    def __init__(self, config: GatewayConfig, transport: Transport | None = None) -> None:
+        self.config = config
+        self.tracker = InFlightTracker()
+        self.router = Router(config, self.tracker)
+        self.metrics = GatewayMetrics()
+        self.transport: Transport = transport or AiohttpTransport(
+            connect_timeout_s=config.timeouts.connect_s
+        )
+        self.started_at = int(time.time())
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.config.limits.max_body_bytes)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready)
+        app.router.add_get("/metrics", self.metrics_handler)
+        app.middlewares.append(_errors_middleware)
+        app.on_cleanup.append(self._close_transport)
+        return app
+
+    async def _close_transport(self, app: web.Application) -> None:
+        await self.transport.close()
+
+    # -- simple endpoints ----------------------------------------------------------
+    async def models(self, request: web.Request) -> web.Response:
+        data = [
+            {"id": name, "object": "model", "created": self.started_at, "owned_by": "headway"}
+            for pool in self.config.pools
+            for name in pool.names
+        ]
+        return _json({"object": "list", "data": data})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        empty = [p.model for p in self.config.pools if not p.endpoints]
+        if empty:
+            return _json({"status": "not ready", "pools_without_endpoints": empty}, status=503)
+        return _json({"status": "ready"})
+
+    async def metrics_handler(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    # -- completions ---------------------------------------------------------------
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._completion(request, is_chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._completion(request, is_chat=False)
+
+    async def _completion(self, request: web.Request, *, is_chat: bool) -> web.StreamResponse:
+        arrived_at = time.monotonic()
+        request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+        reply_headers = {REQUEST_ID: request_id}
+        model_label, endpoint_label = "", ""
+        status = 500
+        try:
+            body = await _read_body(request, self.config.limits.max_body_bytes)
+            req = parse_completion(body, is_chat=is_chat)
+            pool = self.router.pool_for(req.model)
+            if pool is None:
+                raise GatewayError(404, f"The model `{req.model}` does not exist.", "model")
+            model_label = pool.model
+            ctx = RequestContext(
+                request_id=request_id,
+                model=pool.model,
+                num_prompt_tokens_est=len(body) // 4,
+                max_output_tokens=req.max_tokens if (req.max_tokens or 0) >= 0 else None,
+                headers=Headers.of(
+                    (k, v) for k, v in request.headers.items() if k.lower() == "traceparent"
+                ),
+            )
+            route = self.router.route(pool, ctx)
+            if route is None:
+                raise GatewayError(503, f"no endpoint available for model `{pool.model}`")
+            endpoint_label = route.endpoint
+            resp = await self._proxy(request, req, body, route, request_id, arrived_at)
+            status = resp.status
+            return resp
+        except GatewayError as exc:
+            status = exc.status
+            return error_response(exc.status, exc.message, exc.param, headers=reply_headers)
+        except asyncio.CancelledError:
+            status = 499  # the client went away
+            raise
+        finally:
+            self.metrics.requests.labels(model_label, endpoint_label, str(status)).inc()
+            self.metrics.e2e.labels(model_label).observe(time.monotonic() - arrived_at)
+
+    async def _proxy(
+        self,
+        request: web.Request,
+        req: CompletionRequest,
+        body: bytes,
+        route: Route,
+        request_id: str,
+        arrived_at: float,
+    ) -> web.StreamResponse:
+        timeouts = self.config.timeouts
+        total_deadline = arrived_at + timeouts.total_s if timeouts.total_s else None
+        headers = {
+            "Content-Type": "application/json",
+            "Accept-Encoding": "identity",
+            REQUEST_ID: request_id,
+        }
+        for name in _FORWARD_REQUEST_HEADERS:
+            value = request.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        url = route.endpoint + request.path
+        payload = upstream_body(body, req, route.pool.model)
+        lease = self.tracker.acquire(route.endpoint, len(body) // 4 + max(0, req.max_tokens or 0))
+        self.metrics.in_flight.inc()
+        upstream: UpstreamResponse | None = None
+        is_complete = False
+        try:
+            first_deadline = total_deadline
+            if req.is_stream and timeouts.ttft_s:
+                first_deadline = _earliest(total_deadline, arrived_at + timeouts.ttft_s)
+            try:
+                upstream = await _until(first_deadline, self.transport.open(url, payload, headers))
+            except UpstreamConnectError as exc:
+                raise GatewayError(
+                    502, f"upstream {route.endpoint} is unreachable: {exc}"
+                ) from None
+            except _UpstreamTimeout:
+                raise GatewayError(
+                    504, f"upstream {route.endpoint} did not answer in time"
+                ) from None
+            if upstream.status >= 500:
+                detail = await self._error_detail(upstream, total_deadline)
+                raise GatewayError(
+                    502, f"upstream {route.endpoint} answered {upstream.status}: {detail}"
+                )
+            is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+            if req.is_stream and upstream.status == 200 and is_sse:
+                resp, is_complete = await self._relay_stream(
+                    request, req, upstream, route, request_id, arrived_at, first_deadline
+                )
+                return resp
+            try:
+                data = await _until(total_deadline, upstream.read_all(_MAX_UPSTREAM_BODY_BYTES))
+            except _UpstreamTimeout:
+                raise GatewayError(504, f"upstream {route.endpoint} timed out") from None
+            except UpstreamReadError as exc:
+                raise GatewayError(
+                    502, f"upstream {route.endpoint} failed while answering: {exc}"
+                ) from None
+            is_complete = True
+            if upstream.status == 200:
+                self._count_tokens(route.pool.model, _usage_of(data))
+            return web.Response(
+                status=upstream.status,
+                body=data,
+                headers=_response_headers(upstream.headers, request_id),
+            )
+        finally:
+            if upstream is not None:
+                upstream.finish(is_complete=is_complete)
+            lease.release()
+            self.metrics.in_flight.dec()
+
+    async def _relay_stream(
+        self,
+        request: web.Request,
+        req: CompletionRequest,
+        upstream: UpstreamResponse,
+        route: Route,
+        request_id: str,
+        arrived_at: float,
+        first_deadline: float | None,
+    ) -> tuple[web.StreamResponse, bool]:
+        """Relay SSE bytes as they come; True with the response when the upstream
+        stream ended cleanly."""
+        timeouts = self.config.timeouts
+        total_deadline = arrived_at + timeouts.total_s if timeouts.total_s else None
+        resp = web.StreamResponse(
+            status=200, headers=_response_headers(upstream.headers, request_id)
+        )
+        await resp.prepare(request)
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sse = SseRelayFilter(strip_usage=req.must_strip_usage)
+        deadline = first_deadline
+        is_first = True
+        error: tuple[int, str] | None = None
+        while True:
+            try:
+                chunk = await _until(deadline, upstream.read_chunk())
+            except _UpstreamTimeout:
+                what = "the first token" if is_first else "the next chunk"
+                error = (504, f"upstream {route.endpoint} timed out waiting for {what}")
+                break
+            except UpstreamReadError as exc:
+                error = (502, f"upstream {route.endpoint} connection lost mid-stream: {exc}")
+                break
+            if not chunk:
+                if not sse.is_done:
+                    error = (502, f"upstream {route.endpoint} ended the stream before it finished")
+                break
+            out = sse.feed(chunk)
+            if out:
+                if is_first:
+                    self.metrics.ttft.labels(route.pool.model).observe(
+                        time.monotonic() - arrived_at
+                    )
+                    is_first = False
+                await resp.write(out)
+            if timeouts.idle_s:
+                deadline = _earliest(total_deadline, time.monotonic() + timeouts.idle_s)
+            else:
+                deadline = total_deadline
+        self._count_tokens(route.pool.model, sse.usage)
+        if error is not None:
+            log.warning("request %s: %s", request_id, error[1])
+            await resp.write(sse_error_event(*error))
+        await resp.write_eof()
+        return resp, error is None
+
+    async def _error_detail(self, upstream: UpstreamResponse, deadline: float | None) -> str:
+        try:
+            data = await _until(
+                _earliest(deadline, time.monotonic() + 5.0),
+                upstream.read_all(_MAX_UPSTREAM_ERROR_BYTES),
+            )
+        except (_UpstreamTimeout, UpstreamReadError):
+            return "(no body)"
+        try:
+            obj = msgspec.json.decode(data)
+            message = obj["error"]["message"]
+            if isinstance(message, str):
+                return message
+        except (msgspec.DecodeError, KeyError, TypeError):
+            pass
+        return data[:200].decode(errors="replace") or "(no body)"
+
+    def _count_tokens(self, model: str, usage: Mapping[str, Any] | None) -> None:
+        if not usage:
+            return
+        for kind in ("prompt", "completion"):
+            value = usage.get(f"{kind}_tokens")
+            if isinstance(value, int) and value > 0:
+                self.metrics.tokens.labels(model, kind).inc(value)
+
+
+# -- helpers -------------------------------------------------------------------------
+@web.middleware
+async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error the client sees is OpenAI-shaped JSON, never a traceback."""
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason)
+    except GatewayError as exc:
+        return error_response(exc.status, exc.message, exc.param)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal gateway error")
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError(413, f"request body of {request.content_length} bytes is over the limit of {limit} bytes")  # fmt: skip
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise GatewayError(413, f"request body is over the limit of {limit} bytes") from None
+
+
+def _response_headers(upstream: Mapping[str, str], request_id: str) -> dict[str, str]:
+    out = {k: v for k, v in upstream.items() if k.lower() not in _DROP_RESPONSE_HEADERS}
+    out[REQUEST_ID] = request_id
+    return out
+
+
+def _usage_of(body: bytes) -> Mapping[str, Any] | None:
+    try:
+        obj = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+async def _until(deadline: float | None, awaitable: Any) -> Any:
+    """Await `awaitable` until the monotonic `deadline` (None: no deadline)."""
+    if deadline is None:
+        return await awaitable
+    loop = asyncio.get_running_loop()
+    # time.monotonic and the loop's clock are both CLOCK_MONOTONIC on Linux.
+    remaining = deadline - time.monotonic()
+    try:
+        async with asyncio.timeout_at(loop.time() + max(0.0, remaining)):
+            return await awaitable
+    except TimeoutError:
+        raise _UpstreamTimeout from None
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=msgspec.json.encode(obj), content_type="application/json"
+    )

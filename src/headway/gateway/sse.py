@@ -1,0 +1,64 @@
+"""Incremental SSE handling for the streaming relay.
+
+`SseRelayFilter.feed` takes upstream bytes as they arrive and returns the bytes to
+send to the client now: every complete event (they end with a blank line), held back
+only while an event is incomplete, so the relay never buffers more than one event.
+It notes `data: [DONE]` and the last `usage` object it sees; with `strip_usage` it
+drops the usage-only final chunk (empty `choices`) that the gateway asked for on the
+client's behalf.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+_SEP = b"\n\n"
+_DONE = b"data: [DONE]"
+
+
+class SseRelayFilter:
+    def __init__(self, *, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.is_done = False
+        self.usage: dict[str, Any] | None = None
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(_SEP)
+        if end < 0:
+            self._pending = data
+            return b""
+        end += len(_SEP)
+        complete, self._pending = data[:end], data[end:]
+        if b'"usage"' not in complete and _DONE not in complete:
+            return complete  # the common case: plain token chunks, no parsing
+        kept: list[bytes] = []
+        for event in complete.split(_SEP)[:-1]:
+            if event.startswith(_DONE):
+                self.is_done = True
+            elif b'"usage"' in event and self._is_usage_only(event):
+                continue
+            kept.append(event + _SEP)
+        return b"".join(kept)
+
+    def _is_usage_only(self, event: bytes) -> bool:
+        """Record the event's usage; True when it is the usage-only chunk to strip."""
+        if not event.startswith(b"data: {"):
+            return False
+        try:
+            obj = msgspec.json.decode(event[len(b"data: ") :])
+        except msgspec.DecodeError:
+            return False
+        usage = obj.get("usage") if isinstance(obj, dict) else None
+        if not isinstance(usage, dict):
+            return False
+        self.usage = usage
+        return self.strip_usage and obj.get("choices") == []
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an unfinished event (nothing when the stream ended cleanly)."""
+        return self._pending
