@@ -1,0 +1,48 @@
+"""Fixtures for the gateway's integration tests: real `headway sim` processes on
+127.0.0.1 with ephemeral ports, started once per session and in parallel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from gateway_harness import InProcessGateway, pool
+from sim_harness import Fleet, start_fleets
+
+MODEL = "llama-3.1-8b"
+_COMMON = ("--time-scale", "20", "--max-model-len", "8192")
+MAIN_ARGS = ("--replicas", "2", *_COMMON)
+DROP_ARGS = ("--served-model-name", "drop-model", "--fault-drop-stream-after", "5", *_COMMON)
+ERROR_ARGS = ("--served-model-name", "error-model", "--fault-error-rate", "1", *_COMMON)
+HANG_ARGS = ("--served-model-name", "hang-model", "--fault-hang", *_COMMON)
+
+
+@dataclass
+class Fleets:
+    main: Fleet  # two healthy replicas
+    drop: Fleet  # drops every stream after 5 tokens
+    error: Fleet  # answers every completion with 500
+    hang: Fleet  # accepts completions, never answers
+
+
+@pytest.fixture(scope="session")
+def fleets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleets]:
+    started = start_fleets(
+        tmp_path_factory.mktemp("gw-fleets"), MAIN_ARGS, DROP_ARGS, ERROR_ARGS, HANG_ARGS
+    )
+    try:
+        yield Fleets(*started)
+    finally:
+        for f in started:
+            f.stop()
+
+
+@pytest.fixture(scope="module")
+def rr_gateway(fleets: Fleets) -> Iterator[InProcessGateway]:
+    """Round-robin over the two healthy replicas."""
+    gw = InProcessGateway(
+        {"pools": [pool(MODEL, fleets.main.urls, aliases=["llama"], routing="round-robin")]}
+    ).start()
+    yield gw
+    gw.stop()

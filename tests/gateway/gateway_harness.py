@@ -1,0 +1,163 @@
+"""Helpers for the gateway's integration tests: run a gateway in-process (its own
+event loop in a thread, so blocking clients such as the `openai` SDK can call it) or
+as a real `headway serve` process, on 127.0.0.1 with ephemeral ports. Simulator
+fleets come from the simulator tests' harness (tests/sim/sim_harness.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sim"))
+
+from sim_harness import scrape  # noqa: E402
+
+from headway.gateway.config import GatewayConfig, config_from_mapping  # noqa: E402
+from headway.gateway.server import Gateway  # noqa: E402
+
+READY_DEADLINE_S = 20.0
+
+
+class InProcessGateway:
+    """A gateway serving from a background thread's event loop."""
+
+    def __init__(self, config: GatewayConfig | dict[str, Any]) -> None:
+        if isinstance(config, dict):
+            config = config_from_mapping(config)
+        self.config = config
+        self.gateway = Gateway(config)
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> InProcessGateway:
+        self._thread.start()
+        if not self._ready.wait(READY_DEADLINE_S) or self._error is not None:
+            raise RuntimeError(f"gateway did not start: {self._error!r}")
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        runner = web.AppRunner(
+            self.gateway.make_app(),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=self.config.timeouts.drain_s,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+        self.url = f"http://127.0.0.1:{port}"
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=15)
+
+    def num_in_flight(self) -> int:
+        return self.gateway.tracker.num_in_flight
+
+
+def pool(model: str, endpoints: list[str], **extra: Any) -> dict[str, Any]:
+    return {"model": model, "endpoints": endpoints, **extra}
+
+
+@dataclass
+class ServeProcess:
+    proc: subprocess.Popen[bytes]
+    info: dict[str, Any]
+    stderr_path: Path
+
+    @property
+    def url(self) -> str:
+        return str(self.info["url"])
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return int(self.proc.returncode)
+
+
+def serve_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "headway.cli", "serve", *args]
+
+
+def start_serve(tmp_dir: Path, *args: str) -> ServeProcess:
+    """Run `headway serve --port 0 --ready-file ... ARGS` and wait until it serves."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    ready = tmp_dir / "gateway-ready.json"
+    err = tmp_dir / "gateway-stderr.txt"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with err.open("wb") as err_f:
+        proc = subprocess.Popen(
+            serve_command("--port", "0", "--ready-file", str(ready), *args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err_f,
+            env=env,
+        )
+    deadline = time.monotonic() + READY_DEADLINE_S
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(timeout=5)
+            raise RuntimeError(f"headway serve {args} did not start:\n{err.read_text()}")
+        time.sleep(0.02)
+    return ServeProcess(proc, json.loads(ready.read_text()), err)
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def sim_counters(url: str) -> dict[str, float]:
+    m = scrape(url)
+    return {
+        "aborted": m.get("headway_sim:aborted_requests_total", 0.0),
+        "freed": m.get("headway_sim:aborted_freed_blocks_total", 0.0),
+        "running": m.get("vllm:num_requests_running", 0.0),
+        "waiting": m.get("vllm:num_requests_waiting", 0.0),
+    }
+
+
