@@ -22,10 +22,11 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sim"))
 
-from sim_harness import scrape  # noqa: E402
+from sim_harness import scrape
 
-from headway.gateway.config import GatewayConfig, config_from_mapping  # noqa: E402
-from headway.gateway.server import Gateway  # noqa: E402
+from headway.gateway.cli import stop_serving
+from headway.gateway.config import GatewayConfig, config_from_mapping
+from headway.gateway.server import Gateway
 
 READY_DEADLINE_S = 20.0
 
@@ -65,7 +66,7 @@ class InProcessGateway:
             self.gateway.make_app(),
             handler_cancellation=True,
             access_log=None,
-            shutdown_timeout=self.config.timeouts.drain_s,
+            shutdown_timeout=1.0,
         )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -76,7 +77,7 @@ class InProcessGateway:
         try:
             await self._stop.wait()
         finally:
-            await runner.cleanup()
+            await stop_serving(runner, self.gateway, self.config.timeouts.drain_s)
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
@@ -159,5 +160,3 @@ def sim_counters(url: str) -> dict[str, float]:
         "running": m.get("vllm:num_requests_running", 0.0),
         "waiting": m.get("vllm:num_requests_waiting", 0.0),
     }
-
-

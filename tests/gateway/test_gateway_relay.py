@@ -4,6 +4,7 @@ fleet: chat and completions, streamed and not, usage handling, request ids, rout
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 from collections.abc import Iterator
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ def client(rr_gateway: InProcessGateway) -> OpenAI:
 
 
 def test_chat_non_streaming(client: OpenAI) -> None:
-    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)  # type: ignore[arg-type]
+    out = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
     assert out.choices[0].message.content
     assert out.usage is not None and out.usage.completion_tokens == 8
 
@@ -42,13 +43,21 @@ def test_streaming_usage_stripped_unless_requested(
     opts = {"stream_options": {"include_usage": True}} if wants_usage else {}
     if is_chat:
         stream = client.chat.completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=5, stream=True, **opts  # type: ignore[arg-type, call-overload]
+            model=MODEL,
+            messages=MESSAGES,
+            max_tokens=5,
+            stream=True,
+            **opts,
         )
         chunks = list(stream)
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     else:
         cstream = client.completions.create(
-            model=MODEL, prompt="Hello", max_tokens=5, stream=True, **opts  # type: ignore[call-overload]
+            model=MODEL,
+            prompt="Hello",
+            max_tokens=5,
+            stream=True,
+            **opts,
         )
         chunks = list(cstream)
         text = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -65,7 +74,7 @@ def test_streaming_usage_stripped_unless_requested(
 def test_gateway_counts_tokens_even_when_usage_stripped(rr_gateway: InProcessGateway) -> None:
     client = openai_client(rr_gateway.url)
     before = scrape(rr_gateway.url).get("headway_gateway_tokens_total", 0.0)
-    list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, stream=True))  # type: ignore[arg-type]
+    list(client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, stream=True))
     after = scrape(rr_gateway.url)["headway_gateway_tokens_total"]
     assert after - before >= 4  # completion tokens at least
 
@@ -75,7 +84,10 @@ def test_request_id_propagated_both_ways(rr_gateway: InProcessGateway) -> None:
         rr_gateway.url,
         "/v1/chat/completions",
         {"model": MODEL, "messages": MESSAGES, "max_tokens": 3},
-        headers={"x-request-id": "gw-test-42", "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"},
+        headers={
+            "x-request-id": "gw-test-42",
+            "traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01",
+        },
     )
     assert resp.status == 200, resp.text
     assert resp.headers["x-request-id"] == "gw-test-42"
@@ -92,18 +104,27 @@ def test_request_id_generated_when_absent(rr_gateway: InProcessGateway) -> None:
 def test_round_robin_spreads_over_both_replicas(rr_gateway: InProcessGateway) -> None:
     replicas = []
     for _ in range(6):
-        resp = post(rr_gateway.url, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1})
+        resp = post(
+            rr_gateway.url, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1}
+        )
         assert resp.status == 200, resp.text
         replicas.append(resp.headers["x-headway-replica"])
     assert sorted(set(replicas)) == ["0", "1"]
     # Strict alternation: round-robin advances once per committed decision.
-    assert all(a != b for a, b in zip(replicas, replicas[1:], strict=False))
+    assert all(a != b for a, b in itertools.pairwise(replicas))
 
 
-def _open_stream(url: str, body: dict[str, object]) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+def _open_stream(
+    url: str, body: dict[str, object]
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=20)
-    conn.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+    )
     resp = conn.getresponse()
     assert resp.status == 200
     return conn, resp
@@ -120,7 +141,9 @@ LONG_STREAM = {
 
 @pytest.fixture
 def lr_gateway(fleets: Fleets) -> Iterator[InProcessGateway]:
-    gw = InProcessGateway({"pools": [pool(MODEL, fleets.main.urls, routing="least-request")]}).start()
+    gw = InProcessGateway(
+        {"pools": [pool(MODEL, fleets.main.urls, routing="least-request")]}
+    ).start()
     yield gw
     gw.stop()
 
@@ -132,7 +155,9 @@ def test_least_request_prefers_the_idle_replica(lr_gateway: InProcessGateway) ->
         assert resp.readline()  # the stream is running
         assert lr_gateway.num_in_flight() == 1
         for _ in range(4):
-            r = post(lr_gateway.url, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1})
+            r = post(
+                lr_gateway.url, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1}
+            )
             assert r.status == 200, r.text
             assert r.headers["x-headway-replica"] != busy
     finally:
@@ -156,9 +181,7 @@ def test_models_health_ready_metrics(rr_gateway: InProcessGateway) -> None:
 
 
 def test_ready_is_503_when_a_pool_has_no_endpoint(fleets: Fleets) -> None:
-    gw = InProcessGateway(
-        {"pools": [pool(MODEL, fleets.main.urls), pool("other", [])]}
-    ).start()
+    gw = InProcessGateway({"pools": [pool(MODEL, fleets.main.urls), pool("other", [])]}).start()
     try:
         resp = get(gw.url, "/ready")
         assert resp.status == 503

@@ -41,6 +41,8 @@ from headway.gateway.server import Gateway
 log = logging.getLogger(__name__)
 
 EMBEDDED_REPLICAS = 4
+# After the drain, for closing idle connections (aiohttp waits up to twice this).
+_CLOSE_TIMEOUT_S = 1.0
 
 
 class CliError(ValueError):
@@ -168,6 +170,7 @@ async def _start_embedded(
 async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool) -> None:
     fleet = None
     runner: web.AppRunner | None = None
+    gateway: Gateway | None = None
     try:
         if embedded:
             fleet, config = await _start_embedded(args, config)
@@ -176,7 +179,7 @@ async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool)
             gateway.make_app(),
             handler_cancellation=True,
             access_log=None,
-            shutdown_timeout=config.timeouts.drain_s,
+            shutdown_timeout=_CLOSE_TIMEOUT_S,
         )
         await runner.setup()
         site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
@@ -211,9 +214,22 @@ async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool)
         await stop.wait()
     finally:
         if runner is not None:
-            await runner.cleanup()  # stops accepting, drains up to drain_s, cancels the rest
+            await stop_serving(runner, gateway, config.timeouts.drain_s)
         if fleet is not None:
             await fleet.stop()
+
+
+async def stop_serving(runner: web.AppRunner, gateway: Gateway | None, drain_s: float) -> None:
+    """Stop accepting, let in-flight requests run up to `drain_s`, cancel the rest."""
+    for site in list(runner.sites):
+        await site.stop()
+    if gateway is not None:
+        num_cancelled = await gateway.drain(drain_s)
+        if num_cancelled:
+            log.warning(
+                "drain: cancelled %d request(s) still running after %s s", num_cancelled, drain_s
+            )
+    await runner.cleanup()
 
 
 def run(args: argparse.Namespace) -> int:

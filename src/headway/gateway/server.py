@@ -76,6 +76,19 @@ class Gateway:
             connect_timeout_s=config.timeouts.connect_s
         )
         self.started_at = int(time.time())
+        self._handlers: set[asyncio.Task[Any]] = set()  # completion handlers running
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait up to `timeout_s` for running completions to finish, then cancel the
+        rest (which aborts them upstream); returns how many were cancelled."""
+        pending = set(self._handlers)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        return len(pending)
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.limits.max_body_bytes)
@@ -124,6 +137,10 @@ class Gateway:
         return await self._completion(request, is_chat=False)
 
     async def _completion(self, request: web.Request, *, is_chat: bool) -> web.StreamResponse:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         arrived_at = time.monotonic()
         request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
         reply_headers = {REQUEST_ID: request_id}
