@@ -64,6 +64,13 @@ class _UpstreamTimeout(Exception):
     pass
 
 
+class _ClientGone(Exception):
+    """The client's connection broke while the gateway was writing to it."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+
+
 class Gateway:
     """The gateway's state: config, router, in-flight tracker, metrics, transport."""
 
@@ -172,6 +179,9 @@ class Gateway:
         except GatewayError as exc:
             status = exc.status
             return error_response(exc.status, exc.message, exc.param, headers=reply_headers)
+        except _ClientGone as exc:
+            status = 499  # the client went away mid-stream
+            return exc.response
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise
@@ -299,16 +309,22 @@ class Gateway:
                         time.monotonic() - arrived_at
                     )
                     is_first = False
-                await resp.write(out)
+                try:
+                    await resp.write(out)
+                except ConnectionError:
+                    raise _ClientGone(resp) from None
             if timeouts.idle_s:
                 deadline = _earliest(total_deadline, time.monotonic() + timeouts.idle_s)
             else:
                 deadline = total_deadline
         self._count_tokens(route.pool.model, sse.usage)
-        if error is not None:
-            log.warning("request %s: %s", request_id, error[1])
-            await resp.write(sse_error_event(*error))
-        await resp.write_eof()
+        try:
+            if error is not None:
+                log.warning("request %s: %s", request_id, error[1])
+                await resp.write(sse_error_event(*error))
+            await resp.write_eof()
+        except ConnectionError:
+            raise _ClientGone(resp) from None
         return resp, error is None
 
     async def _error_detail(self, upstream: UpstreamResponse, deadline: float | None) -> str:

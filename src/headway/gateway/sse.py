@@ -14,8 +14,10 @@ from typing import Any
 
 import msgspec
 
-_SEP = b"\n\n"
 _DONE = b"data: [DONE]"
+# An event longer than this is relayed without waiting for its end (a stream that
+# never sends a blank line must not make the relay buffer it whole).
+MAX_PENDING_BYTES = 1024 * 1024
 
 
 class SseRelayFilter:
@@ -24,24 +26,34 @@ class SseRelayFilter:
         self.is_done = False
         self.usage: dict[str, Any] | None = None
         self._pending = b""
+        self._sep: bytes | None = None  # b"\n\n", or b"\r\n\r\n" for CRLF streams
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._pending + chunk if self._pending else chunk
-        end = data.rfind(_SEP)
+        if self._sep is None:
+            if b"\n" not in data:
+                self._pending = data
+                return b""
+            self._sep = b"\r\n\r\n" if b"\r\n" in data else b"\n\n"
+        sep = self._sep
+        end = data.rfind(sep)
         if end < 0:
+            if len(data) > MAX_PENDING_BYTES:
+                self._pending = b""
+                return data
             self._pending = data
             return b""
-        end += len(_SEP)
+        end += len(sep)
         complete, self._pending = data[:end], data[end:]
         if b'"usage"' not in complete and _DONE not in complete:
             return complete  # the common case: plain token chunks, no parsing
         kept: list[bytes] = []
-        for event in complete.split(_SEP)[:-1]:
+        for event in complete.split(sep)[:-1]:
             if event.startswith(_DONE):
                 self.is_done = True
             elif b'"usage"' in event and self._is_usage_only(event):
                 continue
-            kept.append(event + _SEP)
+            kept.append(event + sep)
         return b"".join(kept)
 
     def _is_usage_only(self, event: bytes) -> bool:
