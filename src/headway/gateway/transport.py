@@ -65,6 +65,8 @@ class _AiohttpResponse:
     async def read_chunk(self) -> bytes:
         try:
             return await self._resp.content.readany()
+        except aiohttp.ClientPayloadError:
+            raise UpstreamReadError("the connection closed before the response ended") from None
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise UpstreamReadError(str(exc) or type(exc).__name__) from None
 
