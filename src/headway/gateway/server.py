@@ -409,7 +409,7 @@ async def _until(deadline: float | None, awaitable: Any) -> Any:
     if deadline is None:
         return await awaitable
     loop = asyncio.get_running_loop()
-    # time.monotonic and the loop's clock are both CLOCK_MONOTONIC on Linux.
+    # Deadlines are on time.monotonic(); the loop may count from another origin.
     remaining = deadline - time.monotonic()
     try:
         async with asyncio.timeout_at(loop.time() + max(0.0, remaining)):
