@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from headway.gateway.errors import GatewayError
+from headway.openai_errors import ApiError
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,13 @@ class CompletionRequest:
 
 def decode_body(body: bytes) -> dict[str, Any]:
     if not body:
-        raise GatewayError(400, "request body is empty; expected a JSON object")
+        raise ApiError(400, "request body is empty; expected a JSON object")
     try:
         data = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise GatewayError(400, f"malformed JSON in request body: {exc}") from None
+        raise ApiError(400, f"malformed JSON in request body: {exc}") from None
     if not isinstance(data, dict):
-        raise GatewayError(400, "request body must be a JSON object")
+        raise ApiError(400, "request body must be a JSON object")
     return data
 
 
@@ -48,28 +48,28 @@ def parse_completion(body: bytes, *, is_chat: bool) -> CompletionRequest:
     data = decode_body(body)
     model = data.get("model")
     if not isinstance(model, str) or not model:
-        raise GatewayError(400, "model: field required (a non-empty string)", "model")
+        raise ApiError(400, "model: field required (a non-empty string)", "model")
     if is_chat:
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise GatewayError(400, "messages: field required (a non-empty list)", "messages")
+            raise ApiError(400, "messages: field required (a non-empty list)", "messages")
     else:
         prompt = data.get("prompt")
         if prompt is None or prompt == "" or prompt == []:
-            raise GatewayError(400, "prompt: field required", "prompt")
+            raise ApiError(400, "prompt: field required", "prompt")
         if not isinstance(prompt, str | list):
-            raise GatewayError(400, "prompt: must be a string or a list", "prompt")
+            raise ApiError(400, "prompt: must be a string or a list", "prompt")
     stream = data.get("stream", False)
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
-        raise GatewayError(400, "stream: must be a boolean", "stream")
+        raise ApiError(400, "stream: must be a boolean", "stream")
     opts = data.get("stream_options")
     if opts is not None and not isinstance(opts, dict):
-        raise GatewayError(400, "stream_options: must be an object", "stream_options")
+        raise ApiError(400, "stream_options: must be an object", "stream_options")
     include_usage = (opts or {}).get("include_usage", False)
     if not isinstance(include_usage, bool | None):
-        raise GatewayError(400, "stream_options.include_usage: must be a boolean", "stream_options")
+        raise ApiError(400, "stream_options.include_usage: must be a boolean", "stream_options")
     max_tokens = data.get("max_completion_tokens") if is_chat else None
     if max_tokens is None:
         max_tokens = data.get("max_tokens")

@@ -22,7 +22,6 @@ import msgspec
 from aiohttp import web
 
 from headway.gateway.config import GatewayConfig
-from headway.gateway.errors import GatewayError, error_response, sse_error_event
 from headway.gateway.metrics import GatewayMetrics
 from headway.gateway.request import CompletionRequest, parse_completion, upstream_body
 from headway.gateway.routing import Route, Router
@@ -35,6 +34,7 @@ from headway.gateway.transport import (
     UpstreamReadError,
     UpstreamResponse,
 )
+from headway.openai_errors import ApiError, error_response, sse_error_event
 from headway.routing import Headers, RequestContext
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class Gateway:
             req = parse_completion(body, is_chat=is_chat)
             pool = self.router.pool_for(req.model)
             if pool is None:
-                raise GatewayError(404, f"The model `{req.model}` does not exist.", "model")
+                raise ApiError(404, f"The model `{req.model}` does not exist.", "model")
             model_label = pool.model
             ctx = RequestContext(
                 request_id=request_id,
@@ -171,12 +171,12 @@ class Gateway:
             )
             route = self.router.route(pool, ctx)
             if route is None:
-                raise GatewayError(503, f"no endpoint available for model `{pool.model}`")
+                raise ApiError(503, f"no endpoint available for model `{pool.model}`")
             endpoint_label = route.endpoint
             resp = await self._proxy(request, req, body, route, request_id, arrived_at)
             status = resp.status
             return resp
-        except GatewayError as exc:
+        except ApiError as exc:
             status = exc.status
             return error_response(exc.status, exc.message, exc.param, headers=reply_headers)
         except _ClientGone as exc:
@@ -222,16 +222,12 @@ class Gateway:
             try:
                 upstream = await _until(first_deadline, self.transport.open(url, payload, headers))
             except UpstreamConnectError as exc:
-                raise GatewayError(
-                    502, f"upstream {route.endpoint} is unreachable: {exc}"
-                ) from None
+                raise ApiError(502, f"upstream {route.endpoint} is unreachable: {exc}") from None
             except _UpstreamTimeout:
-                raise GatewayError(
-                    504, f"upstream {route.endpoint} did not answer in time"
-                ) from None
+                raise ApiError(504, f"upstream {route.endpoint} did not answer in time") from None
             if upstream.status >= 500:
                 detail = await self._error_detail(upstream, total_deadline)
-                raise GatewayError(
+                raise ApiError(
                     502, f"upstream {route.endpoint} answered {upstream.status}: {detail}"
                 )
             is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
@@ -243,9 +239,9 @@ class Gateway:
             try:
                 data = await _until(total_deadline, upstream.read_all(_MAX_UPSTREAM_BODY_BYTES))
             except _UpstreamTimeout:
-                raise GatewayError(504, f"upstream {route.endpoint} timed out") from None
+                raise ApiError(504, f"upstream {route.endpoint} timed out") from None
             except UpstreamReadError as exc:
-                raise GatewayError(
+                raise ApiError(
                     502, f"upstream {route.endpoint} failed while answering: {exc}"
                 ) from None
             is_complete = True
@@ -363,7 +359,7 @@ async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamRe
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.reason)
-    except GatewayError as exc:
+    except ApiError as exc:
         return error_response(exc.status, exc.message, exc.param)
     except (asyncio.CancelledError, ConnectionResetError):
         raise
@@ -374,11 +370,11 @@ async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamRe
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise GatewayError(413, f"request body of {request.content_length} bytes is over the limit of {limit} bytes")  # fmt: skip
+        raise ApiError(413, f"request body of {request.content_length} bytes is over the limit of {limit} bytes")  # fmt: skip
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise GatewayError(413, f"request body is over the limit of {limit} bytes") from None
+        raise ApiError(413, f"request body is over the limit of {limit} bytes") from None
 
 
 def _response_headers(upstream: Mapping[str, str], request_id: str) -> dict[str, str]:

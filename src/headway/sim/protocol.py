@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from headway.core.tokenizer import ChatTemplate, ChatTemplateError, Tokenizer
-from headway.sim.errors import ApiError
+from headway.openai_errors import ApiError
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from headway import __version__
 from headway.core.engine import RequestError
 from headway.core.sequence import EngineRequest
 from headway.core.tokenizer import ChatTemplate
+from headway.openai_errors import ApiError, error_response
 from headway.resources.tokenizer import HfTokenizer
 from headway.sim import clock
 from headway.sim.completions import (
@@ -26,7 +27,6 @@ from headway.sim.completions import (
     TextAssembler,
 )
 from headway.sim.config import SimConfig
-from headway.sim.errors import ApiError, error_response
 from headway.sim.faults import FaultConfigError
 from headway.sim.metrics import ReplicaCounters, ReplicaMetrics
 from headway.sim.protocol import ParsedRequest, decode_json, parse_completion, render_chat

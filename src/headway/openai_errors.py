@@ -1,6 +1,6 @@
-"""OpenAI-style errors as the gateway returns them: ``{"error": {"message", "type",
-"param", "code"}}``, as a JSON response before any byte was sent, or as an SSE event
-once a stream has started."""
+"""OpenAI-style errors, as the simulator and the gateway return them:
+``{"error": {"message", "type", "param", "code"}}`` with the HTTP status as `code`,
+either as a JSON response or, once a stream has started, as an SSE event."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ _TYPES = {
     400: "BadRequestError",
     404: "NotFoundError",
     405: "MethodNotAllowed",
+    409: "ConflictError",
     413: "RequestEntityTooLarge",
     422: "UnprocessableEntityError",
     429: "RateLimitError",
@@ -24,7 +25,7 @@ _TYPES = {
 
 
 @dataclass
-class GatewayError(Exception):
+class ApiError(Exception):
     """An error to return to the client with an HTTP status."""
 
     status: int
@@ -60,5 +61,5 @@ def error_response(
 
 
 def sse_error_event(status: int, message: str) -> bytes:
-    """The event that ends a stream the gateway cannot finish."""
+    """The event that ends a stream that cannot be finished."""
     return b"data: " + error_body(status, message) + b"\n\n"
