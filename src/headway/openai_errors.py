@@ -5,6 +5,7 @@ either as a JSON response or, once a stream has started, as an SSE event."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -63,3 +64,16 @@ def error_response(
 def sse_error_event(status: int, message: str) -> bytes:
     """The event that ends a stream that cannot be finished."""
     return b"data: " + error_body(status, message) + b"\n\n"
+
+
+def decode_json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or the 400 an OpenAI server answers."""
+    if not body:
+        raise ApiError(400, "request body is empty; expected a JSON object")
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON in request body: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return data

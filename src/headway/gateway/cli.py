@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import signal
@@ -24,6 +23,7 @@ from urllib.request import urlopen
 
 from aiohttp import web
 
+from headway.cli_support import run_main, setup_logging
 from headway.gateway.config import (
     DEFAULT_PROFILE,
     EngineKind,
@@ -233,24 +233,10 @@ async def stop_serving(runner: web.AppRunner, gateway: Gateway | None, drain_s: 
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.log_level)
     try:
         config, embedded = config_from_args(args)
     except CliError as exc:
         print(f"headway serve: error: {exc}", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
-        runner = asyncio.run
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            runner(serve(args, config, embedded))
-    except OSError as exc:
-        print(f"headway serve: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main("headway serve", serve(args, config, embedded), (OSError,))

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from headway.openai_errors import ApiError
+from headway.openai_errors import ApiError, decode_json_object
 
 
 @dataclass(frozen=True)
@@ -32,20 +32,8 @@ class CompletionRequest:
         return self.is_stream and not self.client_wants_usage
 
 
-def decode_body(body: bytes) -> dict[str, Any]:
-    if not body:
-        raise ApiError(400, "request body is empty; expected a JSON object")
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"malformed JSON in request body: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return data
-
-
 def parse_completion(body: bytes, *, is_chat: bool) -> CompletionRequest:
-    data = decode_body(body)
+    data = decode_json_object(body)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, "model: field required (a non-empty string)", "model")

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
-import logging
 import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from headway.cli_support import run_main, setup_logging
 from headway.core.kv_events import WireEncoding
 from headway.sim.config import KvEventsSettings, SimConfig
 from headway.sim.faults import FaultConfig, FaultConfigError
@@ -228,24 +227,10 @@ async def serve(config: SimConfig, ready_file: Path | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.log_level)
     try:
         config = config_from_args(args)
     except CliError as exc:
         print(f"headway sim: error: {exc}", file=sys.stderr)
         return 2
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a pinned dependency
-        runner = asyncio.run
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            runner(serve(config, args.ready_file))
-    except (FleetConfigError, OSError) as exc:
-        print(f"headway sim: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main("headway sim", serve(config, args.ready_file), (FleetConfigError, OSError))

@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 from headway.core.tokenizer import ChatTemplate, ChatTemplateError, Tokenizer
 from headway.openai_errors import ApiError
 
@@ -34,18 +32,6 @@ class ParsedRequest:
     echo_prompt: str
     debug_timing: bool
     priority: int
-
-
-def decode_json(body: bytes) -> dict[str, Any]:
-    if not body:
-        raise ApiError(400, "request body is empty; expected a JSON object")
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"malformed JSON in request body: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return data
 
 
 def _opt_int(data: Mapping[str, Any], key: str, minimum: int) -> int | None:

@@ -17,7 +17,7 @@ from headway import __version__
 from headway.core.engine import RequestError
 from headway.core.sequence import EngineRequest
 from headway.core.tokenizer import ChatTemplate
-from headway.openai_errors import ApiError, error_response
+from headway.openai_errors import ApiError, decode_json_object, error_response
 from headway.resources.tokenizer import HfTokenizer
 from headway.sim import clock
 from headway.sim.completions import (
@@ -29,7 +29,7 @@ from headway.sim.completions import (
 from headway.sim.config import SimConfig
 from headway.sim.faults import FaultConfigError
 from headway.sim.metrics import ReplicaCounters, ReplicaMetrics
-from headway.sim.protocol import ParsedRequest, decode_json, parse_completion, render_chat
+from headway.sim.protocol import ParsedRequest, parse_completion, render_chat
 from headway.sim.replica import Replica
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class ReplicaServer:
         faults = self.replica.faults
         if faults.config.hang:
             await asyncio.Event().wait()  # until the client gives up
-        data = decode_json(await request.read())
+        data = decode_json_object(await request.read())
         parsed = parse_completion(
             data, is_chat=is_chat, tokenizer=self.tokenizer, template=self.template
         )
@@ -296,7 +296,7 @@ class ReplicaServer:
         return _json({"server_load": self.replica.num_in_flight})
 
     async def tokenize(self, request: web.Request) -> web.Response:
-        data = decode_json(await request.read())
+        data = decode_json_object(await request.read())
         if "messages" in data:
             text = render_chat(data, self.template, bool(data.get("add_generation_prompt", True)))
         else:
@@ -320,7 +320,7 @@ class ReplicaServer:
         )
 
     async def detokenize(self, request: web.Request) -> web.Response:
-        data = decode_json(await request.read())
+        data = decode_json_object(await request.read())
         tokens = data.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise ApiError(400, "tokens: must be a list of integers", "tokens")
@@ -361,7 +361,7 @@ class ReplicaServer:
         }
 
     async def _render(self, request: web.Request, is_chat: bool) -> dict[str, Any]:
-        data = decode_json(await request.read())
+        data = decode_json_object(await request.read())
         parsed = parse_completion(
             data, is_chat=is_chat, tokenizer=self.tokenizer, template=self.template
         )
@@ -406,7 +406,7 @@ class ReplicaServer:
         return _json(self.replica.faults.config.as_dict())
 
     async def set_faults(self, request: web.Request) -> web.Response:
-        data = decode_json(await request.read())
+        data = decode_json_object(await request.read())
         try:
             self.replica.faults.config = self.replica.faults.config.updated(data)
         except FaultConfigError as exc:
