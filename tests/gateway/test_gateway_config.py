@@ -3,6 +3,7 @@ loads; `headway serve` rejects bad flags with exit status 2 and a message."""
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from gateway_harness import serve_command
 
 from headway.cli import main
+from headway.gateway.cli import add_arguments, config_from_args
 from headway.gateway.config import (
     EngineKind,
     GatewayConfigError,
@@ -69,6 +71,29 @@ ERRORS = {
     "timeout-negative": ({**cfg(), "timeouts": {"ttft_s": -1}}, "timeouts.ttft_s", "> 0"),
     "timeout-not-number": ({**cfg(), "timeouts": {"total_s": "1m"}}, "timeouts.total_s", "seconds"),
     "drain-null": ({**cfg(), "timeouts": {"drain_s": None}}, "timeouts.drain_s", "seconds"),
+    "cap-zero": (
+        cfg(max_in_flight_per_endpoint=0),
+        "pools[0].max_in_flight_per_endpoint",
+        ">= 1",
+    ),
+    "cap-not-int": (
+        cfg(max_in_flight_per_endpoint=2.5),
+        "pools[0].max_in_flight_per_endpoint",
+        "integer",
+    ),
+    "admission-not-mapping": (cfg(admission=3), "pools[0].admission", "must be a mapping"),
+    "admission-unknown": (cfg(admission={"size": 3}), "pools[0].admission.size", "unknown field"),
+    "max-queue-negative": (
+        cfg(admission={"max_queue": -1}),
+        "pools[0].admission.max_queue",
+        ">= 0",
+    ),
+    "max-wait-zero": (cfg(admission={"max_wait_s": 0}), "pools[0].admission.max_wait_s", "> 0"),
+    "max-wait-null": (
+        cfg(admission={"max_wait_s": None}),
+        "pools[0].admission.max_wait_s",
+        "seconds",
+    ),
 }
 
 
@@ -89,6 +114,19 @@ def test_defaults() -> None:
     assert config.listen.port == 8080 and config.listen.host == "127.0.0.1"
     assert config.timeouts.ttft_s == 60.0
     assert config.limits.max_body_bytes == 16 * 1024 * 1024
+    assert p.max_in_flight_per_endpoint == 256
+    assert (p.admission.max_queue, p.admission.max_wait_s) == (1024, 30.0)
+    assert p.admission.retry_after_s == 30
+
+
+def test_backpressure_fields() -> None:
+    config = config_from_mapping(
+        cfg(max_in_flight_per_endpoint=8, admission={"max_queue": 0, "max_wait_s": 0.25})
+    )
+    (p,) = config.pools
+    assert p.max_in_flight_per_endpoint == 8
+    assert (p.admission.max_queue, p.admission.max_wait_s) == (0, 0.25)
+    assert p.admission.retry_after_s == 1  # whole seconds, never below 1
 
 
 def test_null_timeout_disables_it() -> None:
@@ -127,6 +165,17 @@ BAD_FLAGS = {
         "--max-body-bytes",
     ),
     "engine-choice": (["--engine", "tgi"], "--engine"),
+    "max-in-flight": (
+        ["--endpoints", EP, "--model", "m", "--max-in-flight-per-endpoint", "0"],
+        "--max-in-flight-per-endpoint",
+    ),
+    "max-queue": (["--endpoints", EP, "--model", "m", "--max-queue", "-1"], "--max-queue"),
+    "max-queue-wait": (
+        ["--endpoints", EP, "--model", "m", "--max-queue-wait", "0"],
+        "--max-queue-wait",
+    ),
+    "max-queue-embedded": (["--max-queue", "-2"], "--max-queue"),
+    "max-queue-with-config": (["--config", "x.yaml", "--max-queue", "3"], "--max-queue"),
     "unknown-flag": (["--bogus"], "--bogus"),
 }
 
@@ -142,6 +191,20 @@ def test_serve_bad_flags_exit_2(
     assert rc == 2
     err = capsys.readouterr().err
     assert flag in err and "error" in err
+
+
+def test_serve_backpressure_flags_set_the_quick_pool() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--endpoints", EP, "--model", "m", "--max-in-flight-per-endpoint", "4",
+         "--max-queue", "7", "--max-queue-wait", "2.5"]
+    )  # fmt: skip
+    config, embedded = config_from_args(args)
+    (p,) = config.pools
+    assert not embedded
+    assert p.max_in_flight_per_endpoint == 4
+    assert (p.admission.max_queue, p.admission.max_wait_s) == (7, 2.5)
 
 
 def test_serve_bad_flag_in_a_real_process() -> None:

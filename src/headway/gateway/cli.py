@@ -62,6 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--port", type=int, default=None, help="listen port (default 8080; 0 = ephemeral)"
     )
     p.add_argument("--max-body-bytes", type=int, default=None)
+    p.add_argument("--max-in-flight-per-endpoint", type=int, default=None, metavar="N",
+                   help="quick form: in-flight cap per endpoint (default 256)")  # fmt: skip
+    p.add_argument("--max-queue", type=int, default=None, metavar="N",
+                   help="quick form: admission queue length (default 1024; 0 = no queue)")  # fmt: skip
+    p.add_argument("--max-queue-wait", type=float, default=None, metavar="SECONDS",
+                   help="quick form: longest wait in the admission queue (default 30)")  # fmt: skip
     p.add_argument("--ready-file", type=Path, default=None,
                    help="write the bound address as JSON here once serving")  # fmt: skip
     p.add_argument("--log-level", default="WARNING")
@@ -81,6 +87,28 @@ def _discover_models(endpoint: str) -> tuple[str, ...]:
     return names
 
 
+_ADMISSION_FLAGS = {
+    "max_in_flight_per_endpoint": "--max-in-flight-per-endpoint",
+    "admission.max_queue": "--max-queue",
+    "admission.max_wait_s": "--max-queue-wait",
+}
+
+
+def _backpressure(args: argparse.Namespace) -> dict[str, Any]:
+    """The pool fields the quick-form backpressure flags set."""
+    out: dict[str, Any] = {}
+    if args.max_in_flight_per_endpoint is not None:
+        out["max_in_flight_per_endpoint"] = args.max_in_flight_per_endpoint
+    admission = {}
+    if args.max_queue is not None:
+        admission["max_queue"] = args.max_queue
+    if args.max_queue_wait is not None:
+        admission["max_wait_s"] = args.max_queue_wait
+    if admission:
+        out["admission"] = admission
+    return out
+
+
 def _quick_pool(args: argparse.Namespace) -> PoolConfig:
     endpoints: list[str] = []
     for i, raw in enumerate(x for x in args.endpoints.split(",")):
@@ -96,6 +124,7 @@ def _quick_pool(args: argparse.Namespace) -> PoolConfig:
             "endpoints": endpoints,
             "engine": args.engine,
             "routing": args.profile or DEFAULT_PROFILE,
+            **_backpressure(args),
         }
     )
 
@@ -106,6 +135,8 @@ def _checked_pool(raw: dict[str, Any]) -> PoolConfig:
     except GatewayConfigError as exc:
         flag = {"routing": "--profile", "engine": "--engine", "model": "--model"}
         path = exc.path.removeprefix("pools[0].")
+        if path in _ADMISSION_FLAGS:
+            raise CliError(f"{_ADMISSION_FLAGS[path]}: {exc.message}") from None
         name = path.split(".")[0].split("[")[0]
         raise CliError(f"{flag.get(name, path)}: {exc.message}") from None
 
@@ -121,6 +152,11 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
             raise CliError("--endpoints: cannot be combined with --config")
         if args.model or args.profile:
             raise CliError("--model/--profile: set them in the --config file")
+        if _backpressure(args):
+            raise CliError(
+                "--max-in-flight-per-endpoint/--max-queue/--max-queue-wait: "
+                "set them per pool in the --config file"
+            )
         try:
             config = load_config(args.config)
         except GatewayConfigError as exc:
@@ -132,9 +168,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
         config = GatewayConfig(pools=(_quick_pool(args),))
         embedded = False
     else:
-        if args.model or args.profile:
+        if args.model or args.profile or _backpressure(args):
             _checked_pool(
-                {"model": (args.model or ["x"])[0], "routing": args.profile or DEFAULT_PROFILE}
+                {
+                    "model": (args.model or ["x"])[0],
+                    "routing": args.profile or DEFAULT_PROFILE,
+                    **_backpressure(args),
+                }
             )
         # Filled in once the embedded fleet is up and its ports are known.
         config = GatewayConfig(pools=())
@@ -158,11 +198,14 @@ async def _start_embedded(
     names = tuple(args.model) if args.model else ()
     fleet = Fleet(SimConfig(num_replicas=EMBEDDED_REPLICAS, port=0, served_model_names=names))
     await fleet.start()
-    pool = PoolConfig(
-        model=fleet.config.names[0],
-        aliases=fleet.config.names[1:],
-        endpoints=tuple(r.url for r in fleet.replicas),
-        routing=args.profile or DEFAULT_PROFILE,
+    pool = _checked_pool(
+        {
+            "model": fleet.config.names[0],
+            "aliases": list(fleet.config.names[1:]),
+            "endpoints": [r.url for r in fleet.replicas],
+            "routing": args.profile or DEFAULT_PROFILE,
+            **_backpressure(args),
+        }
     )
     return fleet, replace(config, pools=(pool,))
 

@@ -41,6 +41,21 @@ class EngineKind(StrEnum):
 
 
 DEFAULT_PROFILE = "round-robin"
+DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT = 256
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """A pool's admission queue: where requests wait while every endpoint is at its
+    in-flight cap. Bounded in length and in waiting time; beyond either: 429."""
+
+    max_queue: int = 1024  # requests waiting at most (0: no queue, reject at once)
+    max_wait_s: float = 30.0  # longest a request waits for a slot
+
+    @property
+    def retry_after_s(self) -> int:
+        """The `Retry-After` a rejected client gets: the queue's wait, whole seconds."""
+        return max(1, math.ceil(self.max_wait_s))
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,8 @@ class PoolConfig:
     engine: EngineKind = EngineKind.VLLM
     routing: str | Mapping[str, Any] = DEFAULT_PROFILE  # preset name or routing config
     fallback: str | None = None  # another pool's model, used when this one has no endpoint
+    max_in_flight_per_endpoint: int = DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -189,7 +206,30 @@ def _routing(raw: object, path: str) -> str | Mapping[str, Any]:
     return spec
 
 
-_POOL_KEYS = ("model", "aliases", "endpoints", "engine", "routing", "fallback")
+_POOL_KEYS = (
+    "model",
+    "aliases",
+    "endpoints",
+    "engine",
+    "routing",
+    "fallback",
+    "max_in_flight_per_endpoint",
+    "admission",
+)
+
+
+def _admission(raw: object, path: str) -> AdmissionConfig:
+    data = _mapping(raw, path)
+    _keys(data, ("max_queue", "max_wait_s"), path)
+    default = AdmissionConfig()
+    max_wait = _seconds(
+        data.get("max_wait_s", default.max_wait_s), _join(path, "max_wait_s"), optional=False
+    )
+    assert max_wait is not None
+    return AdmissionConfig(
+        max_queue=_int(data.get("max_queue", default.max_queue), _join(path, "max_queue"), 0),
+        max_wait_s=max_wait,
+    )
 
 
 def _pool(raw: object, path: str) -> PoolConfig:
@@ -227,6 +267,12 @@ def _pool(raw: object, path: str) -> PoolConfig:
         engine=engine,
         routing=_routing(data.get("routing", DEFAULT_PROFILE), _join(path, "routing")),
         fallback=fallback,
+        max_in_flight_per_endpoint=_int(
+            data.get("max_in_flight_per_endpoint", DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT),
+            _join(path, "max_in_flight_per_endpoint"),
+            1,
+        ),
+        admission=_admission(data.get("admission", {}), _join(path, "admission")),
     )
 
 

@@ -22,6 +22,18 @@ class GatewayMetrics:
             "Requests sent upstream and not yet finished.",
             registry=self.registry,
         )
+        self.queued = Gauge(
+            "headway_gateway_queued_requests",
+            "Requests waiting in a pool's admission queue for an endpoint below its cap.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "headway_gateway_rejected_requests",
+            "Requests answered 429 by admission, by pool and reason (queue_full, wait_timeout).",
+            ("model", "reason"),
+            registry=self.registry,
+        )
         self.ttft = Histogram(
             "headway_gateway_ttft_seconds",
             "Streamed requests: time from arrival to the first byte relayed to the client.",

@@ -3,6 +3,12 @@ snapshots built from the gateway's in-flight tracker.
 
 Health is not collected yet: every configured endpoint is offered as healthy. A pool
 with no endpoint hands its requests to its fallback pool, if it names one.
+
+Endpoints at the pool's in-flight cap (`max_in_flight_per_endpoint`, counted by the
+gateway's tracker) are left out of the snapshot list the routing handler sees. When
+every endpoint of a pool is at its cap the answer is `Full`: the request waits in
+that pool's admission queue (it does not spill over to the fallback, which is for a
+pool with nothing to offer, not a busy one).
 """
 
 from __future__ import annotations
@@ -24,6 +30,13 @@ from headway.routing import (
 
 
 @dataclass(frozen=True)
+class Full:
+    """Every endpoint of `pool` is at its in-flight cap."""
+
+    pool: PoolConfig
+
+
+@dataclass(frozen=True)
 class Route:
     pool: PoolConfig  # the pool that serves the request (the fallback, if used)
     endpoint: str
@@ -38,10 +51,14 @@ class PoolRouter:
         self._rng = np.random.default_rng(seed)
 
     def snapshots(self) -> list[EndpointSnapshot]:
+        """Every endpoint below its in-flight cap."""
         models = frozenset({self.pool.model})
+        cap = self.pool.max_in_flight_per_endpoint
         out = []
         for url in self.pool.endpoints:
             load = self._tracker.load(url)
+            if load.num_requests >= cap:
+                continue
             out.append(
                 EndpointSnapshot(
                     endpoint_id=url,
@@ -52,9 +69,9 @@ class PoolRouter:
             )
         return out
 
-    def decide(self, ctx: RequestContext) -> RoutingResult:
+    def decide(self, ctx: RequestContext, snapshots: list[EndpointSnapshot]) -> RoutingResult:
         return self._handler.decide(
-            ctx, self.snapshots(), now=time.monotonic(), rng=self._rng, timer=time.perf_counter
+            ctx, snapshots, now=time.monotonic(), rng=self._rng, timer=time.perf_counter
         )
 
     def observe(self, ctx: RequestContext, result: RoutingResult) -> None:
@@ -75,15 +92,19 @@ class Router:
         name = self._by_name.get(model)
         return None if name is None else self._pools[name].pool
 
-    def route(self, pool: PoolConfig, ctx: RequestContext) -> Route | None:
-        """Decide and commit (observe) a route, following fallbacks; None: no endpoint."""
+    def route(self, pool: PoolConfig, ctx: RequestContext) -> Route | Full | None:
+        """Decide and commit (observe) a route, following fallbacks; `Full`: the pool
+        that would serve it has every endpoint at its cap; None: no endpoint."""
         seen: set[str] = set()
         current: PoolConfig | None = pool
         while current is not None and current.model not in seen:
             seen.add(current.model)
             router = self._pools[current.model]
+            snapshots = router.snapshots()
+            if not snapshots and current.endpoints:
+                return Full(current)
             pool_ctx = ctx if ctx.model == current.model else _with_model(ctx, current.model)
-            result = router.decide(pool_ctx)
+            result = router.decide(pool_ctx, snapshots)
             if result.is_routed:
                 router.observe(pool_ctx, result)
                 endpoint = result.decision.endpoint_id

@@ -1,9 +1,11 @@
 """The gateway's HTTP front door: OpenAI-compatible endpoints relayed to upstream
 engines chosen by `headway.routing`.
 
-Accounting invariant: a request holds an in-flight lease on its endpoint from the
-routing decision until its handler ends, however it ends (success, error, client
-disconnect = handler cancellation); the lease is released exactly once in `finally`.
+Accounting invariant: a request holds an admission slot (an in-flight lease on its
+endpoint) from the routing decision until its handler ends, however it ends (success,
+error, client disconnect = handler cancellation); the slot is released exactly once
+in `finally`, which hands it to the head of the pool's admission queue, if any. A
+request that waits in the queue and is cancelled leaves it at once (admission.py).
 An upstream exchange that did not finish is closed, so the engine aborts it.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from headway.gateway.admission import Admission, NoEndpoint, Rejected, Slot
 from headway.gateway.config import GatewayConfig
 from headway.gateway.metrics import GatewayMetrics
 from headway.gateway.request import CompletionRequest, parse_completion, upstream_body
@@ -79,6 +82,7 @@ class Gateway:
         self.tracker = InFlightTracker()
         self.router = Router(config, self.tracker)
         self.metrics = GatewayMetrics()
+        self.admission = Admission(config, self.router, self.tracker, self.metrics)
         self.transport: Transport = transport or AiohttpTransport(
             connect_timeout_s=config.timeouts.connect_s
         )
@@ -153,6 +157,7 @@ class Gateway:
         reply_headers = {REQUEST_ID: request_id}
         model_label, endpoint_label = "", ""
         status = 500
+        slot: Slot | None = None
         try:
             body = await _read_body(request, self.config.limits.max_body_bytes)
             req = parse_completion(body, is_chat=is_chat)
@@ -169,13 +174,19 @@ class Gateway:
                     (k, v) for k, v in request.headers.items() if k.lower() == "traceparent"
                 ),
             )
-            route = self.router.route(pool, ctx)
-            if route is None:
-                raise ApiError(503, f"no endpoint available for model `{pool.model}`")
-            endpoint_label = route.endpoint
-            resp = await self._proxy(request, req, body, route, request_id, arrived_at)
+            num_tokens = len(body) // 4 + max(0, req.max_tokens or 0)
+            try:
+                slot = await self.admission.admit(pool, ctx, num_tokens)
+            except NoEndpoint:
+                raise ApiError(503, f"no endpoint available for model `{pool.model}`") from None
+            endpoint_label = slot.route.endpoint
+            resp = await self._proxy(request, req, body, slot.route, request_id, arrived_at)
             status = resp.status
             return resp
+        except Rejected as exc:
+            status = 429
+            headers = {**reply_headers, "Retry-After": str(exc.retry_after_s)}
+            return error_response(429, str(exc), headers=headers)
         except ApiError as exc:
             status = exc.status
             return error_response(exc.status, exc.message, exc.param, headers=reply_headers)
@@ -186,6 +197,8 @@ class Gateway:
             status = 499  # the client went away
             raise
         finally:
+            if slot is not None:
+                slot.release()  # hands the slot to the head of the queue, if any
             self.metrics.requests.labels(model_label, endpoint_label, str(status)).inc()
             self.metrics.e2e.labels(model_label).observe(time.monotonic() - arrived_at)
 
@@ -211,8 +224,6 @@ class Gateway:
                 headers[name] = value
         url = route.endpoint + request.path
         payload = upstream_body(body, req, route.pool.model)
-        lease = self.tracker.acquire(route.endpoint, len(body) // 4 + max(0, req.max_tokens or 0))
-        self.metrics.in_flight.inc()
         upstream: UpstreamResponse | None = None
         is_complete = False
         try:
@@ -255,8 +266,6 @@ class Gateway:
         finally:
             if upstream is not None:
                 upstream.finish(is_complete=is_complete)
-            lease.release()
-            self.metrics.in_flight.dec()
 
     async def _relay_stream(
         self,
