@@ -20,6 +20,13 @@ from gateway_harness import InProcessGateway, pool, sim_counters
 from prometheus_client.parser import text_string_to_metric_families
 from sim_harness import get
 
+from headway.gateway.admission import Admission, Rejected
+from headway.gateway.config import PoolConfig, config_from_mapping
+from headway.gateway.metrics import GatewayMetrics
+from headway.gateway.routing import Router
+from headway.gateway.tracker import InFlightTracker
+from headway.routing import RequestContext
+
 ANSWER = {"id": "x", "object": "chat.completion", "choices": [], "usage": {}}
 DEADLINE_S = 10.0  # no test here may wait longer on anything
 
@@ -364,3 +371,75 @@ async def test_cap_respected_against_sim_fleet(
     assert most_running == 1
     assert most_queued >= 1
     assert gw.num_in_flight() == 0 and _queued(gw) == 0
+
+
+# -- the admission controller alone (no HTTP): the races a test client cannot time --
+def _admission(cap: int = 1, **admission: Any) -> tuple[Admission, PoolConfig, GatewayMetrics]:
+    config = config_from_mapping(
+        {
+            "pools": [
+                pool("m", ["http://127.0.0.1:1"], max_in_flight_per_endpoint=cap,
+                     admission=admission),
+            ]
+        }
+    )  # fmt: skip
+    tracker = InFlightTracker()
+    metrics = GatewayMetrics()
+    return Admission(config, Router(config, tracker), tracker, metrics), config.pools[0], metrics
+
+
+def _ctx(i: int) -> RequestContext:
+    return RequestContext(request_id=f"r{i}", model="m")
+
+
+def _gauge(metrics: GatewayMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    assert value is not None
+    return value
+
+
+async def test_slot_granted_to_a_cancelled_waiter_is_handed_on() -> None:
+    adm, p, metrics = _admission(cap=1, max_queue=5)
+    first = await adm.admit(p, _ctx(0), 1)
+    gone = asyncio.create_task(adm.admit(p, _ctx(1), 1))
+    later = asyncio.create_task(adm.admit(p, _ctx(2), 1))
+    await asyncio.sleep(0)
+    assert adm.num_queued() == 2
+    first.release()  # hands the slot to `gone` synchronously ...
+    gone.cancel()  # ... whose client is gone before its handler runs again
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    async with asyncio.timeout(1):
+        slot = await later  # the slot went on to the next in line
+    assert adm.num_queued() == 0
+    assert _gauge(metrics, "headway_gateway_in_flight_requests") == 1
+    slot.release()
+    slot.release()  # exactly once
+    assert _gauge(metrics, "headway_gateway_in_flight_requests") == 0
+    assert _gauge(metrics, "headway_gateway_queued_requests", model="m") == 0
+
+
+async def test_cancelled_waiter_leaves_queue_and_order_is_kept() -> None:
+    adm, p, metrics = _admission(cap=1, max_queue=3)
+    first = await adm.admit(p, _ctx(0), 1)
+    waiters = [asyncio.create_task(adm.admit(p, _ctx(i), 1)) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    with pytest.raises(Rejected) as info:  # the queue of 3 is full
+        await adm.admit(p, _ctx(9), 1)
+    assert info.value.reason == "queue_full" and info.value.retry_after_s == 30
+    waiters[0].cancel()
+    await asyncio.sleep(0)
+    assert adm.num_queued() == 2
+    assert _gauge(metrics, "headway_gateway_queued_requests", model="m") == 2
+    first.release()
+    await asyncio.sleep(0)
+    assert waiters[1].done() and not waiters[2].done()  # FIFO: the older one first
+    waiters[1].result().release()
+    async with asyncio.timeout(1):
+        (await waiters[2]).release()
+    assert adm.num_queued() == 0
+    assert _gauge(metrics, "headway_gateway_in_flight_requests") == 0
+    assert (
+        _gauge(metrics, "headway_gateway_rejected_requests_total", model="m", reason="queue_full")
+        == 1
+    )

@@ -114,6 +114,9 @@ class Admission:
 
         Raises `Rejected` (429) or `NoEndpoint` (503); cancellation while queued
         leaves the queue at once."""
+        if pool.endpoints and self._queues[pool.model]:
+            # Others wait for this pool: queue behind them, never barge.
+            return await self._wait(pool, pool, ctx, num_tokens)
         outcome = self._router.route(pool, ctx)
         if outcome is None:
             raise NoEndpoint
@@ -121,8 +124,7 @@ class Admission:
             return await self._wait(outcome.pool, pool, ctx, num_tokens)
         if not self._queues[outcome.pool.model]:
             return self._grant(outcome, num_tokens)
-        # A free endpoint while others wait: not expected (a freed slot is handed on
-        # at once), but never barge: queue behind them (they are served first).
+        # Routed (via a fallback) to a pool whose queue is not empty: queue there too.
         return await self._wait(outcome.pool, pool, ctx, num_tokens)
 
     async def _wait(
