@@ -6,6 +6,7 @@ each endpoint has at once), and against a real `headway sim` fleet."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections import Counter
@@ -371,6 +372,69 @@ async def test_cap_respected_against_sim_fleet(
     assert most_running == 1
     assert most_queued >= 1
     assert gw.num_in_flight() == 0 and _queued(gw) == 0
+
+
+async def test_overload_burst_against_sim_fleet(fleets: Fleets) -> None:
+    """10x the fleet's capacity at once, streaming and not: every request ends with
+    a response or a clean 429, the replicas never run more than the cap, and the
+    gateway's in-flight and queue gauges are back at 0."""
+    cap = 2
+    capacity = cap * len(fleets.main.urls)
+    gw = InProcessGateway(
+        {
+            "pools": [
+                pool(
+                    MODEL,
+                    fleets.main.urls,
+                    routing="least-request",
+                    max_in_flight_per_endpoint=cap,
+                    admission={"max_queue": capacity, "max_wait_s": 0.5},
+                )
+            ]
+        }
+    ).start()
+    try:
+        bodies = [
+            {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"burst {i}"}],
+                "max_tokens": 100,
+                "ignore_eos": True,
+                "stream": i % 2 == 1,
+            }
+            for i in range(10 * capacity)
+        ]
+
+        async def one(session: aiohttp.ClientSession, body: dict[str, Any]) -> tuple[int, str]:
+            async with session.post(gw.url + "/v1/chat/completions", json=body) as resp:
+                text = await resp.text()
+                if resp.status == 429:
+                    assert int(resp.headers["Retry-After"]) >= 1
+                    assert json.loads(text)["error"]["type"] == "RateLimitError"
+                elif body["stream"]:
+                    assert text.rstrip().endswith("data: [DONE]"), text[-200:]
+                return resp.status, text
+
+        most_running = 0.0
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            tasks = [asyncio.create_task(one(session, b)) for b in bodies]
+            async with asyncio.timeout(DEADLINE_S):  # nothing hangs
+                while not all(t.done() for t in tasks):
+                    for url in fleets.main.urls:
+                        running = await asyncio.to_thread(lambda u=url: sim_counters(u)["running"])
+                        most_running = max(most_running, running)
+                    await asyncio.sleep(0.01)
+                results = await asyncio.gather(*tasks)
+        statuses = Counter(status for status, _ in results)
+        assert set(statuses) <= {200, 429}, statuses
+        assert statuses[200] >= capacity and statuses[429] > 0, statuses
+        assert most_running <= cap
+        metrics = scrape(gw.url)
+        assert metrics["headway_gateway_in_flight_requests"] == 0
+        assert metrics[f'headway_gateway_queued_requests{{model="{MODEL}"}}'] == 0
+        assert gw.num_in_flight() == 0 and _queued(gw) == 0
+    finally:
+        gw.stop()
 
 
 # -- the admission controller alone (no HTTP): the races a test client cannot time --
