@@ -1,0 +1,46 @@
+"""CI smoke run of benchmarks/gateway_overhead.py in its tiny configuration, so it cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gateway_overhead.py"
+
+
+def test_gateway_overhead_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "x.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--no-peers", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "gateway_overhead"
+    assert {"git_sha", "command", "machine", "config", "rows", "targets", "formulas"} <= set(doc)
+    assert doc["arms"] == ["direct", "headway"]
+    assert doc["vllm_router_skipped"] == "--no-peers"
+    config = doc["config"]
+    assert len(doc["rows"]) == 2 * len(config["concurrency"])
+    for row in doc["rows"]:
+        assert set(row["arms"]) == {"direct", "headway"}
+        for arm, s in row["arms"].items():
+            assert s["num_ok"] == config["requests_per_arm"] * config["rounds"], (row, arm)
+            assert s["num_failed"] == 0, s["failures"]
+            assert s["p50_ms"] > 0 and s["p99_ms"] >= s["p50_ms"]
+            assert (s["ttfc_p50_ms"] is not None) == row["stream"]
+        gw = row["arms"]["headway"]
+        for key in ("cpu_us_per_request", "rss_mib_max", "added_p50_ms", "throughput_ratio"):
+            assert gw[key] is not None, key
+        if row["stream"]:
+            assert gw["cpu_us_per_chunk"] is not None
+    assert set(doc["targets"]) == {
+        "cpu_us_per_request",
+        "cpu_us_per_chunk",
+        "added_p50_ms_concurrency_1",
+    }
+    assert "CPU us/req" in proc.stdout
