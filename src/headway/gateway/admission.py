@@ -127,6 +127,17 @@ class Admission:
         # Routed (via a fallback) to a pool whose queue is not empty: queue there too.
         return await self._wait(outcome.pool, pool, ctx, num_tokens)
 
+    def admit_now(
+        self, pool: PoolConfig, ctx: RequestContext, num_tokens: int, exclude: frozenset[str]
+    ) -> Slot | None:
+        """A retry's slot on an endpoint not in `exclude`, only if one is free now
+        (a retry never queues: None when every other endpoint is busy or out). A
+        retry does not wait behind the queue: it is an admitted request moving on."""
+        outcome = self._router.route(pool, ctx, exclude)
+        if outcome is None or isinstance(outcome, Full):
+            return None
+        return self._grant(outcome, num_tokens)
+
     async def _wait(
         self, queue_pool: PoolConfig, pool: PoolConfig, ctx: RequestContext, num_tokens: int
     ) -> Slot:

@@ -59,6 +59,32 @@ class AdmissionConfig:
 
 
 @dataclass(frozen=True)
+class OutlierConfig:
+    """Passive outlier detection: `consecutive_failures` failed attempts in a row
+    (connect error, upstream 5xx, timeout, upstream read error) eject an endpoint for
+    `base_ejection_s * 2**(n-1)` (n: its ejections in a row), at most `max_ejection_s`;
+    then one real request probes it (half-open)."""
+
+    consecutive_failures: int = 5
+    base_ejection_s: float = 5.0
+    max_ejection_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """Retries to another endpoint while nothing has reached the client yet.
+
+    `max_attempts` counts the first attempt (1: no retries). Retries in the last
+    `budget_window_s` may not exceed `max(budget_min_retries, budget_ratio * requests
+    in that window)`."""
+
+    max_attempts: int = 2
+    budget_ratio: float = 0.2
+    budget_min_retries: int = 3
+    budget_window_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """A model (plus aliases) served by a pool of endpoints."""
 
@@ -70,6 +96,8 @@ class PoolConfig:
     fallback: str | None = None  # another pool's model, used when this one has no endpoint
     max_in_flight_per_endpoint: int = DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    outlier: OutlierConfig = field(default_factory=OutlierConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -215,7 +243,73 @@ _POOL_KEYS = (
     "fallback",
     "max_in_flight_per_endpoint",
     "admission",
+    "outlier",
+    "retry",
 )
+
+
+def _number(raw: object, path: str, minimum: float, maximum: float | None = None) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        raise GatewayConfigError(path, "must be a number")
+    if raw < minimum or (maximum is not None and raw > maximum):
+        bound = f"in [{minimum:g}, {maximum:g}]" if maximum is not None else f">= {minimum:g}"
+        raise GatewayConfigError(path, f"must be {bound}, got {raw}")
+    return float(raw)
+
+
+def _required_seconds(raw: object, path: str) -> float:
+    value = _seconds(raw, path, optional=False)
+    assert value is not None
+    return value
+
+
+def _outlier(raw: object, path: str) -> OutlierConfig:
+    data = _mapping(raw, path)
+    keys = ("consecutive_failures", "base_ejection_s", "max_ejection_s")
+    _keys(data, keys, path)
+    d = OutlierConfig()
+    base = _required_seconds(
+        data.get("base_ejection_s", d.base_ejection_s), _join(path, "base_ejection_s")
+    )
+    cap = _required_seconds(
+        data.get("max_ejection_s", d.max_ejection_s), _join(path, "max_ejection_s")
+    )
+    if cap < base:
+        raise GatewayConfigError(
+            _join(path, "max_ejection_s"), f"must be >= base_ejection_s ({base:g}), got {cap:g}"
+        )
+    return OutlierConfig(
+        consecutive_failures=_int(
+            data.get("consecutive_failures", d.consecutive_failures),
+            _join(path, "consecutive_failures"),
+            1,
+        ),
+        base_ejection_s=base,
+        max_ejection_s=cap,
+    )
+
+
+def _retry(raw: object, path: str) -> RetryConfig:
+    data = _mapping(raw, path)
+    keys = ("max_attempts", "budget_ratio", "budget_min_retries", "budget_window_s")
+    _keys(data, keys, path)
+    d = RetryConfig()
+    return RetryConfig(
+        max_attempts=_int(
+            data.get("max_attempts", d.max_attempts), _join(path, "max_attempts"), 1, 10
+        ),
+        budget_ratio=_number(
+            data.get("budget_ratio", d.budget_ratio), _join(path, "budget_ratio"), 0.0, 1.0
+        ),
+        budget_min_retries=_int(
+            data.get("budget_min_retries", d.budget_min_retries),
+            _join(path, "budget_min_retries"),
+            0,
+        ),
+        budget_window_s=_required_seconds(
+            data.get("budget_window_s", d.budget_window_s), _join(path, "budget_window_s")
+        ),
+    )
 
 
 def _admission(raw: object, path: str) -> AdmissionConfig:
@@ -273,6 +367,8 @@ def _pool(raw: object, path: str) -> PoolConfig:
             1,
         ),
         admission=_admission(data.get("admission", {}), _join(path, "admission")),
+        outlier=_outlier(data.get("outlier", {}), _join(path, "outlier")),
+        retry=_retry(data.get("retry", {}), _join(path, "retry")),
     )
 
 

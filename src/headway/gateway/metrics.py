@@ -55,5 +55,25 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.ejections = Counter(
+            "headway_gateway_ejections",
+            "Endpoints ejected by passive outlier detection (incl. failed half-open probes).",
+            ("endpoint",),
+            registry=self.registry,
+        )
+        self.ejected = Gauge(
+            "headway_gateway_ejected",
+            "1 while an endpoint is ejected (back-off or half-open), else 0.",
+            ("endpoint",),
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "headway_gateway_retries",
+            "Upstream attempts retried on another endpoint, by pool and reason "
+            "(connect_error, upstream_5xx, timeout, read_error).",
+            ("model", "reason"),
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

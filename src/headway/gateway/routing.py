@@ -1,7 +1,10 @@
 """Picking an endpoint for a request: the pool's `headway.routing` handler over
 snapshots built from the gateway's in-flight tracker.
 
-Health is not collected yet: every configured endpoint is offered as healthy. A pool
+Endpoints ejected by passive outlier detection (outlier.py) are offered with
+`is_ejected=True`, so the routing profile's `healthy` filter drops them; when every
+endpoint of a pool is ejected the gateway fails open (Envoy's panic mode): all are
+offered as not ejected, since a pool that might answer beats a certain 503. A pool
 with no endpoint hands its requests to its fallback pool, if it names one.
 
 Endpoints at the pool's in-flight cap (`max_in_flight_per_endpoint`, counted by the
@@ -19,6 +22,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from headway.gateway.config import GatewayConfig, PoolConfig
+from headway.gateway.outlier import OutlierDetector
 from headway.gateway.tracker import InFlightTracker
 from headway.routing import (
     EndpointSnapshot,
@@ -44,18 +48,34 @@ class Route:
 
 
 class PoolRouter:
-    def __init__(self, pool: PoolConfig, tracker: InFlightTracker, seed: int) -> None:
+    def __init__(
+        self,
+        pool: PoolConfig,
+        tracker: InFlightTracker,
+        seed: int,
+        outliers: OutlierDetector | None = None,
+    ) -> None:
         self.pool = pool
         self._tracker = tracker
+        self._outliers = outliers
         self._handler: ProfileHandler = build_handler(dict(pool.routing_config()))
         self._rng = np.random.default_rng(seed)
 
-    def snapshots(self) -> list[EndpointSnapshot]:
-        """Every endpoint below its in-flight cap."""
+    def snapshots(self, exclude: frozenset[str] = frozenset()) -> list[EndpointSnapshot]:
+        """Every endpoint below its in-flight cap and not in `exclude`."""
         models = frozenset({self.pool.model})
         cap = self.pool.max_in_flight_per_endpoint
+        now = time.monotonic()
+        outliers = self._outliers
+        blocked: set[str] = set()
+        if outliers is not None:
+            blocked = {u for u in self.pool.endpoints if outliers.is_blocked(u, now)}
+            if len(blocked) == len(self.pool.endpoints):
+                blocked = set()  # fail open: every endpoint is out
         out = []
         for url in self.pool.endpoints:
+            if url in exclude:
+                continue
             load = self._tracker.load(url)
             if load.num_requests >= cap:
                 continue
@@ -65,6 +85,7 @@ class PoolRouter:
                     models=models,
                     num_in_flight_requests=load.num_requests,
                     num_in_flight_tokens=load.num_tokens,
+                    is_ejected=url in blocked,
                 )
             )
         return out
@@ -81,10 +102,17 @@ class PoolRouter:
 class Router:
     """Every pool's router; resolves a model name (or alias) to a pool."""
 
-    def __init__(self, config: GatewayConfig, tracker: InFlightTracker, seed: int = 0) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        tracker: InFlightTracker,
+        seed: int = 0,
+        outliers: OutlierDetector | None = None,
+    ) -> None:
         self.config = config
+        self._outliers = outliers
         self._pools = {
-            p.model: PoolRouter(p, tracker, seed + i) for i, p in enumerate(config.pools)
+            p.model: PoolRouter(p, tracker, seed + i, outliers) for i, p in enumerate(config.pools)
         }
         self._by_name = {name: p.model for p in config.pools for name in p.names}
 
@@ -92,16 +120,21 @@ class Router:
         name = self._by_name.get(model)
         return None if name is None else self._pools[name].pool
 
-    def route(self, pool: PoolConfig, ctx: RequestContext) -> Route | Full | None:
+    def route(
+        self, pool: PoolConfig, ctx: RequestContext, exclude: frozenset[str] = frozenset()
+    ) -> Route | Full | None:
         """Decide and commit (observe) a route, following fallbacks; `Full`: the pool
-        that would serve it has every endpoint at its cap; None: no endpoint."""
+        that would serve it has every endpoint at its cap; None: no endpoint.
+        `exclude`: endpoints not to use (a retry's earlier attempts)."""
         seen: set[str] = set()
         current: PoolConfig | None = pool
         while current is not None and current.model not in seen:
             seen.add(current.model)
             router = self._pools[current.model]
-            snapshots = router.snapshots()
+            snapshots = router.snapshots(exclude)
             if not snapshots and current.endpoints:
+                if exclude and all(u in exclude for u in current.endpoints):
+                    return None
                 return Full(current)
             pool_ctx = ctx if ctx.model == current.model else _with_model(ctx, current.model)
             result = router.decide(pool_ctx, snapshots)
@@ -109,6 +142,8 @@ class Router:
                 router.observe(pool_ctx, result)
                 endpoint = result.decision.endpoint_id
                 assert endpoint is not None
+                if self._outliers is not None:
+                    self._outliers.routed(endpoint)
                 return Route(current, endpoint, result)
             fallback = current.fallback
             current = self._pools[fallback].pool if fallback in self._pools else None

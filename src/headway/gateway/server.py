@@ -7,6 +7,13 @@ error, client disconnect = handler cancellation); the slot is released exactly o
 in `finally`, which hands it to the head of the pool's admission queue, if any. A
 request that waits in the queue and is cancelled leaves it at once (admission.py).
 An upstream exchange that did not finish is closed, so the engine aborts it.
+
+Failure isolation: every upstream attempt reports its outcome to the outlier
+detector (outlier.py). An attempt that fails before anything reached the client
+(connect error, upstream 5xx, timeout or broken connection before the first relayed
+byte) is retried on the next-best endpoint not tried yet, up to the pool's
+`retry.max_attempts` and while its retry budget allows; the retry takes a free slot
+at once or not at all. Once a byte reached the client nothing is retried.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from aiohttp import web
 from headway.gateway.admission import Admission, NoEndpoint, Rejected, Slot
 from headway.gateway.config import GatewayConfig
 from headway.gateway.metrics import GatewayMetrics
+from headway.gateway.outlier import OutlierDetector, RetryBudget
 from headway.gateway.request import CompletionRequest, parse_completion, upstream_body
 from headway.gateway.routing import Route, Router
 from headway.gateway.sse import SseRelayFilter
@@ -67,6 +75,26 @@ class _UpstreamTimeout(Exception):
     pass
 
 
+class _AttemptFailed(Exception):
+    """An upstream attempt failed before anything reached the client: retryable."""
+
+    def __init__(self, error: ApiError, reason: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.reason = reason  # connect_error, upstream_5xx, timeout, read_error
+
+
+class _Attempt:
+    """One upstream attempt's outcome for outlier detection: `success` (the upstream
+    answered, < 500, to the end), `failure`, or `neutral` (nothing learned, e.g. the
+    client went away)."""
+
+    __slots__ = ("outcome",)
+
+    def __init__(self) -> None:
+        self.outcome = "neutral"
+
+
 class _ClientGone(Exception):
     """The client's connection broke while the gateway was writing to it."""
 
@@ -80,8 +108,10 @@ class Gateway:
     def __init__(self, config: GatewayConfig, transport: Transport | None = None) -> None:
         self.config = config
         self.tracker = InFlightTracker()
-        self.router = Router(config, self.tracker)
         self.metrics = GatewayMetrics()
+        self.outliers = OutlierDetector(config, self.metrics)
+        self.retry_budgets = {p.model: RetryBudget(p.retry) for p in config.pools}
+        self.router = Router(config, self.tracker, outliers=self.outliers)
         self.admission = Admission(config, self.router, self.tracker, self.metrics)
         self.transport: Transport = transport or AiohttpTransport(
             connect_timeout_s=config.timeouts.connect_s
@@ -153,6 +183,8 @@ class Gateway:
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
         arrived_at = time.monotonic()
+        total_s = self.config.timeouts.total_s
+        total_deadline = arrived_at + total_s if total_s else None
         request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
         reply_headers = {REQUEST_ID: request_id}
         model_label, endpoint_label = "", ""
@@ -180,9 +212,46 @@ class Gateway:
             except NoEndpoint:
                 raise ApiError(503, f"no endpoint available for model `{pool.model}`") from None
             endpoint_label = slot.route.endpoint
-            resp = await self._proxy(request, req, body, slot.route, request_id, arrived_at)
-            status = resp.status
-            return resp
+            budget = self.retry_budgets[slot.route.pool.model]
+            budget.request()
+            tried = {slot.route.endpoint}
+            while True:
+                route = slot.route
+                endpoint_label = route.endpoint
+                attempt = _Attempt()
+                try:
+                    resp = await self._proxy(
+                        request, req, body, route, request_id, arrived_at, attempt
+                    )
+                    status = resp.status
+                    return resp
+                except _AttemptFailed as exc:
+                    attempt.outcome = "failure"
+                    failed = exc
+                finally:
+                    self._report(route.endpoint, attempt.outcome)
+                retry = None
+                if len(tried) < route.pool.retry.max_attempts and (
+                    total_deadline is None or time.monotonic() < total_deadline
+                ):
+                    retry = self.admission.admit_now(route.pool, ctx, num_tokens, frozenset(tried))
+                    if retry is not None and not budget.try_retry():
+                        self.outliers.neutral(retry.route.endpoint)
+                        retry.release()
+                        retry = None
+                if retry is None:
+                    raise failed.error from None
+                log.info(
+                    "request %s: retrying on %s after %s on %s",
+                    request_id,
+                    retry.route.endpoint,
+                    failed.reason,
+                    route.endpoint,
+                )
+                self.metrics.retries.labels(route.pool.model, failed.reason).inc()
+                slot.release()
+                slot = retry
+                tried.add(slot.route.endpoint)
         except Rejected as exc:
             status = 429
             headers = {**reply_headers, "Retry-After": str(exc.retry_after_s)}
@@ -202,6 +271,14 @@ class Gateway:
             self.metrics.requests.labels(model_label, endpoint_label, str(status)).inc()
             self.metrics.e2e.labels(model_label).observe(time.monotonic() - arrived_at)
 
+    def _report(self, endpoint: str, outcome: str) -> None:
+        if outcome == "success":
+            self.outliers.success(endpoint)
+        elif outcome == "failure":
+            self.outliers.failure(endpoint)
+        else:
+            self.outliers.neutral(endpoint)
+
     async def _proxy(
         self,
         request: web.Request,
@@ -210,6 +287,7 @@ class Gateway:
         route: Route,
         request_id: str,
         arrived_at: float,
+        attempt: _Attempt,
     ) -> web.StreamResponse:
         timeouts = self.config.timeouts
         total_deadline = arrived_at + timeouts.total_s if timeouts.total_s else None
@@ -229,33 +307,46 @@ class Gateway:
         try:
             first_deadline = total_deadline
             if req.is_stream and timeouts.ttft_s:
-                first_deadline = _earliest(total_deadline, arrived_at + timeouts.ttft_s)
+                first_deadline = _earliest(total_deadline, time.monotonic() + timeouts.ttft_s)
             try:
                 upstream = await _until(first_deadline, self.transport.open(url, payload, headers))
             except UpstreamConnectError as exc:
-                raise ApiError(502, f"upstream {route.endpoint} is unreachable: {exc}") from None
+                raise _AttemptFailed(
+                    ApiError(502, f"upstream {route.endpoint} is unreachable: {exc}"),
+                    "connect_error",
+                ) from None
             except _UpstreamTimeout:
-                raise ApiError(504, f"upstream {route.endpoint} did not answer in time") from None
+                raise _AttemptFailed(
+                    ApiError(504, f"upstream {route.endpoint} did not answer in time"), "timeout"
+                ) from None
             if upstream.status >= 500:
                 detail = await self._error_detail(upstream, total_deadline)
-                raise ApiError(
-                    502, f"upstream {route.endpoint} answered {upstream.status}: {detail}"
+                raise _AttemptFailed(
+                    ApiError(
+                        502, f"upstream {route.endpoint} answered {upstream.status}: {detail}"
+                    ),
+                    "upstream_5xx",
                 )
             is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
             if req.is_stream and upstream.status == 200 and is_sse:
                 resp, is_complete = await self._relay_stream(
                     request, req, upstream, route, request_id, arrived_at, first_deadline
                 )
+                attempt.outcome = "success" if is_complete else "failure"
                 return resp
             try:
                 data = await _until(total_deadline, upstream.read_all(_MAX_UPSTREAM_BODY_BYTES))
             except _UpstreamTimeout:
-                raise ApiError(504, f"upstream {route.endpoint} timed out") from None
+                raise _AttemptFailed(
+                    ApiError(504, f"upstream {route.endpoint} timed out"), "timeout"
+                ) from None
             except UpstreamReadError as exc:
-                raise ApiError(
-                    502, f"upstream {route.endpoint} failed while answering: {exc}"
+                raise _AttemptFailed(
+                    ApiError(502, f"upstream {route.endpoint} failed while answering: {exc}"),
+                    "read_error",
                 ) from None
             is_complete = True
+            attempt.outcome = "success"
             if upstream.status == 200:
                 self._count_tokens(route.pool.model, _usage_of(data))
             return web.Response(
@@ -278,17 +369,13 @@ class Gateway:
         first_deadline: float | None,
     ) -> tuple[web.StreamResponse, bool]:
         """Relay SSE bytes as they come; True with the response when the upstream
-        stream ended cleanly."""
+        stream ended cleanly. The client's response starts with the first relayed
+        bytes: an upstream that fails before them raises `_AttemptFailed` (retryable)."""
         timeouts = self.config.timeouts
         total_deadline = arrived_at + timeouts.total_s if timeouts.total_s else None
         resp = web.StreamResponse(
             status=200, headers=_response_headers(upstream.headers, request_id)
         )
-        await resp.prepare(request)
-        sock = request.transport.get_extra_info("socket") if request.transport else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sse = SseRelayFilter(strip_usage=req.must_strip_usage)
         deadline = first_deadline
         is_first = True
@@ -309,6 +396,8 @@ class Gateway:
                 break
             out = sse.feed(chunk)
             if out:
+                if not resp.prepared:
+                    await self._start_stream(request, resp)
                 if is_first:
                     self.metrics.ttft.labels(route.pool.model).observe(
                         time.monotonic() - arrived_at
@@ -323,7 +412,12 @@ class Gateway:
             else:
                 deadline = total_deadline
         self._count_tokens(route.pool.model, sse.usage)
+        if error is not None and not resp.prepared:
+            reason = "timeout" if error[0] == 504 else "read_error"
+            raise _AttemptFailed(ApiError(*error), reason)
         try:
+            if not resp.prepared:
+                await self._start_stream(request, resp)
             if error is not None:
                 log.warning("request %s: %s", request_id, error[1])
                 await resp.write(sse_error_event(*error))
@@ -331,6 +425,13 @@ class Gateway:
         except ConnectionError:
             raise _ClientGone(resp) from None
         return resp, error is None
+
+    async def _start_stream(self, request: web.Request, resp: web.StreamResponse) -> None:
+        await resp.prepare(request)
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     async def _error_detail(self, upstream: UpstreamResponse, deadline: float | None) -> str:
         try:
