@@ -89,10 +89,11 @@ class _Attempt:
     answered, < 500, to the end), `failure`, or `neutral` (nothing learned, e.g. the
     client went away)."""
 
-    __slots__ = ("outcome",)
+    __slots__ = ("outcome", "started_at")
 
-    def __init__(self) -> None:
+    def __init__(self, started_at: float) -> None:
         self.outcome = "neutral"
+        self.started_at = started_at  # `timeouts.ttft_s` counts from here
 
 
 class _ClientGone(Exception):
@@ -218,7 +219,9 @@ class Gateway:
             while True:
                 route = slot.route
                 endpoint_label = route.endpoint
-                attempt = _Attempt()
+                # The first attempt's TTFT counts from arrival (time queued included),
+                # a retry's from its own start.
+                attempt = _Attempt(arrived_at if len(tried) == 1 else time.monotonic())
                 try:
                     resp = await self._proxy(
                         request, req, body, route, request_id, arrived_at, attempt
@@ -307,7 +310,7 @@ class Gateway:
         try:
             first_deadline = total_deadline
             if req.is_stream and timeouts.ttft_s:
-                first_deadline = _earliest(total_deadline, time.monotonic() + timeouts.ttft_s)
+                first_deadline = _earliest(total_deadline, attempt.started_at + timeouts.ttft_s)
             try:
                 upstream = await _until(first_deadline, self.transport.open(url, payload, headers))
             except UpstreamConnectError as exc:
