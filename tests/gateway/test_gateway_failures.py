@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from gateway_harness import InProcessGateway, pool
+from gateway_harness import InProcessGateway, closed_port_url, pool
 from sim_harness import Fleet, chat_body, post, scrape, start_fleets
 
 from headway.gateway.config import (
     GatewayConfigError,
+    HealthCheckConfig,
     OutlierConfig,
     RetryConfig,
     config_from_mapping,
@@ -202,6 +203,32 @@ def test_stream_that_sent_bytes_is_not_retried(ff: FailureFleets) -> None:
         gw.stop()
 
 
+def test_active_health_checks_eject_a_dead_endpoint_without_traffic(
+    ff: FailureFleets,
+) -> None:
+    good, dead = ff.error_one.urls[0], closed_port_url()
+    check = {"enabled": True, "interval_s": 0.05, "timeout_s": 0.5, "failure_threshold": 2}
+    gw = _gateway(
+        [good, dead], health_check=check, outlier={"base_ejection_s": 30, "max_ejection_s": 30}
+    )
+    try:
+        deadline = time.monotonic() + 5.0
+        while not gw.gateway.outliers.is_ejected(dead):
+            assert time.monotonic() < deadline, "the dead endpoint was not ejected"
+            time.sleep(0.02)
+        assert not gw.gateway.outliers.is_ejected(good)
+        for _ in range(6):
+            status, text = _chat(gw)
+            assert status == 200, text
+        retries = gw.gateway.metrics.registry.get_sample_value(
+            "headway_gateway_retries_total", {"model": MODEL, "reason": "connect_error"}
+        )
+        assert not retries  # no request was sent to the dead endpoint
+    finally:
+        gw.stop()
+    assert not gw.gateway.health_checker._tasks  # stopped with the app
+
+
 # -- units ----------------------------------------------------------------------------
 def test_outlier_backoff_grows_and_probe_decides(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
@@ -248,6 +275,31 @@ def test_outlier_backoff_grows_and_probe_decides(monkeypatch: pytest.MonkeyPatch
     assert not det.is_blocked(url)  # counts were reset
 
 
+def test_health_checks_feed_the_ejection_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [10.0]
+    monkeypatch.setattr("headway.gateway.outlier.time.monotonic", lambda: now[0])
+    url = "http://a:1"
+    cfg = config_from_mapping(
+        {"pools": [pool(MODEL, [url], outlier={"base_ejection_s": 1.0, "max_ejection_s": 8.0})]}
+    )
+    det = OutlierDetector(cfg, GatewayMetrics())
+    det.check_failed(url, 2)
+    det.check_passed(url)  # resets the count
+    det.check_failed(url, 2)
+    assert not det.is_ejected(url)
+    det.check_failed(url, 2)
+    assert det.is_blocked(url)
+    det.check_passed(url)  # during the back-off: ignored
+    assert det.is_blocked(url)
+    now[0] += 1.0
+    det.check_failed(url, 2)  # back-off over, still failing: next back-off (2 s)
+    now[0] += 1.5
+    assert det.is_blocked(url)
+    now[0] += 0.5
+    det.check_passed(url)
+    assert not det.is_ejected(url)
+
+
 def test_retry_budget_window(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [50.0]
     monkeypatch.setattr("headway.gateway.outlier.time.monotonic", lambda: now[0])
@@ -275,6 +327,10 @@ def test_retry_budget_window(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"retry": {"budget_ratio": 1.5}}, "pools[0].retry.budget_ratio"),
         ({"retry": {"budget_min_retries": -1}}, "pools[0].retry.budget_min_retries"),
         ({"retry": {"budget_window_s": 0}}, "pools[0].retry.budget_window_s"),
+        ({"health_check": {"enabled": "yes"}}, "pools[0].health_check.enabled"),
+        ({"health_check": {"interval_s": 0}}, "pools[0].health_check.interval_s"),
+        ({"health_check": {"failure_threshold": 0}}, "pools[0].health_check.failure_threshold"),
+        ({"health_check": {"path": "health"}}, "pools[0].health_check.path"),
     ],
 )
 def test_failure_config_errors_name_the_field(extra: dict[str, object], path: str) -> None:
@@ -287,6 +343,7 @@ def test_failure_config_defaults() -> None:
     cfg = config_from_mapping({"pools": [pool(MODEL, ["http://a:1"])]})
     assert cfg.pools[0].outlier == OutlierConfig(5, 5.0, 60.0)
     assert cfg.pools[0].retry == RetryConfig(2, 0.2, 3, 10.0)
+    assert cfg.pools[0].health_check == HealthCheckConfig(False, 5.0, 2.0, 3, "/health")
 
 
 def test_all_ejected_fails_open() -> None:

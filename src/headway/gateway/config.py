@@ -71,6 +71,20 @@ class OutlierConfig:
 
 
 @dataclass(frozen=True)
+class HealthCheckConfig:
+    """Active health checks: `GET path` on every endpoint each `interval_s`; after
+    `failure_threshold` failed checks in a row (connect error, timeout, status other
+    than 2xx) the endpoint is ejected like an outlier; once its back-off is over a
+    passing check takes it back."""
+
+    enabled: bool = False
+    interval_s: float = 5.0
+    timeout_s: float = 2.0
+    failure_threshold: int = 3
+    path: str = "/health"
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     """Retries to another endpoint while nothing has reached the client yet.
 
@@ -98,6 +112,7 @@ class PoolConfig:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
+    health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -245,6 +260,7 @@ _POOL_KEYS = (
     "admission",
     "outlier",
     "retry",
+    "health_check",
 )
 
 
@@ -286,6 +302,32 @@ def _outlier(raw: object, path: str) -> OutlierConfig:
         ),
         base_ejection_s=base,
         max_ejection_s=cap,
+    )
+
+
+def _health_check(raw: object, path: str) -> HealthCheckConfig:
+    data = _mapping(raw, path)
+    keys = ("enabled", "interval_s", "timeout_s", "failure_threshold", "path")
+    _keys(data, keys, path)
+    d = HealthCheckConfig()
+    enabled = data.get("enabled", d.enabled)
+    if not isinstance(enabled, bool):
+        raise GatewayConfigError(_join(path, "enabled"), "must be true or false")
+    check_path = _str(data.get("path", d.path), _join(path, "path"))
+    if not check_path.startswith("/"):
+        raise GatewayConfigError(_join(path, "path"), f"must start with '/', got {check_path!r}")
+    return HealthCheckConfig(
+        enabled=enabled,
+        interval_s=_required_seconds(
+            data.get("interval_s", d.interval_s), _join(path, "interval_s")
+        ),
+        timeout_s=_required_seconds(data.get("timeout_s", d.timeout_s), _join(path, "timeout_s")),
+        failure_threshold=_int(
+            data.get("failure_threshold", d.failure_threshold),
+            _join(path, "failure_threshold"),
+            1,
+        ),
+        path=check_path,
     )
 
 
@@ -369,6 +411,7 @@ def _pool(raw: object, path: str) -> PoolConfig:
         admission=_admission(data.get("admission", {}), _join(path, "admission")),
         outlier=_outlier(data.get("outlier", {}), _join(path, "outlier")),
         retry=_retry(data.get("retry", {}), _join(path, "retry")),
+        health_check=_health_check(data.get("health_check", {}), _join(path, "health_check")),
     )
 
 

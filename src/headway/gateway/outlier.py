@@ -11,7 +11,10 @@ Outlier state machine, per endpoint URL (config from the first pool listing it):
   next back-off; a probe that ends neither way (client gone, 4xx is a success)
   leaves it half-open for the next request.
 Outcomes of attempts that started before an ejection and end during its back-off
-are ignored (stale). Every routed attempt ends in exactly one of `success`,
+are ignored (stale). Active health checks (health.py) feed the same state:
+`failure_threshold` failed checks in a row eject an active endpoint; once the
+back-off is over (and no probe runs) a passing check takes it back and a failing
+one ejects it again with the next back-off. Every routed attempt ends in exactly one of `success`,
 `failure` or `neutral`.
 """
 
@@ -33,6 +36,7 @@ class _EndpointState:
     is_ejected: bool = False
     ejected_until: float = 0.0
     is_probing: bool = False
+    check_failures: int = 0  # active health checks failed in a row
 
 
 class OutlierDetector:
@@ -101,6 +105,29 @@ class OutlierDetector:
         st = self._states.get(url)
         if st is not None:
             st.is_probing = False
+
+    def check_passed(self, url: str) -> None:
+        st = self._states.get(url)
+        if st is None:
+            return
+        st.check_failures = 0
+        if st.is_ejected and not st.is_probing and time.monotonic() >= st.ejected_until:
+            st.is_ejected = False
+            st.ejections = 0
+            st.consecutive_failures = 0
+            self._metrics.ejected.labels(url).set(0)
+
+    def check_failed(self, url: str, threshold: int) -> None:
+        st = self._states.get(url)
+        if st is None:
+            return
+        st.check_failures += 1
+        now = time.monotonic()
+        if st.is_ejected:
+            if not st.is_probing and now >= st.ejected_until:
+                self._eject(url, st, now)
+        elif st.check_failures >= threshold:
+            self._eject(url, st, now)
 
     def _eject(self, url: str, st: _EndpointState, now: float) -> None:
         st.ejections += 1

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from headway.gateway.admission import Admission, NoEndpoint, Rejected, Slot
 from headway.gateway.config import GatewayConfig
+from headway.gateway.health import HealthChecker
 from headway.gateway.metrics import GatewayMetrics
 from headway.gateway.outlier import OutlierDetector, RetryBudget
 from headway.gateway.request import CompletionRequest, parse_completion, upstream_body
@@ -111,6 +112,7 @@ class Gateway:
         self.tracker = InFlightTracker()
         self.metrics = GatewayMetrics()
         self.outliers = OutlierDetector(config, self.metrics)
+        self.health_checker = HealthChecker(config, self.outliers)
         self.retry_budgets = {p.model: RetryBudget(p.retry) for p in config.pools}
         self.router = Router(config, self.tracker, outliers=self.outliers)
         self.admission = Admission(config, self.router, self.tracker, self.metrics)
@@ -141,10 +143,15 @@ class Gateway:
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/metrics", self.metrics_handler)
         app.middlewares.append(_errors_middleware)
+        app.on_startup.append(self._start_health_checks)
         app.on_cleanup.append(self._close_transport)
         return app
 
+    async def _start_health_checks(self, app: web.Application) -> None:
+        self.health_checker.start()
+
     async def _close_transport(self, app: web.Application) -> None:
+        await self.health_checker.stop()
         await self.transport.close()
 
     # -- simple endpoints ----------------------------------------------------------
