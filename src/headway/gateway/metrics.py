@@ -3,6 +3,8 @@ share a process, as in tests)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -74,6 +76,25 @@ class GatewayMetrics:
             ("model", "reason"),
             registry=self.registry,
         )
+
+        # Labelled children bound once, not looked up per request (`labels()` locks
+        # and builds a key each call); the label values are a small, fixed set.
+        self._request_children: dict[tuple[str, str, int], Any] = {}
+        self._e2e_children: dict[str, Any] = {}
+
+    def request_done(self, model: str, endpoint: str, status: int, e2e_s: float) -> None:
+        """Count a finished completion request and observe its end-to-end time."""
+        key = (model, endpoint, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(
+                model, endpoint, str(status)
+            )
+        counter.inc()
+        histogram = self._e2e_children.get(model)
+        if histogram is None:
+            histogram = self._e2e_children[model] = self.e2e.labels(model)
+        histogram.observe(e2e_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -193,7 +193,7 @@ class Gateway:
         arrived_at = time.monotonic()
         total_s = self.config.timeouts.total_s
         total_deadline = arrived_at + total_s if total_s else None
-        request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+        request_id = request.headers.get(REQUEST_ID) or os.urandom(16).hex()
         reply_headers = {REQUEST_ID: request_id}
         model_label, endpoint_label = "", ""
         status = 500
@@ -210,9 +210,7 @@ class Gateway:
                 model=pool.model,
                 num_prompt_tokens_est=len(body) // 4,
                 max_output_tokens=req.max_tokens if (req.max_tokens or 0) >= 0 else None,
-                headers=Headers.of(
-                    (k, v) for k, v in request.headers.items() if k.lower() == "traceparent"
-                ),
+                headers=_routing_headers(request),
             )
             num_tokens = len(body) // 4 + max(0, req.max_tokens or 0)
             try:
@@ -278,8 +276,9 @@ class Gateway:
         finally:
             if slot is not None:
                 slot.release()  # hands the slot to the head of the queue, if any
-            self.metrics.requests.labels(model_label, endpoint_label, str(status)).inc()
-            self.metrics.e2e.labels(model_label).observe(time.monotonic() - arrived_at)
+            self.metrics.request_done(
+                model_label, endpoint_label, status, time.monotonic() - arrived_at
+            )
 
     def _report(self, endpoint: str, outcome: str) -> None:
         if outcome == "success":
@@ -486,6 +485,17 @@ async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamRe
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal gateway error")
+
+
+_NO_HEADERS = Headers()
+
+
+def _routing_headers(request: web.Request) -> Headers:
+    """The request headers routing sees: `traceparent` only (names lower-case)."""
+    values = request.headers.getall("traceparent", ())
+    if not values:
+        return _NO_HEADERS
+    return Headers(tuple(("traceparent", v) for v in values))
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
