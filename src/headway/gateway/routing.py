@@ -60,15 +60,17 @@ class PoolRouter:
         self._outliers = outliers
         self._handler: ProfileHandler = build_handler(dict(pool.routing_config()))
         self._rng = np.random.default_rng(seed)
+        self._models = frozenset({pool.model})
+        # url -> ((num_requests, num_tokens, is_ejected), the snapshot built from them)
+        self._snapshot_cache: dict[str, tuple[tuple[int, int, bool], EndpointSnapshot]] = {}
 
     def snapshots(self, exclude: frozenset[str] = frozenset()) -> list[EndpointSnapshot]:
         """Every endpoint below its in-flight cap and not in `exclude`."""
-        models = frozenset({self.pool.model})
         cap = self.pool.max_in_flight_per_endpoint
-        now = time.monotonic()
         outliers = self._outliers
         blocked: set[str] = set()
         if outliers is not None:
+            now = time.monotonic()
             blocked = {u for u in self.pool.endpoints if outliers.is_blocked(u, now)}
             if len(blocked) == len(self.pool.endpoints):
                 blocked = set()  # fail open: every endpoint is out
@@ -79,16 +81,27 @@ class PoolRouter:
             load = self._tracker.load(url)
             if load.num_requests >= cap:
                 continue
-            out.append(
-                EndpointSnapshot(
-                    endpoint_id=url,
-                    models=models,
-                    num_in_flight_requests=load.num_requests,
-                    num_in_flight_tokens=load.num_tokens,
-                    is_ejected=url in blocked,
-                )
-            )
+            out.append(self._snapshot(url, load.num_requests, load.num_tokens, url in blocked))
         return out
+
+    def _snapshot(
+        self, url: str, num_requests: int, num_tokens: int, is_ejected: bool
+    ) -> EndpointSnapshot:
+        """The endpoint's snapshot, reused while its inputs are unchanged (snapshots
+        are immutable values, so an equal one may be shared between decisions)."""
+        key = (num_requests, num_tokens, is_ejected)
+        cached = self._snapshot_cache.get(url)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        snapshot = EndpointSnapshot(
+            endpoint_id=url,
+            models=self._models,
+            num_in_flight_requests=num_requests,
+            num_in_flight_tokens=num_tokens,
+            is_ejected=is_ejected,
+        )
+        self._snapshot_cache[url] = (key, snapshot)
+        return snapshot
 
     def decide(self, ctx: RequestContext, snapshots: list[EndpointSnapshot]) -> RoutingResult:
         return self._handler.decide(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -79,6 +80,7 @@ class Profile:
     picker: NamedPicker
     num_top_scores: int = 3  # candidates whose scores a decision reports
     _stateful: tuple[StatefulPlugin, ...] = field(init=False, repr=False, compare=False)
+    _total_weight: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -103,6 +105,7 @@ class Profile:
         plugins.append(self.picker.plugin)
         stateful = tuple(p for p in plugins if isinstance(p, StatefulPlugin))
         object.__setattr__(self, "_stateful", stateful)
+        object.__setattr__(self, "_total_weight", sum(s.weight for s in self.scorers))
 
     def run(
         self,
@@ -186,7 +189,7 @@ class Profile:
     def _combine(
         self, ids: tuple[str, ...], by_scorer: list[Mapping[str, float]]
     ) -> dict[str, float]:
-        total_weight = sum(s.weight for s in self.scorers)
+        total_weight = self._total_weight
         if total_weight == 0.0:
             return dict.fromkeys(ids, 1.0)
         weighted = [(s.weight, scores) for s, scores in zip(self.scorers, by_scorer, strict=True)]
@@ -206,8 +209,11 @@ class Profile:
         )
 
 
+_ENDPOINT_ID = operator.attrgetter("endpoint_id")
+
+
 def _sorted_unique(endpoints: Iterable[EndpointSnapshot]) -> Endpoints:
-    ordered = tuple(sorted(endpoints, key=lambda e: e.endpoint_id))
+    ordered = tuple(sorted(endpoints, key=_ENDPOINT_ID))
     for a, b in itertools.pairwise(ordered):
         if a.endpoint_id == b.endpoint_id:
             raise ValueError(f"endpoints: duplicate endpoint_id {a.endpoint_id!r}")
@@ -218,7 +224,10 @@ def _check_filtered(name: str, before: Endpoints, after: Endpoints) -> None:
     """`after` must be a subsequence of `before` (a subset, in the same order)."""
     remaining = iter(before)
     for e in after:
-        if not any(e is b for b in remaining):
+        for b in remaining:
+            if e is b:
+                break
+        else:
             raise PluginContractError(
                 f"{name}: returned {e.endpoint_id!r}, not one of its input objects, in order"
             )
