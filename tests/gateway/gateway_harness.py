@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -160,3 +160,47 @@ def sim_counters(url: str) -> dict[str, float]:
         "running": m.get("vllm:num_requests_running", 0.0),
         "waiting": m.get("vllm:num_requests_waiting", 0.0),
     }
+
+
+class ThreadedUpstream:
+    """A test upstream: an aiohttp app served from its own thread and event loop on an
+    ephemeral 127.0.0.1 port. Subclasses add routes in `add_routes`."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def add_routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def on_loop_start(self) -> None:
+        """Create loop-bound state (semaphores, events) before serving."""
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        await self.on_loop_start()
+        app = web.Application()
+        self.add_routes(app)
+        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+        self.url = f"http://127.0.0.1:{port}"
+        self._ready.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    def start(self) -> Self:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from conftest import MODEL, Fleets
-from gateway_harness import InProcessGateway, pool, sim_counters
+from gateway_harness import InProcessGateway, ThreadedUpstream, pool, sim_counters
 from prometheus_client.parser import text_string_to_metric_families
 from sim_harness import get
 
@@ -32,22 +31,18 @@ ANSWER = {"id": "x", "object": "chat.completion", "choices": [], "usage": {}}
 DEADLINE_S = 10.0  # no test here may wait longer on anything
 
 
-class HoldingUpstream:
+class HoldingUpstream(ThreadedUpstream):
     """One server offering endpoints /e0, /e1, ...; every request waits until the test
     releases it (`release`), or answers after `delay_s` when that is set."""
 
     def __init__(self) -> None:
-        self.url = ""
+        super().__init__()
         self.active: Counter[str] = Counter()
         self.max_active: Counter[str] = Counter()
         self.arrivals: list[str] = []  # the `user` field of each request, in arrival order
         self.num_cancelled = 0
         self.delay_s: float | None = None
         self._gate: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     def endpoint(self, i: int) -> str:
         return f"{self.url}/e{i}"
@@ -71,37 +66,21 @@ class HoldingUpstream:
             self.active[ep] -= 1
         return web.json_response(ANSWER)
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    async def on_loop_start(self) -> None:
         self._gate = asyncio.Semaphore(0)
-        app = web.Application()
+
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/{ep}/v1/chat/completions", self._handle)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-        self.url = f"http://127.0.0.1:{port}"
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
 
     def release(self, n: int = 1) -> None:
         assert self._loop is not None and self._gate is not None
         for _ in range(n):
             self._loop.call_soon_threadsafe(self._gate.release)
 
-    def start(self) -> HoldingUpstream:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
     def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self.release(10_000)
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=10)
+        if self._loop is not None:
+            self.release(10_000)  # let held requests finish so the server can close
+        super().stop()
 
 
 @pytest.fixture

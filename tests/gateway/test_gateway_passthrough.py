@@ -8,14 +8,13 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
-from gateway_harness import InProcessGateway, pool
+from gateway_harness import InProcessGateway, ThreadedUpstream, pool
 from sim_harness import post
 
 TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
@@ -24,16 +23,12 @@ DONE = b"data: [DONE]\n\n"
 ANSWER = {"id": "x", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}
 
 
-class StubUpstream:
+class StubUpstream(ThreadedUpstream):
     """An OpenAI-ish upstream in its own thread that records what it receives."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received: list[tuple[dict[str, str], bytes]] = []
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -54,31 +49,9 @@ class StubUpstream:
         await resp.write_eof()
         return resp
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/v1/completions", self._handle)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-        self.url = f"http://127.0.0.1:{port}"
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def start(self) -> StubUpstream:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
