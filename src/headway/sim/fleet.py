@@ -16,11 +16,10 @@ from typing import Any
 import zmq.asyncio
 from aiohttp import web
 
-from headway.core.catalog import precision as precision_by_name
-from headway.core.costmodel import CostModel, Deployment, Efficiency
-from headway.core.engine import Engine, EngineConfig
+from headway.core.costmodel import CostModel
+from headway.core.engine import Engine
+from headway.core.engine_factory import EngineSpec, EngineSpecError, resolve_engine
 from headway.core.sampler import DeterministicSampler
-from headway.core.scheduler import SchedulerConfig, vllm_default_limits
 from headway.core.tokenizer import ChatTemplate
 from headway.resources.catalog import load_catalog
 from headway.resources.tokenizer import HfTokenizer, default_tokenizer, load_tokenizer
@@ -101,53 +100,40 @@ class Fleet:
 
     async def start(self) -> None:
         cfg = self.config
-        catalog = load_catalog(cfg.catalog_files)
+        spec = EngineSpec(
+            model=cfg.model,
+            gpu=cfg.gpu,
+            precision=cfg.precision,
+            tp=cfg.tp,
+            block_size=cfg.block_size,
+            num_gpu_blocks_override=cfg.num_gpu_blocks_override,
+            max_model_len=cfg.max_model_len,
+            max_num_seqs=cfg.max_num_seqs,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            hash_seed=cfg.hash_seed,
+        )
         try:
-            model = catalog.model(cfg.model)
-            gpu = catalog.gpu(cfg.gpu)
-            prec = precision_by_name(cfg.precision)
-            deployment = Deployment(model, gpu, prec, cfg.tp)
-        except ValueError as exc:
-            raise FleetConfigError(str(exc)) from None
-        eff = Efficiency(gpu_memory_utilization=cfg.gpu_memory_utilization)
-        self.cost_model = cost_model = CostModel(deployment, eff)
-        num_blocks = cfg.num_gpu_blocks_override or cost_model.kv_capacity_blocks(cfg.block_size)
-        if num_blocks < 1:
-            raise FleetConfigError(
-                f"--model {cfg.model} does not fit on --gpu {cfg.gpu} at --precision "
-                f"{cfg.precision} with --tp {cfg.tp}: no memory left for the KV cache"
-            )
-        capacity_tokens = num_blocks * cfg.block_size
-        if cfg.max_model_len is not None and cfg.max_model_len > capacity_tokens:
-            # vLLM refuses to start when one max-length request cannot fit the KV cache.
-            raise FleetConfigError(
-                f"--max-model-len {cfg.max_model_len}: larger than the KV cache holds "
-                f"({num_blocks} blocks x {cfg.block_size} = {capacity_tokens} tokens)"
-            )
-        # Unset, it is the model's context length, capped (as vLLM's estimate suggests)
-        # at what the KV cache holds.
-        max_model_len = cfg.max_model_len or min(model.max_model_len, capacity_tokens)
+            resolved = resolve_engine(spec, load_catalog(cfg.catalog_files))
+        except EngineSpecError as exc:
+            # Name the command-line flag: "max_model_len: ..." -> "--max-model-len ...".
+            flag = "--" + exc.field.replace("_", "-")
+            message = str(exc)
+            if message.startswith(exc.field + ":"):
+                message = flag + message[len(exc.field) :]
+            raise FleetConfigError(message) from None
+        self.cost_model = cost_model = resolved.cost_model
+        engine_config = resolved.config
         self.tokenizer = tok = (
             load_tokenizer(cfg.tokenizer) if cfg.tokenizer else default_tokenizer()
         )
         vocab = tok.word_token_ids() or tuple(range(min(tok.vocab_size, 1000)))
         template = ChatTemplate()
-        default_tokens, default_seqs = vllm_default_limits(gpu.hbm_bytes)
         if cfg.kv_events is not None:
             self._zmq = zmq.asyncio.Context()
         self._timer = timer = PreciseTimer(asyncio.get_running_loop())
         for i in range(cfg.num_replicas):
-            engine_config = EngineConfig(
-                num_gpu_blocks=num_blocks,
-                block_size=cfg.block_size,
-                max_model_len=max_model_len,
-                enable_prefix_caching=cfg.enable_prefix_caching,
-                hash_seed=cfg.hash_seed,
-                scheduler=SchedulerConfig(
-                    max_num_seqs=cfg.max_num_seqs or default_seqs,
-                    max_num_batched_tokens=cfg.max_num_batched_tokens or default_tokens,
-                ),
-            )
             sampler = DeterministicSampler(
                 vocab, tok.eos_token_id, seed=cfg.seed, mean_output_tokens=cfg.mean_output_tokens
             )
