@@ -37,7 +37,8 @@ from headway.routing.plugin import (
     Scorer,
     StatefulPlugin,
 )
-from headway.routing.presets import PRESETS
+from headway.routing.prefix import ApproxPrefixIndex, KvBlockIndex
+from headway.routing.presets import PRESETS, default_preset
 from headway.routing.profile import (
     NamedFilter,
     NamedPicker,
@@ -47,10 +48,12 @@ from headway.routing.profile import (
     WeightedScorer,
 )
 from headway.routing.registry import Registry, default_registry
+from headway.routing.shared import RoutingResources
 from headway.routing.state import RequestScratch, ScratchKey
 
 __all__ = [
     "PRESETS",
+    "ApproxPrefixIndex",
     "ConfigError",
     "Decision",
     "EndpointField",
@@ -61,6 +64,7 @@ __all__ = [
     "Filter",
     "HandlerMode",
     "Headers",
+    "KvBlockIndex",
     "NamedFilter",
     "NamedPicker",
     "NoEndpointReason",
@@ -77,6 +81,7 @@ __all__ = [
     "Registry",
     "RequestContext",
     "RequestScratch",
+    "RoutingResources",
     "RoutingResult",
     "Scorer",
     "ScratchKey",
@@ -87,5 +92,6 @@ __all__ = [
     "WeightedScorer",
     "build_handler",
     "build_profile",
+    "default_preset",
     "default_registry",
 ]

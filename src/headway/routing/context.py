@@ -66,9 +66,19 @@ class RequestContext:
     """One request's routing inputs. Immutable; hashable.
 
     `model` is the base model name after alias resolution; a LoRA request names its
-    adapter in `lora_adapter`. `block_hashes` are the prompt's full-block keys as KV
-    events publish them (64-bit ints, `core.block_hash.to_event_int`), or the
-    gateway's text-chunk hashes in approximate mode; empty when not computed.
+    adapter in `lora_adapter`.
+
+    Two kinds of prefix keys, for the two prefix indexes:
+
+    * `block_hashes`: ONLY engine-exact KV block hashes of the prompt's full blocks, as
+      KV events publish them (64-bit ints, `core.block_hash.to_event_int`); looked up
+      in the KV-event index (precise mode). Empty when not computed.
+    * `chunk_hashes`: approximate mode: chained hashes of fixed-size text chunks of the
+      prompt, computed by the gateway; looked up in the gateway-side index of prompts
+      it routed. Empty when not computed.
+
+    `session_id` is filled by the gateway from x-session-id / x-session-token / a
+    configured header.
     """
 
     request_id: str
@@ -79,6 +89,7 @@ class RequestContext:
     prompt_token_ids: tuple[int, ...] = ()
     text_chunks: tuple[str, ...] = ()
     block_hashes: tuple[int, ...] = ()
+    chunk_hashes: tuple[int, ...] = ()
     headers: Headers = Headers()
     session_id: str | None = None
     tenant: str | None = None

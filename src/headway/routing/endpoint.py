@@ -4,7 +4,8 @@ A snapshot is an immutable value. Collectors (metrics scraper, KV-event subscrib
 in-flight tracker, health checker) build a fresh one whenever their view changes;
 plugins only read it. Nothing in a decision ever writes to a snapshot.
 
-Invariants (checked on construction): counts are >= 0, `kv_cache_usage` is in [0, 1].
+Invariants (checked on construction): counts are >= 0, `kv_cache_usage` is in [0, 1],
+`block_size` is >= 1 when known.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class EndpointField(StrEnum):
     NUM_IN_FLIGHT_REQUESTS = "num_in_flight_requests"
     NUM_IN_FLIGHT_TOKENS = "num_in_flight_tokens"
     METRICS_UPDATED_AT = "metrics_updated_at"
+    ACTIVE_LORA_ADAPTERS = "active_lora_adapters"
+    MAX_LORA_ADAPTERS = "max_lora_adapters"
+    BLOCK_SIZE = "block_size"
+    NUM_GPU_BLOCKS = "num_gpu_blocks"
+    IS_METRICS_STALE = "is_metrics_stale"
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,13 @@ class EndpointSnapshot:
     num_in_flight_requests: int = 0  # sent by this gateway, not yet finished
     num_in_flight_tokens: int = 0  # estimated prefill + decode tokens of those
     metrics_updated_at: float | None = None  # when engine metrics were last read
+    # Adapters running or waiting on the engine (vLLM's `vllm:lora_requests_info`
+    # running_lora_adapters + waiting_lora_adapters labels).
+    active_lora_adapters: frozenset[str] = frozenset()
+    max_lora_adapters: int | None = None  # adapters the engine holds at once (max_lora label)
+    block_size: int | None = None  # engine KV block size in tokens; None: unknown
+    num_gpu_blocks: int | None = None  # engine KV capacity in blocks; None: unknown
+    is_metrics_stale: bool = False  # scrapes failing or too old: engine fields are not current
 
     def __post_init__(self) -> None:
         if not self.endpoint_id:
@@ -75,8 +88,21 @@ class EndpointSnapshot:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("max_lora_adapters", "num_gpu_blocks"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}: must be >= 0 or None, got {value}")
+        if self.block_size is not None and self.block_size < 1:
+            raise ValueError(f"block_size: must be >= 1 or None, got {self.block_size}")
         if not (math.isfinite(self.kv_cache_usage) and 0.0 <= self.kv_cache_usage <= 1.0):
             raise ValueError(f"kv_cache_usage: must be in [0, 1], got {self.kv_cache_usage}")
+
+    @property
+    def kv_capacity_tokens(self) -> int | None:
+        """KV cache capacity in tokens (`num_gpu_blocks * block_size`); None when unknown."""
+        if self.num_gpu_blocks is None or self.block_size is None or self.num_gpu_blocks == 0:
+            return None
+        return self.num_gpu_blocks * self.block_size
 
     def metrics_age_s(self, now: float) -> float | None:
         """Seconds since engine metrics were last read; None when they never were."""

@@ -26,6 +26,7 @@ import numpy as np
 from headway.routing.context import RequestContext
 from headway.routing.decision import Decision, PluginKind
 from headway.routing.endpoint import EndpointField, EndpointSnapshot
+from headway.routing.shared import RoutingResources
 from headway.routing.state import RequestScratch
 
 Endpoints = tuple[EndpointSnapshot, ...]
@@ -79,24 +80,38 @@ class PluginSpec(Generic[_P]):
     """How to build one plugin type: what each plugin module exports as `SPEC`.
 
     `params_type` is a frozen dataclass whose every field has a default;
-    `factory(params)` builds a fresh instance; `reads` declares the snapshot fields
-    the plugin looks at (a test checks the plugin ignores every other field).
+    `factory(params)` builds a fresh instance, or `factory(params, resources)` when
+    `needs_resources` is set (only plugins that use the caller's shared objects, such
+    as the KV-event index, see them); `reads` declares the snapshot fields the plugin
+    looks at (a test checks the plugin ignores every other field). A factory may raise
+    `ConfigError` (path relative to the plugin entry) when the resources it needs are
+    missing.
     """
 
     type: str  # kebab-case, unique in a registry
     kind: PluginKind
     params_type: builtins.type[_P]
-    factory: Callable[[_P], Any]
+    factory: Callable[..., Any]  # (params) or, with needs_resources, (params, resources)
     reads: frozenset[EndpointField]
     summary: str
+    needs_resources: bool = False
 
     def __post_init__(self) -> None:
         if not _KEBAB.fullmatch(self.type):
             raise ValueError(f"type: {self.type!r} is not kebab-case")
 
-    def create(self, params: _P | None = None) -> Plugin:
-        """A new instance, with default params when none are given."""
-        plugin: object = self.factory(self.params_type() if params is None else params)
+    def create(self, params: _P | None = None, resources: RoutingResources | None = None) -> Plugin:
+        """A new instance, with default params when none are given.
+
+        `resources` reach the factory only when `needs_resources` is set; None then
+        means empty `RoutingResources()`.
+        """
+        values = self.params_type() if params is None else params
+        plugin: object = (
+            self.factory(values, RoutingResources() if resources is None else resources)
+            if self.needs_resources
+            else self.factory(values)
+        )
         if self.kind is PluginKind.FILTER and isinstance(plugin, Filter):
             return plugin
         if self.kind is PluginKind.SCORER and isinstance(plugin, Scorer):

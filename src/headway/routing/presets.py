@@ -32,3 +32,9 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         ),
     }
 )
+
+
+def default_preset(has_kv_events: bool) -> str:
+    """The preset a pool gets when its config names none: `kv-aware` when its engines
+    publish KV events (precise prefix matches), else `kv-aware-approx`."""
+    return "kv-aware" if has_kv_events else "kv-aware-approx"
