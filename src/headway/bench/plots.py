@@ -134,20 +134,14 @@ def _log_axis(ax: Axes, which: str) -> None:
 def _cdf_axis(ax: Axes, name: str, series: Sequence[tuple[str, Sequence[float]]]) -> None:
     colors = _colors(len(series))
     pooled = [v for _, values in series for v in values]
-    for (label, values), color in zip(series, colors, strict=True):
+    for (_, values), color in zip(series, colors, strict=True):
         if not values:
             continue
         xs = np.sort(np.asarray(values, dtype=float))
         ys = 100.0 * np.arange(1, len(xs) + 1) / len(xs)
-        p50 = float(np.percentile(xs, 50))
-        ax.step(
-            xs,
-            ys,
-            where="post",
-            color=color,
-            linewidth=1.8,
-            label=f"{label} (p50 {fmt_ms(p50)} ms, n={len(xs):,})",
-        )
+        ax.step(xs, ys, where="post", color=color, linewidth=1.8)
+        # The median marked on the curve, so arms can be read off without a legend.
+        ax.plot([float(np.percentile(xs, 50))], [50.0], marker="o", color=color, markersize=6)
     ax.set_title(name)
     ax.set_xlabel(f"{name} (ms{', log scale' if _is_wide(pooled) else ''})")
     ax.set_ylabel("requests at or below (%)" if name != "ITL" else "gaps at or below (%)")
@@ -156,16 +150,17 @@ def _cdf_axis(ax: Axes, name: str, series: Sequence[tuple[str, Sequence[float]]]
     ax.grid(True, alpha=0.3, which="both")
     if not pooled:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-        return
-    if _is_wide(pooled):
+    elif _is_wide(pooled):
         _log_axis(ax, "x")
-    ax.legend(loc="best", framealpha=0.9)
 
 
 @_styled
 def plot_latency_cdfs(series: Sequence[tuple[str, LatencySamples]], title: str, path: Path) -> Path:
-    """TTFT, TPOT, ITL and E2E CDFs in a 2x2 grid, one line per series (arm or file)."""
-    fig = _new_figure(12, 8.5)
+    """TTFT, TPOT, ITL and E2E CDFs in a 2x2 grid, one line per series (arm or file),
+    medians marked with a dot; one legend for the figure, below the panels."""
+    from matplotlib.lines import Line2D
+
+    fig = _new_figure(12, 9)
     axes = fig.subplots(2, 2)
     panels = (
         ("TTFT", "ttft_ms"),
@@ -175,6 +170,24 @@ def plot_latency_cdfs(series: Sequence[tuple[str, LatencySamples]], title: str, 
     )
     for ax, (name, attr) in zip(axes.flat, panels, strict=True):
         _cdf_axis(ax, name, [(label, getattr(s, attr)) for label, s in series])
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=color,
+            linewidth=2.5,
+            marker="o",
+            label=f"{label} ({len(s.ttft_ms):,} requests)",
+        )
+        for (label, s), color in zip(series, _colors(len(series)), strict=True)
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=min(len(handles), 3),
+        title="dot: median",
+        frameon=False,
+    )
     fig.suptitle(title, fontsize=14)
     fig.savefig(path)
     return path
