@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, cast
 
 import numpy as np
 
-from headway.bench.report import fmt_ms, is_unbounded_rate, iter_points, load_label
+from headway.bench.report import is_unbounded_rate, iter_points, load_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
