@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from headway.core.workload import LengthDist, SyntheticWorkload
+from headway.core.workloads import LengthDist, SyntheticWorkload
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result

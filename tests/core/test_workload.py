@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from headway.core.workload import LengthDist, LengthKind, SyntheticWorkload
+from headway.core.workloads import LengthDist, LengthKind, SyntheticWorkload
 
 
 @pytest.mark.parametrize(

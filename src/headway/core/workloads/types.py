@@ -24,6 +24,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+# Headers multi-call workloads set on every call of a session / an agent run.
+SESSION_HEADER = "x-session-id"
+RUN_HEADER = "x-run-id"
+
 
 @dataclass(frozen=True)
 class ChatMessage:
