@@ -409,3 +409,58 @@ def test_pareto_y_label_says_when_not_per_gpu(gpu_count: int | None, label: str)
 def test_pareto_without_gpu_count_still_plots(tmp_path: Path) -> None:
     path = plots.plot_pareto(make_results(gpu_count=None, num_requests=4), tmp_path / "p.png")
     _assert_png(path)
+
+
+def test_slo_search_table_and_probes_sorted_by_rate() -> None:
+    results = make_results(
+        labels=("rr", "kv"),
+        loads=[rate_load(8.0), rate_load(1.0), rate_load(4.0)],
+        kind="slo-search",
+        slo=True,
+        num_requests=6,
+    )
+    results["metadata"]["slo_search"] = {"attainment": 0.9, "rate_min": 1, "rate_max": 8}
+    results["arms"][0]["slo_search"] = {
+        "max_request_rate": 4.0,
+        "bracket": [4.0, 8.0],
+        "outcome": "bracketed",
+        "num_probes": 3,
+    }
+    results["arms"][1]["slo_search"] = {
+        "max_request_rate": None,
+        "bracket": None,
+        "outcome": "not met at rate_min",
+        "num_probes": 2,
+    }
+    md = summary_markdown(results)
+    assert "### SLO search: largest request rate with >= 90% SLO attainment" in md
+    assert "| rr | 4 req/s | [4, 8] | bracketed | 3 |" in md
+    assert "| kv | - | - | not met at rate_min | 2 |" in md
+    titles = [t.title for t in summary_tables(results)]
+    assert titles == ["Load 1/3: 1 req/s", "Load 2/3: 4 req/s", "Load 3/3: 8 req/s"]
+
+
+def test_run_notes_warnings_partial_and_early_stop(tmp_path: Path) -> None:
+    results = make_results(loads=[rate_load(1.0), rate_load(2.0)], num_requests=5)
+    results["metadata"]["warnings"] = ["kv: cache reset at http://x/reset_prefix_cache failed"]
+    results["metadata"]["is_partial"] = True
+    results["arms"][0]["sweep"] = {"stopped_early": "after rate 2/s: saturated"}
+    out = _record(results)
+    assert "WARNING: partial results" in out
+    assert "WARNING: kv: cache reset at http://x/reset_prefix_cache failed" in out
+    assert "round-robin: sweep stopped after rate 2/s: saturated" in out
+    md = summary_markdown(results)
+    assert "## Notes" in md and "sweep stopped after rate 2/s" in md
+    write_report(results, tmp_path)
+    assert 'class="warning">WARNING: partial results' in (tmp_path / "report.html").read_text()
+
+
+def test_target_versions_shown_short() -> None:
+    results = make_results(labels=("a",), num_requests=4)
+    results["arms"][0]["target"]["versions"] = {
+        "version": {"version": "0.11.0"},
+        "models": {"object": "list", "data": [{"id": "llama-3.1-8b", "object": "model"}]},
+        "other": {"error": "HTTP 404"},
+    }
+    md = summary_markdown(results)
+    assert "* **arm a**: http://127.0.0.1:9000 (version 0.11.0; models llama-3.1-8b)" in md

@@ -44,6 +44,12 @@ figcaption { color: #555; font-size: 0.9em; }
 {% for name, text in metadata %}<dt>{{ name }}</dt><dd>{{ text }}</dd>
 {% endfor %}</dl>
 {% endif %}
+{% if notes %}
+<h2>Notes</h2>
+<ul class="notes">{% for n in notes %}
+<li{% if n.startswith("WARNING") %} class="warning"{% endif %}>{{ n }}</li>{% endfor %}
+</ul>
+{% endif %}
 {% if tables %}
 <h2>Summary</h2>
 {% for t in tables %}
@@ -83,10 +89,12 @@ def render_html(
     metadata: Sequence[tuple[str, str]],
     tables: Sequence[TextTable],
     images: Sequence[Image],
+    notes: Sequence[str] = (),
 ) -> str:
     """The report page as a string, the images read and embedded."""
     return _ENV.from_string(_TEMPLATE).render(
         title=title,
+        notes=list(notes),
         metadata=list(metadata),
         tables=list(tables),
         images=[(img.caption, png_data_uri(img.path)) for img in images],
@@ -100,10 +108,11 @@ def write_html(
     metadata: Sequence[tuple[str, str]],
     tables: Sequence[TextTable],
     images: Sequence[Image],
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write `render_html(...)` to `path`."""
     path.write_text(
-        render_html(title=title, metadata=metadata, tables=tables, images=images),
+        render_html(title=title, metadata=metadata, tables=tables, images=images, notes=notes),
         encoding="utf-8",
     )
     return path

@@ -179,14 +179,27 @@ def _failure_note(label: str, point: Mapping[str, Any]) -> str | None:
     return f"{label}: failures by kind: {text}"
 
 
+def _rate_sort_key(load: Mapping[str, Any] | None) -> tuple[float, float]:
+    load = load or {}
+    rate, concurrency = load.get("request_rate"), load.get("max_concurrency")
+    return (
+        float(rate) if isinstance(rate, int | float) else math.inf,
+        float(concurrency) if isinstance(concurrency, int | float) else math.inf,
+    )
+
+
 def summary_tables(results: Mapping[str, Any]) -> list[TextTable]:
-    """One table per load level, arms side by side (arms missing a level are left out)."""
+    """One table per load level, arms side by side (arms missing a level are left out).
+    Levels in run order; an SLO search's probes by rate."""
     groups: dict[tuple[str, str, str], list[tuple[Mapping[str, Any], Mapping[str, Any]]]] = {}
     for arm, point in iter_points(results):
         groups.setdefault(_load_key(point.get("load")), []).append((arm, point))
+    ordered = list(groups.values())
+    if results.get("kind") == "slo-search":
+        ordered.sort(key=lambda members: _rate_sort_key(members[0][1].get("load")))
     tables = []
-    num_groups = len(groups)
-    for i, members in enumerate(groups.values(), 1):
+    num_groups = len(ordered)
+    for i, members in enumerate(ordered, 1):
         points = [p for _, p in members]
         labels = [str(arm.get("label", f"arm {j}")) for j, (arm, _) in enumerate(members, 1)]
         rows = tuple((m.label, *(_cell(m, p) for p in points)) for m in metrics_for(points))
@@ -200,6 +213,55 @@ def summary_tables(results: Mapping[str, Any]) -> list[TextTable]:
         title = f"Load {i}/{num_groups}: {load}" if num_groups > 1 else f"Load: {load}"
         tables.append(TextTable(title, ("Metric", *labels), rows, tuple(notes)))
     return tables
+
+
+def slo_search_table(results: Mapping[str, Any]) -> TextTable | None:
+    """For an SLO search: each arm's largest request rate meeting the attainment target."""
+    if results.get("kind") != "slo-search":
+        return None
+    meta = results.get("metadata") or {}
+    spec = meta.get("slo_search")
+    target = spec.get("attainment") if isinstance(spec, Mapping) else None
+    rows = []
+    for arm in results.get("arms", []):
+        found = arm.get("slo_search") if isinstance(arm.get("slo_search"), Mapping) else {}
+        best = found.get("max_request_rate")
+        bracket = found.get("bracket")
+        rows.append(
+            (
+                str(arm.get("label", "?")),
+                MISSING if best is None else f"{best:.3g} req/s",
+                MISSING if not bracket else f"[{bracket[0]:.3g}, {bracket[1]:.3g}]",
+                str(found.get("outcome", MISSING)),
+                str(found.get("num_probes", len(arm.get("points", [])))),
+            )
+        )
+    goal = f" with >= {100 * target:g}% SLO attainment" if isinstance(target, int | float) else ""
+    return TextTable(
+        f"SLO search: largest request rate{goal}",
+        ("Arm", "Max rate", "Bracket", "Outcome", "Probes"),
+        tuple(rows),
+    )
+
+
+def report_tables(results: Mapping[str, Any]) -> list[TextTable]:
+    """Every table of a report: the SLO search answer (if any), then one per load level."""
+    search = slo_search_table(results)
+    return ([search] if search is not None else []) + summary_tables(results)
+
+
+def run_notes(results: Mapping[str, Any]) -> list[str]:
+    """Run-wide notes: partial results, runner warnings, sweeps stopped early."""
+    meta = results.get("metadata") or {}
+    notes = []
+    if meta.get("is_partial"):
+        notes.append("WARNING: partial results: the run was stopped before it finished.")
+    notes.extend(f"WARNING: {w}" for w in meta.get("warnings") or ())
+    for arm in results.get("arms", []):
+        sweep = arm.get("sweep")
+        if isinstance(sweep, Mapping) and sweep.get("stopped_early"):
+            notes.append(f"{arm.get('label', '?')}: sweep stopped {sweep['stopped_early']}")
+    return notes
 
 
 def _cell(metric: Metric, point: Mapping[str, Any]) -> str:
@@ -245,7 +307,7 @@ def metadata_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         if isinstance(params, Mapping) and params:
             text += " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
         items.append(("workload", text))
-    for key in ("command", "git_sha", "headway_version", "started_at", "seed"):
+    for key in ("command", "model", "git_sha", "headway_version", "started_at", "seed"):
         if meta.get(key) is not None:
             items.append((key.replace("_", " "), str(meta[key])))
     goodput = meta.get("goodput")
@@ -263,10 +325,29 @@ def metadata_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         target = arm.get("target")
         versions = target.get("versions") if isinstance(target, Mapping) else None
         text = str(arm.get("base_url", "?"))
-        if isinstance(versions, Mapping) and versions:
-            text += " (" + ", ".join(f"{k} {v}" for k, v in versions.items()) + ")"
+        version_text = _versions_text(versions) if isinstance(versions, Mapping) else ""
+        if version_text:
+            text += f" ({version_text})"
         items.append((f"arm {arm.get('label', '?')}", text))
     return items
+
+
+def _versions_text(versions: Mapping[str, Any]) -> str:
+    """What a target said about itself, short: "version 0.11.0, models llama-3.1-8b"."""
+    parts = []
+    for key, value in versions.items():
+        if isinstance(value, Mapping):
+            if "error" in value:
+                continue
+            data = value.get("data")
+            if isinstance(data, list):
+                ids = [str(m.get("id")) for m in data if isinstance(m, Mapping)]
+                parts.append(f"{key} {', '.join(ids)}")
+            elif "version" in value:
+                parts.append(f"{key} {value['version']}")
+        elif value is not None:
+            parts.append(f"{key} {value}")
+    return "; ".join(parts)
 
 
 def summary_markdown(results: Mapping[str, Any]) -> str:
@@ -274,17 +355,23 @@ def summary_markdown(results: Mapping[str, Any]) -> str:
     lines = ["# Headway bench summary", ""]
     lines.extend(f"* **{name}**: {_md_escape(text)}" for name, text in metadata_items(results))
     lines.append("")
-    lines.extend(markdown_table(t) for t in summary_tables(results))
+    notes = run_notes(results)
+    if notes:
+        lines.extend(["## Notes", ""] + [f"* {_md_escape(n)}" for n in notes] + [""])
+    lines.extend(markdown_table(t) for t in report_tables(results))
     return "\n".join(lines)
 
 
 def print_summary(results: Mapping[str, Any], console: Console) -> None:
     """Print one table per load level (arms side by side) and any warnings."""
-    for table in summary_tables(results):
+    for table in report_tables(results):
         console.print(rich_table(table))
         for note in table.notes:
             style = "bold yellow" if note.startswith("WARNING") else "dim"
-            console.print(note, style=style, highlight=False)
+            console.print(note, style=style, highlight=False, markup=False)
+    for note in run_notes(results):
+        style = "bold yellow" if note.startswith("WARNING") else ""
+        console.print(note, style=style, highlight=False, markup=False)
 
 
 def write_report(results: Mapping[str, Any], out_dir: Path) -> None:
@@ -298,6 +385,7 @@ def write_report(results: Mapping[str, Any], out_dir: Path) -> None:
         out_dir / "report.html",
         title="Headway bench report",
         metadata=metadata_items(results),
-        tables=summary_tables(results),
+        tables=report_tables(results),
         images=images,
+        notes=run_notes(results),
     )
