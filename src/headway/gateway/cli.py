@@ -2,7 +2,10 @@
 
     headway serve --config gateway.yaml
     headway serve --port 8080 --endpoints http://127.0.0.1:9000,http://127.0.0.1:9001
+    headway serve --endpoints http://127.0.0.1:9000,http://127.0.0.1:9001 \
+        --kv-events tcp://127.0.0.1:5557,tcp://127.0.0.1:5558
     headway serve            # embedded simulated fleet of 4 replicas on 127.0.0.1:8080
+                             # (KV events on, routed with the kv-aware preset)
 
 SIGTERM / SIGINT drain: stop accepting, let in-flight requests finish for up to
 `timeouts.drain_s`, then cancel them.
@@ -25,7 +28,6 @@ from aiohttp import web
 
 from headway.cli_support import run_main, setup_logging
 from headway.gateway.config import (
-    DEFAULT_PROFILE,
     EngineKind,
     GatewayConfig,
     GatewayConfigError,
@@ -37,10 +39,14 @@ from headway.gateway.config import (
     validate_endpoint,
 )
 from headway.gateway.server import Gateway
+from headway.routing import PRESETS
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_REPLICAS = 4
+# The embedded fleet publishes KV events.
+# TODO(H2): plain "kv-aware" once routing ships the kv-aware presets.
+EMBEDDED_PROFILE = "kv-aware" if "kv-aware" in PRESETS else "round-robin"
 # After the drain, for closing idle connections (aiohttp waits up to twice this).
 _CLOSE_TIMEOUT_S = 1.0
 
@@ -56,7 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", nargs="+", default=None, metavar="NAME",
                    help="quick form: the pool's model, then aliases (default: ask the first endpoint)")  # fmt: skip
     p.add_argument("--engine", default=EngineKind.VLLM.value, choices=[e.value for e in EngineKind])
-    p.add_argument("--profile", default=None, help=f"routing preset (default {DEFAULT_PROFILE})")
+    p.add_argument("--profile", default=None,
+                   help="routing preset (default: kv-aware with KV events, else kv-aware-approx)")  # fmt: skip
+    p.add_argument("--kv-events", default=None, metavar="ADDRS",
+                   help="quick form: comma-separated KV-event PUB addresses (tcp://HOST:PORT), "
+                   "one per --endpoints entry, in the same order")  # fmt: skip
+    p.add_argument("--no-kv-events-discovery", action="store_true",
+                   help="do not ask endpoints' /kv_event_sources for KV-event sources")  # fmt: skip
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     p.add_argument(
         "--port", type=int, default=None, help="listen port (default 8080; 0 = ephemeral)"
@@ -109,6 +121,10 @@ def _backpressure(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _profile(args: argparse.Namespace) -> dict[str, Any]:
+    return {"routing": args.profile} if args.profile else {}
+
+
 def _quick_pool(args: argparse.Namespace) -> PoolConfig:
     endpoints: list[str] = []
     for i, raw in enumerate(x for x in args.endpoints.split(",")):
@@ -116,27 +132,44 @@ def _quick_pool(args: argparse.Namespace) -> PoolConfig:
             endpoints.append(validate_endpoint(raw, f"--endpoints[{i}]"))
         except GatewayConfigError as exc:
             raise CliError(str(exc)) from None
+    entries: list[Any] = list(endpoints)
+    if args.kv_events is not None:
+        kv = [x.strip() for x in args.kv_events.split(",")]
+        if len(kv) != len(endpoints):
+            raise CliError(
+                f"--kv-events: {len(kv)} address(es) for {len(endpoints)} --endpoints; "
+                "give one per endpoint, in the same order"
+            )
+        entries = [{"url": u, "kv_events": k} for u, k in zip(endpoints, kv, strict=True)]
     names = tuple(args.model) if args.model else _discover_models(endpoints[0])
     return _checked_pool(
         {
             "model": names[0],
             "aliases": list(names[1:]),
-            "endpoints": endpoints,
+            "endpoints": entries,
             "engine": args.engine,
-            "routing": args.profile or DEFAULT_PROFILE,
+            **_profile(args),
             **_backpressure(args),
-        }
+        },
+        _collectors(args),
     )
 
 
-def _checked_pool(raw: dict[str, Any]) -> PoolConfig:
+def _collectors(args: argparse.Namespace) -> dict[str, Any]:
+    return {"discover_kv_events": False} if args.no_kv_events_discovery else {}
+
+
+def _checked_pool(raw: dict[str, Any], collectors: dict[str, Any] | None = None) -> PoolConfig:
     try:
-        return config_from_mapping({"pools": [raw]}).pools[0]
+        return config_from_mapping({"pools": [raw], "collectors": collectors or {}}).pools[0]
     except GatewayConfigError as exc:
         flag = {"routing": "--profile", "engine": "--engine", "model": "--model"}
         path = exc.path.removeprefix("pools[0].")
         if path in _ADMISSION_FLAGS:
             raise CliError(f"{_ADMISSION_FLAGS[path]}: {exc.message}") from None
+        if path.startswith("endpoints[") and ".kv_events" in path:
+            index = path.split("[", 1)[1].split("]", 1)[0]
+            raise CliError(f"--kv-events[{index}]: {exc.message}") from None
         name = path.split(".")[0].split("[")[0]
         raise CliError(f"{flag.get(name, path)}: {exc.message}") from None
 
@@ -147,6 +180,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
         raise CliError(f"--port: must be in [0, 65535], got {args.port}")
     if args.max_body_bytes is not None and args.max_body_bytes < 1:
         raise CliError(f"--max-body-bytes: must be >= 1, got {args.max_body_bytes}")
+    if args.kv_events is not None and args.endpoints is None:
+        raise CliError("--kv-events: only with --endpoints (one address per endpoint)")
     if args.config is not None:
         if args.endpoints is not None:
             raise CliError("--endpoints: cannot be combined with --config")
@@ -165,14 +200,21 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
     elif args.endpoints is not None:
         if not args.endpoints.strip():
             raise CliError("--endpoints: must list at least one URL")
-        config = GatewayConfig(pools=(_quick_pool(args),))
+        pool = _quick_pool(args)
+        config = GatewayConfig(
+            pools=(pool,),
+            collectors=replace(
+                GatewayConfig(pools=()).collectors,
+                discover_kv_events=not args.no_kv_events_discovery,
+            ),
+        )
         embedded = False
     else:
         if args.model or args.profile or _backpressure(args):
             _checked_pool(
                 {
                     "model": (args.model or ["x"])[0],
-                    "routing": args.profile or DEFAULT_PROFILE,
+                    "routing": args.profile or EMBEDDED_PROFILE,
                     **_backpressure(args),
                 }
             )
@@ -192,18 +234,39 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
 async def _start_embedded(
     args: argparse.Namespace, config: GatewayConfig
 ) -> tuple[Any, GatewayConfig]:
-    from headway.sim.config import SimConfig  # only the embedded default needs the simulator
+    # Only the embedded default needs the simulator.
+    from headway.sim.config import KvEventsSettings, SimConfig
     from headway.sim.fleet import Fleet
 
     names = tuple(args.model) if args.model else ()
-    fleet = Fleet(SimConfig(num_replicas=EMBEDDED_REPLICAS, port=0, served_model_names=names))
+    # KV events on ephemeral ports (":0" binds a free one, replica by replica).
+    kv = KvEventsSettings(endpoint="tcp://127.0.0.1:0", replay_endpoint="tcp://127.0.0.1:0")
+    fleet = Fleet(
+        SimConfig(
+            num_replicas=EMBEDDED_REPLICAS,
+            port=0,
+            served_model_names=names,
+            kv_events=kv,
+            # The gateway's precise block hashes must use the simulator's seed.
+            hash_seed=config.prompt.hash_seed,
+        )
+    )
     await fleet.start()
     pool = _checked_pool(
         {
             "model": fleet.config.names[0],
             "aliases": list(fleet.config.names[1:]),
-            "endpoints": [r.url for r in fleet.replicas],
-            "routing": args.profile or DEFAULT_PROFILE,
+            "endpoints": [
+                {
+                    "url": r.url,
+                    "kv_events": {
+                        "endpoint": r.kv_events_endpoint,
+                        "replay_endpoint": r.kv_replay_endpoint,
+                    },
+                }
+                for r in fleet.replicas
+            ],
+            "routing": args.profile or EMBEDDED_PROFILE,
             **_backpressure(args),
         }
     )

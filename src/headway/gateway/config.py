@@ -18,7 +18,14 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from headway.routing import ConfigError, build_handler
+from headway.routing import (
+    PRESETS,
+    ConfigError,
+    KvBlockIndex,
+    RoutingResources,
+    build_handler,
+    default_preset,
+)
 
 
 class GatewayConfigError(ValueError):
@@ -42,6 +49,48 @@ class EngineKind(StrEnum):
 
 DEFAULT_PROFILE = "round-robin"
 DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT = 256
+
+
+@dataclass(frozen=True)
+class KvEventSource:
+    """Where one engine publishes its KV events (vLLM's `--kv-events-config`).
+
+    `endpoint` is the ZMQ PUB address (`tcp://HOST:PORT`, or `tcp://*:PORT` where
+    `*` means the engine's own host); `replay_endpoint` its ROUTER for replays of
+    missed batches (None: no replay, a gap marks the endpoint's index stale)."""
+
+    endpoint: str
+    replay_endpoint: str | None = None
+    topic: str = ""
+
+
+@dataclass(frozen=True)
+class CollectorsConfig:
+    """The gateway's engine-state collectors (docs/collectors.md)."""
+
+    scrape_interval_s: float = 0.25  # GET /metrics per endpoint this often
+    scrape_timeout_s: float = 1.0  # one scrape may take this long
+    stale_after_intervals: int = 4  # no successful scrape for this many intervals: stale
+    discover_kv_events: bool = True  # ask vLLM endpoints' /kv_event_sources when not given
+    kv_replay_timeout_s: float = 2.0  # a KV-event replay must finish within this
+    kv_discovery_retry_s: float = 5.0  # retry discovery of an endpoint that did not answer
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How the gateway reads a prompt for routing (docs/collectors.md)."""
+
+    tokenizer: str | None = None  # a tokenizer.json; None: the shipped tokenizer
+    hash_seed: str | None = None  # the engines' PYTHONHASHSEED (None: unset)
+    chunk_chars: int = 256  # approximate mode: text chunk length
+    cache_entries: int = 4096  # LRU of prompts already read
+    thread_min_bytes: int = 16384  # prompts at least this long are tokenized in a thread
+    session_header: str | None = None  # a header naming the session, besides x-session-id
+
+
+@dataclass(frozen=True)
+class ObservabilityConfig:
+    route_header: bool = False  # x-headway-route on every response (else on x-headway-debug: 1)
 
 
 @dataclass(frozen=True)
@@ -113,6 +162,10 @@ class PoolConfig:
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    # endpoint URL -> its KV-event source, for endpoints that name one
+    kv_events: Mapping[str, KvEventSource] = field(default_factory=lambda: MappingProxyType({}))
+    # whether KV events are expected (sources given, or discovery on a vLLM pool)
+    has_kv_events: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -153,6 +206,9 @@ class GatewayConfig:
     listen: ListenConfig = field(default_factory=ListenConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
 
     def pool_for(self, model: str) -> PoolConfig | None:
         for pool in self.pools:
@@ -233,15 +289,67 @@ def validate_endpoint(raw: object, path: str) -> str:
     return url.rstrip("/")
 
 
-def _routing(raw: object, path: str) -> str | Mapping[str, Any]:
+def validate_kv_endpoint(raw: object, path: str) -> str:
+    """A ZMQ address: `tcp://HOST:PORT` (HOST may be `*`) or `ipc://PATH`."""
+    value = _str(raw, path).strip()
+    if value.startswith("ipc://") and len(value) > len("ipc://"):
+        return value
+    if not value.startswith("tcp://"):
+        raise GatewayConfigError(
+            path, f"must be a tcp://HOST:PORT or ipc:// address, got {value!r}"
+        )
+    host, sep, port = value[len("tcp://") :].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise GatewayConfigError(path, f"must be tcp://HOST:PORT with a port in [1, 65535], got {value!r}")  # fmt: skip
+    return value
+
+
+def _kv_source(raw: object, path: str) -> KvEventSource:
+    if isinstance(raw, str):
+        return KvEventSource(validate_kv_endpoint(raw, path))
+    data = _mapping(raw, path)
+    _keys(data, ("endpoint", "replay_endpoint", "topic"), path)
+    if "endpoint" not in data:
+        raise GatewayConfigError(_join(path, "endpoint"), "field required")
+    replay = data.get("replay_endpoint")
+    topic = data.get("topic", "")
+    if not isinstance(topic, str):
+        raise GatewayConfigError(_join(path, "topic"), "must be a string")
+    return KvEventSource(
+        endpoint=validate_kv_endpoint(data["endpoint"], _join(path, "endpoint")),
+        replay_endpoint=None
+        if replay is None
+        else validate_kv_endpoint(replay, _join(path, "replay_endpoint")),
+        topic=topic,
+    )
+
+
+def _endpoint_entry(raw: object, path: str) -> tuple[str, KvEventSource | None]:
+    """An endpoint: a URL, or a mapping `{url, kv_events}`."""
+    if isinstance(raw, Mapping):
+        data = _mapping(raw, path)
+        _keys(data, ("url", "kv_events"), path)
+        if "url" not in data:
+            raise GatewayConfigError(_join(path, "url"), "field required")
+        url = validate_endpoint(data["url"], _join(path, "url"))
+        source = data.get("kv_events")
+        return url, None if source is None else _kv_source(source, _join(path, "kv_events"))
+    return validate_endpoint(raw, path), None
+
+
+def _routing(raw: object, path: str, has_kv_events: bool) -> str | Mapping[str, Any]:
     if isinstance(raw, str):
         spec: str | Mapping[str, Any] = raw
     elif isinstance(raw, Mapping):
         spec = MappingProxyType(dict(raw))
     else:
         raise GatewayConfigError(path, "must be a preset name or a routing config mapping")
+    # Validated against the resources the pool will have: `precise-prefix` needs KV events.
+    resources = RoutingResources(kv_index=KvBlockIndex() if has_kv_events else None)
     try:
-        build_handler({"preset": spec} if isinstance(spec, str) else dict(spec))
+        build_handler(
+            {"preset": spec} if isinstance(spec, str) else dict(spec), resources=resources
+        )
     except ConfigError as exc:
         if isinstance(spec, str):
             raise GatewayConfigError(path, exc.message) from None
@@ -368,7 +476,7 @@ def _admission(raw: object, path: str) -> AdmissionConfig:
     )
 
 
-def _pool(raw: object, path: str) -> PoolConfig:
+def _pool(raw: object, path: str, collectors: CollectorsConfig) -> PoolConfig:
     data = _mapping(raw, path)
     _keys(data, _POOL_KEYS, path)
     if "model" not in data:
@@ -380,11 +488,14 @@ def _pool(raw: object, path: str) -> PoolConfig:
     if isinstance(raw_eps, str) or not isinstance(raw_eps, Sequence):
         raise GatewayConfigError(ep_path, "must be a list of URLs")
     endpoints: list[str] = []
+    kv_sources: dict[str, KvEventSource] = {}
     for i, item in enumerate(raw_eps):
-        url = validate_endpoint(item, _join(ep_path, i))
+        url, source = _endpoint_entry(item, _join(ep_path, i))
         if url in endpoints:
             raise GatewayConfigError(_join(ep_path, i), f"duplicate endpoint {url!r}")
         endpoints.append(url)
+        if source is not None:
+            kv_sources[url] = source
     engine_raw = data.get("engine", EngineKind.VLLM.value)
     try:
         engine = EngineKind(engine_raw)
@@ -396,12 +507,20 @@ def _pool(raw: object, path: str) -> PoolConfig:
     fallback = data.get("fallback")
     if fallback is not None:
         fallback = _str(fallback, _join(path, "fallback"))
+    has_kv_events = bool(kv_sources) or (
+        bool(endpoints) and engine == EngineKind.VLLM and collectors.discover_kv_events
+    )
+    routing_raw = data.get("routing")
+    if routing_raw is None:
+        routing_raw = default_preset(has_kv_events)
+        if routing_raw not in PRESETS:  # TODO(H2): drop once routing ships the kv-aware presets
+            routing_raw = DEFAULT_PROFILE
     return PoolConfig(
         model=model,
         endpoints=tuple(endpoints),
         aliases=aliases,
         engine=engine,
-        routing=_routing(data.get("routing", DEFAULT_PROFILE), _join(path, "routing")),
+        routing=_routing(routing_raw, _join(path, "routing"), has_kv_events),
         fallback=fallback,
         max_in_flight_per_endpoint=_int(
             data.get("max_in_flight_per_endpoint", DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT),
@@ -412,19 +531,94 @@ def _pool(raw: object, path: str) -> PoolConfig:
         outlier=_outlier(data.get("outlier", {}), _join(path, "outlier")),
         retry=_retry(data.get("retry", {}), _join(path, "retry")),
         health_check=_health_check(data.get("health_check", {}), _join(path, "health_check")),
+        kv_events=MappingProxyType(kv_sources),
+        has_kv_events=has_kv_events,
+    )
+
+
+def _bool(raw: object, path: str) -> bool:
+    if not isinstance(raw, bool):
+        raise GatewayConfigError(path, "must be true or false")
+    return raw
+
+
+def _collectors(raw: object) -> CollectorsConfig:
+    path = "collectors"
+    data = _mapping(raw, path)
+    d = CollectorsConfig()
+    _keys(data, tuple(d.__dataclass_fields__), path)
+
+    def seconds(key: str) -> float:
+        return _required_seconds(data.get(key, getattr(d, key)), _join(path, key))
+
+    return CollectorsConfig(
+        scrape_interval_s=seconds("scrape_interval_s"),
+        scrape_timeout_s=seconds("scrape_timeout_s"),
+        stale_after_intervals=_int(
+            data.get("stale_after_intervals", d.stale_after_intervals),
+            _join(path, "stale_after_intervals"),
+            1,
+        ),
+        discover_kv_events=_bool(
+            data.get("discover_kv_events", d.discover_kv_events), _join(path, "discover_kv_events")
+        ),
+        kv_replay_timeout_s=seconds("kv_replay_timeout_s"),
+        kv_discovery_retry_s=seconds("kv_discovery_retry_s"),
+    )
+
+
+def _prompt(raw: object) -> PromptConfig:
+    path = "prompt"
+    data = _mapping(raw, path)
+    d = PromptConfig()
+    _keys(data, tuple(d.__dataclass_fields__), path)
+
+    def opt_str(key: str) -> str | None:
+        value = data.get(key, getattr(d, key))
+        return None if value is None else _str(value, _join(path, key))
+
+    seed = data.get("hash_seed", d.hash_seed)
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        seed = str(seed)  # PYTHONHASHSEED=0 written as a YAML number
+    header = opt_str("session_header")
+    return PromptConfig(
+        tokenizer=opt_str("tokenizer"),
+        hash_seed=None if seed is None else _str(seed, _join(path, "hash_seed")),
+        chunk_chars=_int(data.get("chunk_chars", d.chunk_chars), _join(path, "chunk_chars"), 1),
+        cache_entries=_int(
+            data.get("cache_entries", d.cache_entries), _join(path, "cache_entries"), 0
+        ),
+        thread_min_bytes=_int(
+            data.get("thread_min_bytes", d.thread_min_bytes), _join(path, "thread_min_bytes"), 0
+        ),
+        session_header=None if header is None else header.lower(),
+    )
+
+
+def _observability(raw: object) -> ObservabilityConfig:
+    path = "observability"
+    data = _mapping(raw, path)
+    _keys(data, ("route_header",), path)
+    return ObservabilityConfig(
+        route_header=_bool(data.get("route_header", False), _join(path, "route_header"))
     )
 
 
 def config_from_mapping(raw: object) -> GatewayConfig:
     """Validate plain data (as loaded from YAML) into a `GatewayConfig`."""
     data = _mapping(raw, "")
-    _keys(data, ("pools", "listen", "limits", "timeouts"), "")
+    _keys(
+        data,
+        ("pools", "listen", "limits", "timeouts", "collectors", "prompt", "observability"),
+        "",
+    )
+    collectors = _collectors(data.get("collectors", {}))
     if "pools" not in data:
         raise GatewayConfigError("pools", "field required")
     raw_pools = data["pools"]
     if isinstance(raw_pools, str) or not isinstance(raw_pools, Sequence) or not raw_pools:
         raise GatewayConfigError("pools", "must be a non-empty list of pools")
-    pools = tuple(_pool(p, _join("pools", i)) for i, p in enumerate(raw_pools))
+    pools = tuple(_pool(p, _join("pools", i), collectors) for i, p in enumerate(raw_pools))
     seen: dict[str, int] = {}
     for i, pool in enumerate(pools):
         for j, name in enumerate(pool.names):
@@ -476,6 +670,9 @@ def config_from_mapping(raw: object) -> GatewayConfig:
             total_s=timeout("total_s"),
             drain_s=drain,
         ),
+        collectors=collectors,
+        prompt=_prompt(data.get("prompt", {})),
+        observability=_observability(data.get("observability", {})),
     )
 
 

@@ -77,6 +77,49 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        # -- collectors (docs/collectors.md)
+        self.metrics_stale = Gauge(
+            "headway_gateway_endpoint_metrics_stale",
+            "1 while an endpoint's scraped engine metrics are stale (no successful scrape "
+            "for collectors.stale_after_intervals intervals), else 0.",
+            ("endpoint",),
+            registry=self.registry,
+        )
+        self.kv_index_stale = Gauge(
+            "headway_gateway_kv_index_stale",
+            "1 while the KV-event index cannot vouch for an endpoint (no source yet, "
+            "or events missed and not replayed), else 0.",
+            ("endpoint",),
+            registry=self.registry,
+        )
+        self.kv_event_batches = Counter(
+            "headway_gateway_kv_event_batches",
+            "KV-event batches applied to the index, by endpoint.",
+            ("endpoint",),
+            registry=self.registry,
+        )
+        self.predicted_cached_tokens = Counter(
+            "headway_gateway_predicted_cached_tokens",
+            "Prompt tokens the KV-event index predicted the chosen engine would serve from "
+            "its prefix cache, over requests whose engine reported cached_tokens.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.engine_cached_tokens = Counter(
+            "headway_gateway_engine_cached_tokens",
+            "Prompt tokens the engine reported served from its prefix cache "
+            "(usage.prompt_tokens_details.cached_tokens), over the same requests.",
+            ("model",),
+            registry=self.registry,
+        )
+        self.cache_predictions = Counter(
+            "headway_gateway_cache_predictions",
+            "Requests with both a predicted and an engine-reported cached token count, by "
+            "outcome: exact, over (predicted more than served), under.",
+            ("model", "outcome"),
+            registry=self.registry,
+        )
+
         # Labelled children bound once, not looked up per request (`labels()` locks
         # and builds a key each call); the label values are a small, fixed set.
         self._request_children: dict[tuple[str, str, int], Any] = {}

@@ -12,22 +12,32 @@ gateway's tracker) are left out of the snapshot list the routing handler sees. W
 every endpoint of a pool is at its cap the answer is `Full`: the request waits in
 that pool's admission queue (it does not spill over to the fallback, which is for a
 pool with nothing to offer, not a busy one).
+
+Snapshots combine three collectors: the in-flight tracker (exact, this process), the
+metrics scraper (engine queue, running, KV usage, LoRA, cache geometry; with
+`is_metrics_stale` once scrapes fail) and the outlier detector. A snapshot is reused
+while none of its inputs changed (the scraper's per-endpoint `version` stands for
+all scraped values).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from headway.gateway.config import GatewayConfig, PoolConfig
 from headway.gateway.outlier import OutlierDetector
+from headway.gateway.scraper import MetricsScraper
 from headway.gateway.tracker import InFlightTracker
 from headway.routing import (
     EndpointSnapshot,
+    KvBlockIndex,
     ProfileHandler,
     RequestContext,
+    RoutingResources,
     RoutingResult,
     build_handler,
 )
@@ -45,6 +55,9 @@ class Route:
     pool: PoolConfig  # the pool that serves the request (the fallback, if used)
     endpoint: str
     result: RoutingResult
+    # Prompt tokens the KV-event index expects the engine to serve from its prefix
+    # cache (leading matched blocks x block size); None: no precise hashes or index.
+    predicted_cached_tokens: int | None = None
 
 
 class PoolRouter:
@@ -54,23 +67,33 @@ class PoolRouter:
         tracker: InFlightTracker,
         seed: int,
         outliers: OutlierDetector | None = None,
+        scraper: MetricsScraper | None = None,
+        kv_index: KvBlockIndex | None = None,
     ) -> None:
         self.pool = pool
         self._tracker = tracker
         self._outliers = outliers
-        self._handler: ProfileHandler = build_handler(dict(pool.routing_config()))
+        self._scraper = scraper
+        self.kv_index = kv_index if pool.has_kv_events else None
+        self._handler: ProfileHandler = build_handler(
+            dict(pool.routing_config()), resources=RoutingResources(kv_index=self.kv_index)
+        )
         self._rng = np.random.default_rng(seed)
         self._models = frozenset({pool.model})
-        # url -> ((num_requests, num_tokens, is_ejected), the snapshot built from them)
-        self._snapshot_cache: dict[str, tuple[tuple[int, int, bool], EndpointSnapshot]] = {}
+        # url -> ((num_requests, num_tokens, is_ejected, scrape version), the snapshot)
+        self._snapshot_cache: dict[str, tuple[tuple[int, int, bool, int], EndpointSnapshot]] = {}
+
+    @property
+    def profile_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self._handler.profiles)
 
     def snapshots(self, exclude: frozenset[str] = frozenset()) -> list[EndpointSnapshot]:
         """Every endpoint below its in-flight cap and not in `exclude`."""
         cap = self.pool.max_in_flight_per_endpoint
         outliers = self._outliers
         blocked: set[str] = set()
+        now = time.monotonic()
         if outliers is not None:
-            now = time.monotonic()
             blocked = {u for u in self.pool.endpoints if outliers.is_blocked(u, now)}
             if len(blocked) == len(self.pool.endpoints):
                 blocked = set()  # fail open: every endpoint is out
@@ -81,15 +104,16 @@ class PoolRouter:
             load = self._tracker.load(url)
             if load.num_requests >= cap:
                 continue
-            out.append(self._snapshot(url, load.num_requests, load.num_tokens, url in blocked))
+            out.append(self._snapshot(url, load.num_requests, load.num_tokens, url in blocked, now))
         return out
 
     def _snapshot(
-        self, url: str, num_requests: int, num_tokens: int, is_ejected: bool
+        self, url: str, num_requests: int, num_tokens: int, is_ejected: bool, now: float
     ) -> EndpointSnapshot:
         """The endpoint's snapshot, reused while its inputs are unchanged (snapshots
         are immutable values, so an equal one may be shared between decisions)."""
-        key = (num_requests, num_tokens, is_ejected)
+        view = self._scraper.view(url, now) if self._scraper is not None else None
+        key = (num_requests, num_tokens, is_ejected, -1 if view is None else view.version)
         cached = self._snapshot_cache.get(url)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -100,8 +124,38 @@ class PoolRouter:
             num_in_flight_tokens=num_tokens,
             is_ejected=is_ejected,
         )
+        if view is not None:
+            m = view.metrics
+            snapshot = replace(
+                snapshot,
+                metrics_updated_at=view.updated_at,
+                is_metrics_stale=view.is_stale,
+            )
+            if m is not None:
+                snapshot = replace(
+                    snapshot,
+                    num_queued_requests=m.num_queued_requests or 0,
+                    num_running_requests=m.num_running_requests or 0,
+                    kv_cache_usage=m.kv_cache_usage or 0.0,
+                    active_lora_adapters=m.active_lora_adapters,
+                    max_lora_adapters=m.max_lora_adapters,
+                    block_size=m.block_size,
+                    num_gpu_blocks=m.num_gpu_blocks,
+                )
         self._snapshot_cache[url] = (key, snapshot)
         return snapshot
+
+    def predicted_cached_tokens(
+        self, ctx: RequestContext, endpoint: str, block_size: int | None
+    ) -> int | None:
+        """Prompt tokens the KV-event index says `endpoint` holds for `ctx` (the
+        hashes already leave out the last prompt token, vLLM's rule)."""
+        if self.kv_index is None or not ctx.block_hashes or not block_size:
+            return None
+        if self.kv_index.is_stale(endpoint):
+            return None
+        matched = self.kv_index.match_lengths(ctx.block_hashes, (endpoint,)).get(endpoint, 0)
+        return matched * block_size
 
     def decide(self, ctx: RequestContext, snapshots: list[EndpointSnapshot]) -> RoutingResult:
         return self._handler.decide(
@@ -121,17 +175,35 @@ class Router:
         tracker: InFlightTracker,
         seed: int = 0,
         outliers: OutlierDetector | None = None,
+        scraper: MetricsScraper | None = None,
+        kv_index: KvBlockIndex | None = None,
+        block_size_of: Callable[[str], int | None] | None = None,
     ) -> None:
         self.config = config
         self._outliers = outliers
+        self._block_size_of = block_size_of
         self._pools = {
-            p.model: PoolRouter(p, tracker, seed + i, outliers) for i, p in enumerate(config.pools)
+            p.model: PoolRouter(p, tracker, seed + i, outliers, scraper, kv_index)
+            for i, p in enumerate(config.pools)
         }
         self._by_name = {name: p.model for p in config.pools for name in p.names}
 
     def pool_for(self, model: str) -> PoolConfig | None:
         name = self._by_name.get(model)
         return None if name is None else self._pools[name].pool
+
+    def pool_router(self, model: str) -> PoolRouter:
+        return self._pools[model]
+
+    def block_size(self, pool: PoolConfig) -> int | None:
+        """The engines' KV block size for `pool`: the first endpoint's that is known."""
+        if self._block_size_of is None:
+            return None
+        for url in pool.endpoints:
+            size = self._block_size_of(url)
+            if size:
+                return size
+        return None
 
     def route(
         self, pool: PoolConfig, ctx: RequestContext, exclude: frozenset[str] = frozenset()
@@ -157,7 +229,10 @@ class Router:
                 assert endpoint is not None
                 if self._outliers is not None:
                     self._outliers.routed(endpoint)
-                return Route(current, endpoint, result)
+                predicted = router.predicted_cached_tokens(
+                    pool_ctx, endpoint, self.block_size(current)
+                )
+                return Route(current, endpoint, result, predicted)
             fallback = current.fallback
             current = self._pools[fallback].pool if fallback in self._pools else None
         return None

@@ -31,12 +31,15 @@ import msgspec
 from aiohttp import web
 
 from headway.gateway.admission import Admission, NoEndpoint, Rejected, Slot
-from headway.gateway.config import GatewayConfig
+from headway.gateway.config import EngineKind, GatewayConfig, KvEventSource, PoolConfig
 from headway.gateway.health import HealthChecker
+from headway.gateway.kv_subscriber import KvEventSubscriber
 from headway.gateway.metrics import GatewayMetrics
 from headway.gateway.outlier import OutlierDetector, RetryBudget
+from headway.gateway.prompt_blocks import PromptInfo, PromptReader
 from headway.gateway.request import CompletionRequest, parse_completion, upstream_body
 from headway.gateway.routing import Route, Router
+from headway.gateway.scraper import MetricsScraper
 from headway.gateway.sse import SseRelayFilter
 from headway.gateway.tracker import InFlightTracker
 from headway.gateway.transport import (
@@ -47,11 +50,17 @@ from headway.gateway.transport import (
     UpstreamResponse,
 )
 from headway.openai_errors import ApiError, error_response, sse_error_event
-from headway.routing import Headers, RequestContext
+from headway.resources.tokenizer import default_tokenizer, load_tokenizer
+from headway.routing import Headers, KvBlockIndex, RequestContext
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"
+ROUTE_HEADER = "x-headway-route"
+DEBUG_HEADER = "x-headway-debug"
+SESSION_HEADERS = ("x-session-id", "x-session-token")
+_NO_PROMPT = PromptInfo(None, (), ())
+_RESET_TIMEOUT_S = 10.0
 _FORWARD_REQUEST_HEADERS = ("traceparent", "tracestate", "accept")
 # Not relayed from upstream responses: hop-by-hop, or rewritten by the gateway.
 _DROP_RESPONSE_HEADERS = frozenset(
@@ -114,7 +123,37 @@ class Gateway:
         self.outliers = OutlierDetector(config, self.metrics)
         self.health_checker = HealthChecker(config, self.outliers)
         self.retry_budgets = {p.model: RetryBudget(p.retry) for p in config.pools}
-        self.router = Router(config, self.tracker, outliers=self.outliers)
+        self.scraper = MetricsScraper(
+            _scrape_targets(config),
+            config.collectors,
+            on_stale_change=lambda url, stale: self.metrics.metrics_stale.labels(url).set(stale),
+        )
+        self.kv_index: KvBlockIndex | None = None
+        self.kv_subscriber: KvEventSubscriber | None = None
+        if any(p.has_kv_events for p in config.pools):
+            self.kv_index = KvBlockIndex()
+            sources, discover, without = _kv_sources(config)
+            self.kv_subscriber = KvEventSubscriber(
+                self.kv_index,
+                config.collectors,
+                sources=sources,
+                discover=discover,
+                without_source=without,
+                on_stale_change=lambda url, stale: self.metrics.kv_index_stale.labels(url).set(
+                    stale
+                ),
+                on_batch=self._count_kv_batch,
+            )
+        self.router = Router(
+            config,
+            self.tracker,
+            outliers=self.outliers,
+            scraper=self.scraper,
+            kv_index=self.kv_index,
+            block_size_of=self._block_size_of,
+        )
+        self.prompts: PromptReader | None = None  # built at startup (loads the tokenizer)
+        self._kv_batch_children: dict[str, Any] = {}
         self.admission = Admission(config, self.router, self.tracker, self.metrics)
         self.transport: Transport = transport or AiohttpTransport(
             connect_timeout_s=config.timeouts.connect_s
@@ -142,17 +181,43 @@ class Gateway:
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
         app.router.add_get("/metrics", self.metrics_handler)
+        app.router.add_post("/reset_prefix_cache", self.reset_prefix_cache)
         app.middlewares.append(_errors_middleware)
-        app.on_startup.append(self._start_health_checks)
+        app.on_startup.append(self._start_collectors)
         app.on_cleanup.append(self._close_transport)
         return app
 
-    async def _start_health_checks(self, app: web.Application) -> None:
+    async def _start_collectors(self, app: web.Application) -> None:
+        tokenizer_path = self.config.prompt.tokenizer
+        tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else default_tokenizer()
+        self.prompts = PromptReader(self.config.prompt, tokenizer)
         self.health_checker.start()
+        self.scraper.start()
+        if self.kv_subscriber is not None:
+            self.kv_subscriber.start()
 
     async def _close_transport(self, app: web.Application) -> None:
         await self.health_checker.stop()
+        await self.scraper.stop()
+        if self.kv_subscriber is not None:
+            await self.kv_subscriber.stop()
+        if self.prompts is not None:
+            self.prompts.close()
         await self.transport.close()
+
+    def _block_size_of(self, url: str) -> int | None:
+        view = self.scraper.view(url)
+        if view is not None and view.metrics is not None and view.metrics.block_size:
+            return view.metrics.block_size
+        if self.kv_subscriber is not None:
+            return self.kv_subscriber.block_size(url)
+        return None
+
+    def _count_kv_batch(self, url: str) -> None:
+        child = self._kv_batch_children.get(url)
+        if child is None:
+            child = self._kv_batch_children[url] = self.metrics.kv_event_batches.labels(url)
+        child.inc()
 
     # -- simple endpoints ----------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
@@ -177,6 +242,59 @@ class Gateway:
             body=self.metrics.render(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
+
+    async def reset_prefix_cache(self, request: web.Request) -> web.Response:
+        """vLLM's dev route, fanned out: `POST /reset_prefix_cache` on every endpoint of
+        every pool; 200 when all succeeded, else 502 naming the ones that failed."""
+        urls = list(dict.fromkeys(u for p in self.config.pools for u in p.endpoints))
+        results = await asyncio.gather(*(self._reset_one(u) for u in urls))
+        failed = {u: r for u, r in zip(urls, results, strict=True) if r is not None}
+        body = {
+            "success": not failed,
+            "endpoints": {
+                u: ("ok" if r is None else r) for u, r in zip(urls, results, strict=True)
+            },
+        }
+        if failed:
+            detail = "; ".join(f"{u}: {r}" for u, r in failed.items())
+            body["error"] = {
+                "message": f"prefix cache reset failed on {len(failed)} of {len(urls)} endpoints: {detail}",
+                "type": "BadGatewayError",
+                "param": None,
+                "code": 502,
+            }
+            return _json(body, status=502)
+        return _json(body)
+
+    async def _reset_one(self, url: str) -> str | None:
+        """None when `url` reset its prefix cache, else why not."""
+        upstream: UpstreamResponse | None = None
+        try:
+            async with asyncio.timeout(_RESET_TIMEOUT_S):
+                upstream = await self.transport.open(
+                    url + "/reset_prefix_cache", b"", {"Accept-Encoding": "identity"}
+                )
+                data = await upstream.read_all(_MAX_UPSTREAM_ERROR_BYTES)
+        except UpstreamConnectError as exc:
+            return f"unreachable: {exc}"
+        except UpstreamReadError as exc:
+            return f"read error: {exc}"
+        except TimeoutError:
+            return f"no answer within {_RESET_TIMEOUT_S:g} s"
+        finally:
+            if upstream is not None:
+                upstream.finish(is_complete=True)
+        if upstream.status != 200:
+            return f"HTTP {upstream.status}"
+        # vLLM answers 200 with no body; the simulator says {"success": false} while
+        # blocks are still in use.
+        try:
+            obj = msgspec.json.decode(data) if data.strip() else None
+        except msgspec.DecodeError:
+            obj = None
+        if isinstance(obj, dict) and obj.get("success") is False:
+            return "engine refused (blocks still in use)"
+        return None
 
     # -- completions ---------------------------------------------------------------
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
@@ -205,14 +323,25 @@ class Gateway:
             if pool is None:
                 raise ApiError(404, f"The model `{req.model}` does not exist.", "model")
             model_label = pool.model
+            info = await self._prompt_info(pool, req, is_chat)
+            num_prompt_tokens = (
+                info.num_prompt_tokens if info.num_prompt_tokens is not None else len(body) // 4
+            )
             ctx = RequestContext(
                 request_id=request_id,
                 model=pool.model,
-                num_prompt_tokens_est=len(body) // 4,
+                num_prompt_tokens_est=num_prompt_tokens,
                 max_output_tokens=req.max_tokens if (req.max_tokens or 0) >= 0 else None,
+                block_hashes=info.block_hashes,
+                chunk_hashes=info.chunk_hashes,
                 headers=_routing_headers(request),
+                session_id=self._session_id(request),
             )
-            num_tokens = len(body) // 4 + max(0, req.max_tokens or 0)
+            # In-flight token load: prompt + the most it may generate.
+            num_tokens = num_prompt_tokens + max(0, req.max_tokens or 0)
+            want_route = self.config.observability.route_header or (
+                request.headers.get(DEBUG_HEADER) == "1"
+            )
             try:
                 slot = await self.admission.admit(pool, ctx, num_tokens)
             except NoEndpoint:
@@ -229,7 +358,14 @@ class Gateway:
                 attempt = _Attempt(arrived_at if len(tried) == 1 else time.monotonic())
                 try:
                     resp = await self._proxy(
-                        request, req, body, route, request_id, arrived_at, attempt
+                        request,
+                        req,
+                        body,
+                        route,
+                        request_id,
+                        arrived_at,
+                        attempt,
+                        _route_header(route) if want_route else None,
                     )
                     status = resp.status
                     return resp
@@ -280,6 +416,29 @@ class Gateway:
                 model_label, endpoint_label, status, time.monotonic() - arrived_at
             )
 
+    async def _prompt_info(
+        self, pool: PoolConfig, req: CompletionRequest, is_chat: bool
+    ) -> PromptInfo:
+        if self.prompts is None:
+            return _NO_PROMPT
+        tokenize = pool.has_kv_events
+        block_size = self.router.block_size(pool) if tokenize else None
+        return await self.prompts.read(
+            req.data, is_chat=is_chat, block_size=block_size, tokenize=tokenize
+        )
+
+    def _session_id(self, request: web.Request) -> str | None:
+        configured = self.config.prompt.session_header
+        if configured is not None:
+            value = request.headers.get(configured)
+            if value:
+                return value
+        for name in SESSION_HEADERS:
+            value = request.headers.get(name)
+            if value:
+                return value
+        return None
+
     def _report(self, endpoint: str, outcome: str) -> None:
         if outcome == "success":
             self.outliers.success(endpoint)
@@ -297,6 +456,7 @@ class Gateway:
         request_id: str,
         arrived_at: float,
         attempt: _Attempt,
+        route_header: str | None = None,
     ) -> web.StreamResponse:
         timeouts = self.config.timeouts
         total_deadline = arrived_at + timeouts.total_s if timeouts.total_s else None
@@ -339,7 +499,14 @@ class Gateway:
             is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
             if req.is_stream and upstream.status == 200 and is_sse:
                 resp, is_complete = await self._relay_stream(
-                    request, req, upstream, route, request_id, arrived_at, first_deadline
+                    request,
+                    req,
+                    upstream,
+                    route,
+                    request_id,
+                    arrived_at,
+                    first_deadline,
+                    route_header,
                 )
                 attempt.outcome = "success" if is_complete else "failure"
                 return resp
@@ -357,11 +524,11 @@ class Gateway:
             is_complete = True
             attempt.outcome = "success"
             if upstream.status == 200:
-                self._count_tokens(route.pool.model, _usage_of(data))
+                self._count_tokens(route, _usage_of(data))
             return web.Response(
                 status=upstream.status,
                 body=data,
-                headers=_response_headers(upstream.headers, request_id),
+                headers=_response_headers(upstream.headers, request_id, route_header),
             )
         finally:
             if upstream is not None:
@@ -376,6 +543,7 @@ class Gateway:
         request_id: str,
         arrived_at: float,
         first_deadline: float | None,
+        route_header: str | None = None,
     ) -> tuple[web.StreamResponse, bool]:
         """Relay SSE bytes as they come; True with the response when the upstream
         stream ended cleanly. The client's response starts with the first relayed
@@ -383,7 +551,7 @@ class Gateway:
         timeouts = self.config.timeouts
         total_deadline = arrived_at + timeouts.total_s if timeouts.total_s else None
         resp = web.StreamResponse(
-            status=200, headers=_response_headers(upstream.headers, request_id)
+            status=200, headers=_response_headers(upstream.headers, request_id, route_header)
         )
         sse = SseRelayFilter(strip_usage=req.must_strip_usage)
         deadline = first_deadline
@@ -420,7 +588,7 @@ class Gateway:
                 deadline = _earliest(total_deadline, time.monotonic() + timeouts.idle_s)
             else:
                 deadline = total_deadline
-        self._count_tokens(route.pool.model, sse.usage)
+        self._count_tokens(route, sse.usage)
         if error is not None and not resp.prepared:
             reason = "timeout" if error[0] == 504 else "read_error"
             raise _AttemptFailed(ApiError(*error), reason)
@@ -459,13 +627,24 @@ class Gateway:
             pass
         return data[:200].decode(errors="replace") or "(no body)"
 
-    def _count_tokens(self, model: str, usage: Mapping[str, Any] | None) -> None:
+    def _count_tokens(self, route: Route, usage: Mapping[str, Any] | None) -> None:
         if not usage:
             return
+        model = route.pool.model
         for kind in ("prompt", "completion"):
             value = usage.get(f"{kind}_tokens")
             if isinstance(value, int) and value > 0:
                 self.metrics.tokens.labels(model, kind).inc(value)
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        predicted = route.predicted_cached_tokens
+        if predicted is None or not isinstance(cached, int) or isinstance(cached, bool):
+            return
+        # A drifting KV-event index shows up as these two counters parting ways.
+        self.metrics.predicted_cached_tokens.labels(model).inc(predicted)
+        self.metrics.engine_cached_tokens.labels(model).inc(cached)
+        outcome = "exact" if predicted == cached else ("over" if predicted > cached else "under")
+        self.metrics.cache_predictions.labels(model, outcome).inc()
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -507,10 +686,63 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise ApiError(413, f"request body is over the limit of {limit} bytes") from None
 
 
-def _response_headers(upstream: Mapping[str, str], request_id: str) -> dict[str, str]:
+def _response_headers(
+    upstream: Mapping[str, str], request_id: str, route_header: str | None = None
+) -> dict[str, str]:
     out = {k: v for k, v in upstream.items() if k.lower() not in _DROP_RESPONSE_HEADERS}
     out[REQUEST_ID] = request_id
+    if route_header is not None:
+        out[ROUTE_HEADER] = route_header
     return out
+
+
+def _route_header(route: Route, num_scores: int = 3) -> str:
+    """`x-headway-route`: where the request went and why, one header line:
+    `endpoint=URL; pool=MODEL; profile=NAME; scores=URL=0.912,URL=0.5;
+    predicted_cached_tokens=N`."""
+    decision = route.result.decision
+    scores = ",".join(f"{s.endpoint_id}={s.score:.3f}" for s in decision.top_scores[:num_scores])
+    parts = [
+        f"endpoint={route.endpoint}",
+        f"pool={route.pool.model}",
+        f"profile={decision.profile}",
+        f"scores={scores}",
+    ]
+    if route.predicted_cached_tokens is not None:
+        parts.append(f"predicted_cached_tokens={route.predicted_cached_tokens}")
+    return "; ".join(parts)
+
+
+def _scrape_targets(config: GatewayConfig) -> dict[str, EngineKind]:
+    """Every endpoint to scrape, with its engine kind (the first pool listing it)."""
+    targets: dict[str, EngineKind] = {}
+    for pool in config.pools:
+        for url in pool.endpoints:
+            targets.setdefault(url, pool.engine)
+    return targets
+
+
+def _kv_sources(
+    config: GatewayConfig,
+) -> tuple[dict[str, list[KvEventSource]], list[str], list[str]]:
+    """Of the endpoints of pools with KV events: the sources the config gives, the
+    endpoints to discover sources for, and those with no way to get any."""
+    sources: dict[str, list[KvEventSource]] = {}
+    discover: list[str] = []
+    without: list[str] = []
+    for pool in config.pools:
+        if not pool.has_kv_events:
+            continue
+        for url in pool.endpoints:
+            if url in sources or url in discover or url in without:
+                continue
+            if url in pool.kv_events:
+                sources[url] = [pool.kv_events[url]]
+            elif pool.engine == EngineKind.VLLM and config.collectors.discover_kv_events:
+                discover.append(url)
+            else:
+                without.append(url)
+    return sources, discover, without
 
 
 def _usage_of(body: bytes) -> Mapping[str, Any] | None:

@@ -1,0 +1,398 @@
+"""The KV-event subscriber: one ZMQ SUB per engine source, feeding the gateway's
+`KvBlockIndex` (headway.routing) with each engine's block stores and removals.
+
+Wire format (REFERENCE.md, "vLLM KV-cache events"): multipart `[topic, seq (8-byte
+big-endian), payload]`, payload decoded by `core.kv_events.decode_batch` (both vLLM
+encodings, hashes as ints or bytes, unknown fields and events ignored). Replay: a
+DEALER sends `[b"", start seq]` to the engine's ROUTER and reads `[..., seq, payload]`
+frames until the seq `-1` end marker.
+
+Per source, a small state machine on `seq` (invariants):
+
+* `last_seq` is the seq of the last batch applied (None: none yet, or reset).
+* A batch is applied at most once and in seq order: a live batch with seq <= the last
+  replayed one is the duplicate of a replayed batch and is dropped.
+* A gap (seq > last_seq + 1, or a first batch > 0) is filled by a replay from the
+  first missing seq. If the replay is unavailable, fails, or does not cover the gap
+  contiguously, the source is UNSYNCED.
+* A seq that goes backwards (and is not a replay duplicate) means the engine
+  restarted: the endpoint's index is cleared and the source starts over from seq 0.
+* A source is SYNCED when the index holds the engine's full history for it: it
+  applied every batch from seq 0 on (live or replayed), or applied an
+  `AllBlocksCleared` (the engine's cache was reset, so nothing before matters).
+  Recovery rule: an UNSYNCED source becomes SYNCED again on the next engine
+  restart or cache reset (e.g. `POST /reset_prefix_cache` through the gateway).
+
+An endpoint is marked stale in the index (`KvBlockIndex.mark_stale`) while it has no
+source yet (discovery pending or none found) or any of its sources is UNSYNCED, so the
+`precise-prefix` scorer falls back to approximate matching for it. Data-parallel ranks
+of one endpoint (several sources) feed the same endpoint's block set.
+
+Sources come from the pool's config (`kv_events` per endpoint), the `--kv-events`
+quick-form flag, or discovery: `GET {endpoint}/kv_event_sources` (vLLM 0.32: an object
+keyed by data-parallel rank; older: a list of `{data_parallel_rank, endpoint,
+replay_endpoint, topic}`). A wildcard host (`tcp://*:P`, `tcp://0.0.0.0:P`) is replaced
+by the engine's host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+import zmq
+import zmq.asyncio
+
+from headway.core.kv_events import (
+    AllBlocksCleared,
+    BlockStored,
+    KvEventDecodeError,
+    decode_batch,
+)
+from headway.gateway.config import CollectorsConfig, KvEventSource
+from headway.routing import KvBlockIndex
+
+log = logging.getLogger(__name__)
+
+END_OF_REPLAY = -1
+_WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]", "::")
+
+
+def substitute_host(address: str, engine_url: str) -> str:
+    """`tcp://*:P` (or 0.0.0.0) -> `tcp://ENGINE_HOST:P`; other addresses unchanged."""
+    if not address.startswith("tcp://"):
+        return address
+    host, sep, port = address[len("tcp://") :].rpartition(":")
+    if sep and host in _WILDCARD_HOSTS:
+        engine_host = urlsplit(engine_url).hostname or "127.0.0.1"
+        if ":" in engine_host:
+            engine_host = f"[{engine_host}]"
+        return f"tcp://{engine_host}:{port}"
+    return address
+
+
+def parse_discovered(raw: object, engine_url: str) -> list[KvEventSource]:
+    """Sources from a `/kv_event_sources` answer (either known shape); entries that
+    are disabled or not ZMQ are skipped."""
+    entries: list[Any]
+    if isinstance(raw, Mapping):
+        entries = [raw[k] for k in sorted(raw, key=lambda k: (len(str(k)), str(k)))]
+    elif isinstance(raw, list):
+        entries = list(raw)
+    else:
+        raise ValueError(f"expected an object or a list, got {type(raw).__name__}")
+    out: list[KvEventSource] = []
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        if entry.get("enable_kv_cache_events") is False:
+            continue
+        if entry.get("publisher", "zmq") != "zmq":
+            continue
+        endpoint = entry.get("endpoint")
+        if not isinstance(endpoint, str) or not endpoint:
+            continue
+        replay = entry.get("replay_endpoint")
+        topic = entry.get("topic") or ""
+        out.append(
+            KvEventSource(
+                endpoint=substitute_host(endpoint, engine_url),
+                replay_endpoint=substitute_host(replay, engine_url)
+                if isinstance(replay, str) and replay
+                else None,
+                topic=str(topic),
+            )
+        )
+    return out
+
+
+@dataclass
+class SourceState:
+    """One source's position in its engine's event stream (see the module docstring)."""
+
+    endpoint_id: str
+    source: KvEventSource
+    last_seq: int | None = None
+    replayed_through: int | None = None
+    is_synced: bool = False
+    num_batches: int = 0
+    num_gaps: int = 0
+    num_replays_failed: int = 0
+    num_restarts: int = 0
+    num_decode_errors: int = 0
+
+
+ReplayFn = Callable[[SourceState, int], Awaitable[list[tuple[int, bytes]] | None]]
+
+
+@dataclass
+class _Endpoint:
+    sources: list[SourceState] = field(default_factory=list)
+    block_size: int | None = None
+    is_resolved: bool = False  # its sources are known (given, or discovery answered)
+
+
+class KvEventSubscriber:
+    """Subscribes to every known source and keeps `index` in step with the engines."""
+
+    def __init__(
+        self,
+        index: KvBlockIndex,
+        config: CollectorsConfig,
+        *,
+        sources: Mapping[str, Sequence[KvEventSource]] | None = None,
+        discover: Sequence[str] = (),
+        without_source: Sequence[str] = (),
+        on_stale_change: Callable[[str, bool], None] | None = None,
+        on_batch: Callable[[str], None] | None = None,
+    ) -> None:
+        self.index = index
+        self.config = config
+        self._on_stale_change = on_stale_change
+        self._on_batch = on_batch
+        self._endpoints: dict[str, _Endpoint] = {}
+        for url, srcs in (sources or {}).items():
+            ep = self._endpoints.setdefault(url, _Endpoint())
+            ep.sources.extend(SourceState(url, s) for s in srcs)
+            ep.is_resolved = True
+        self._discover = [u for u in discover if u not in self._endpoints]
+        for url in self._discover:
+            self._endpoints.setdefault(url, _Endpoint())
+        for url in without_source:  # stale for good: the index knows nothing of them
+            self._endpoints.setdefault(url, _Endpoint(is_resolved=True))
+        self._stale: dict[str, bool] = {}
+        for url in self._endpoints:
+            self._update_stale(url)
+        self._ctx: zmq.asyncio.Context | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self.replay: ReplayFn = self._replay
+
+    # -- queries -----------------------------------------------------------------
+    @property
+    def endpoint_ids(self) -> tuple[str, ...]:
+        return tuple(self._endpoints)
+
+    def block_size(self, endpoint_id: str) -> int | None:
+        """The block size the endpoint's `BlockStored` events reported, if any."""
+        ep = self._endpoints.get(endpoint_id)
+        return None if ep is None else ep.block_size
+
+    def sources(self, endpoint_id: str) -> tuple[SourceState, ...]:
+        ep = self._endpoints.get(endpoint_id)
+        return () if ep is None else tuple(ep.sources)
+
+    def is_synced(self, endpoint_id: str) -> bool:
+        return not self._stale.get(endpoint_id, True)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        if self._tasks or not self._endpoints:
+            return
+        self._ctx = zmq.asyncio.Context()
+        for ep in self._endpoints.values():
+            for src in ep.sources:
+                self._tasks.append(asyncio.create_task(self._run_source(src)))
+        if self._discover:
+            self._session = aiohttp.ClientSession(
+                skip_auto_headers=("User-Agent",), timeout=aiohttp.ClientTimeout(total=5.0)
+            )
+            for url in self._discover:
+                self._tasks.append(asyncio.create_task(self._run_discovery(url)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    # -- discovery ---------------------------------------------------------------
+    async def _run_discovery(self, url: str) -> None:
+        assert self._session is not None
+        while True:
+            try:
+                async with self._session.get(url + "/kv_event_sources") as resp:
+                    if resp.status == 404:
+                        log.info("%s has no /kv_event_sources: no KV events", url)
+                        return
+                    if resp.status != 200:
+                        raise ValueError(f"HTTP {resp.status}")
+                    found = parse_discovered(msgspec.json.decode(await resp.read()), url)
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+                log.debug("KV-event discovery on %s failed: %r; retrying", url, exc)
+                await asyncio.sleep(self.config.kv_discovery_retry_s)
+                continue
+            ep = self._endpoints[url]
+            ep.is_resolved = True
+            if not found:
+                log.info("%s publishes no KV events; its index stays stale", url)
+                return
+            log.info("%s: KV events from %s", url, ", ".join(s.endpoint for s in found))
+            for source in found:
+                src = SourceState(url, source)
+                ep.sources.append(src)
+                self._tasks.append(asyncio.create_task(self._run_source(src)))
+            self._update_stale(url)
+            return
+
+    # -- one source --------------------------------------------------------------
+    async def _run_source(self, src: SourceState) -> None:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        sock.setsockopt(zmq.SUBSCRIBE, src.source.topic.encode())
+        sock.connect(src.source.endpoint)
+        try:
+            if src.source.replay_endpoint:
+                # Catch up on what was published before we subscribed.
+                await self.fill_gap(src, 0, None)
+            while True:
+                frames = await sock.recv_multipart()
+                if len(frames) < 2 or len(frames[-2]) != 8:
+                    log.warning("%s: malformed KV-event message (%d frames)", src.endpoint_id, len(frames))  # fmt: skip
+                    continue
+                await self.on_message(src, int.from_bytes(frames[-2], "big"), frames[-1])
+        finally:
+            sock.close(0)
+
+    async def on_message(self, src: SourceState, seq: int, payload: bytes) -> None:
+        """One live batch (see the module docstring for the rules)."""
+        if src.last_seq is not None and seq <= src.last_seq:
+            if src.replayed_through is not None and seq <= src.replayed_through:
+                return  # already applied from the replay
+            log.warning(
+                "%s: KV-event seq went back from %d to %d: engine restarted; index cleared",
+                src.endpoint_id,
+                src.last_seq,
+                seq,
+            )
+            src.num_restarts += 1
+            self.index.clear_endpoint(src.endpoint_id)
+            src.last_seq = None
+            src.is_synced = False
+        src.replayed_through = None
+        expected = 0 if src.last_seq is None else src.last_seq + 1
+        if seq > expected:
+            src.num_gaps += 1
+            await self.fill_gap(src, expected, seq)
+            if src.last_seq is not None and seq <= src.last_seq:
+                self._update_stale(src.endpoint_id)
+                return  # the replay covered it
+        elif src.last_seq is None:
+            src.is_synced = True  # seq 0: the engine's whole history follows
+        self.apply(src, seq, payload)
+        self._update_stale(src.endpoint_id)
+
+    async def fill_gap(self, src: SourceState, start: int, upto: int | None) -> None:
+        """Replay from `start`, apply what is new; `upto`: the live seq that revealed
+        the gap (None: catching up at subscription)."""
+        batches = await self.replay(src, start)
+        if batches is None:
+            src.num_replays_failed += 1
+            if upto is not None:
+                log.warning(
+                    "%s: KV events %d..%d missed and not replayable; index stale",
+                    src.endpoint_id,
+                    start,
+                    upto - 1,
+                )
+                src.is_synced = False
+            self._update_stale(src.endpoint_id)
+            return
+        seqs = [s for s, _ in batches]
+        is_contiguous = all(b == a + 1 for a, b in itertools.pairwise(seqs))
+        covers = (not seqs and upto is None) or (
+            bool(seqs)
+            and seqs[0] <= start
+            and is_contiguous
+            and (upto is None or seqs[-1] >= upto - 1)
+        )
+        for seq, payload in batches:
+            if src.last_seq is None or seq > src.last_seq:
+                self.apply(src, seq, payload)
+                src.replayed_through = seq
+        if not covers:
+            src.num_replays_failed += 1
+            log.warning(
+                "%s: KV-event replay from %d incomplete (got %s); index stale",
+                src.endpoint_id,
+                start,
+                f"{seqs[0]}..{seqs[-1]}" if seqs else "nothing",
+            )
+            src.is_synced = False
+        elif start == 0:
+            src.is_synced = True
+        self._update_stale(src.endpoint_id)
+
+    def apply(self, src: SourceState, seq: int, payload: bytes) -> None:
+        """Decode and apply one batch; `seq` becomes the source's last."""
+        src.last_seq = seq
+        try:
+            batch = decode_batch(payload)
+        except KvEventDecodeError as exc:
+            src.num_decode_errors += 1
+            src.is_synced = False
+            log.warning("%s: KV-event batch %d undecodable (%s); index stale", src.endpoint_id, seq, exc)  # fmt: skip
+            return
+        self.index.apply(src.endpoint_id, batch)
+        src.num_batches += 1
+        for ev in batch.events:
+            if isinstance(ev, BlockStored) and ev.block_size > 0:
+                self._endpoints[src.endpoint_id].block_size = ev.block_size
+            elif isinstance(ev, AllBlocksCleared):
+                src.is_synced = True  # the cache restarts empty: nothing before matters
+        if self._on_batch is not None:
+            self._on_batch(src.endpoint_id)
+
+    async def _replay(self, src: SourceState, start: int) -> list[tuple[int, bytes]] | None:
+        """The engine's kept batches from `start` on; None when there is no replay
+        socket or it did not answer in time."""
+        if not src.source.replay_endpoint or self._ctx is None:
+            return None
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(src.source.replay_endpoint)
+        out: list[tuple[int, bytes]] = []
+        try:
+            async with asyncio.timeout(self.config.kv_replay_timeout_s):
+                await sock.send_multipart((b"", start.to_bytes(8, "big")))
+                while True:
+                    frames = await sock.recv_multipart()
+                    if len(frames) < 2 or len(frames[-2]) != 8:
+                        continue
+                    seq = int.from_bytes(frames[-2], "big", signed=True)
+                    if seq == END_OF_REPLAY:
+                        return out
+                    out.append((seq, frames[-1]))
+        except TimeoutError:
+            log.warning("%s: KV-event replay from %s timed out", src.endpoint_id, src.source.replay_endpoint)  # fmt: skip
+            return None
+        finally:
+            sock.close(0)
+
+    def _update_stale(self, endpoint_id: str) -> None:
+        ep = self._endpoints[endpoint_id]
+        is_stale = not ep.sources or not all(s.is_synced for s in ep.sources)
+        if self._stale.get(endpoint_id) == is_stale:
+            return
+        self._stale[endpoint_id] = is_stale
+        self.index.mark_stale(endpoint_id, is_stale)
+        if self._on_stale_change is not None:
+            self._on_stale_change(endpoint_id, is_stale)

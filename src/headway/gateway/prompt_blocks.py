@@ -1,0 +1,217 @@
+"""From a completion request to the prefix keys routing matches on.
+
+* Precise mode (`block_hashes`): the prompt is rendered and tokenized exactly as the
+  engine does (the Llama-3 chat template of `core.tokenizer`, as the simulator applies
+  it; the configured tokenizer, default the shipped one), then hashed with vLLM's
+  chained `sha256_cbor` block hashes (`core.block_hash`) for the engine's block size
+  and hash seed (`prompt.hash_seed` = the engines' PYTHONHASHSEED), the request's
+  `cache_salt` as block 0's extra key. Only blocks that can be a cache hit are kept:
+  vLLM never serves the last prompt token from cache, so at most
+  `(num_prompt_tokens - 1) // block_size` blocks. The hashes are the 64-bit ints KV
+  events carry. Not computed when the block size is unknown yet, for prompts given as
+  something other than text or token ids, or when the pool has no KV events.
+* Approximate mode (`chunk_hashes`, always computed): the rendered prompt cut into
+  `prompt.chunk_chars`-character chunks (full chunks only), each chunk's hash chained
+  on the previous one (BLAKE2b, 8 bytes), so equal hashes mean equal prefixes. A
+  `cache_salt` seeds the chain. Token-id prompts are chunked by `chunk_chars // 4` ids.
+
+Results are cached (LRU, keyed by a digest of the rendered prompt, the salt and the
+block size), and prompts of `prompt.thread_min_bytes` or more are tokenized in a
+worker thread so a large prompt never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from headway.core.block_hash import BlockHasher, to_event_int
+from headway.core.tokenizer import ChatTemplate, ChatTemplateError, Tokenizer
+from headway.gateway.config import PromptConfig
+
+_ROOT = b"headway-chunk-root"
+_CHARS_PER_TOKEN = 4  # for chunking token-id prompts
+
+
+@dataclass(frozen=True)
+class PromptInfo:
+    """What routing needs from a prompt."""
+
+    num_prompt_tokens: int | None  # exact, when tokenized
+    block_hashes: tuple[int, ...]  # precise mode; () when not computed
+    chunk_hashes: tuple[int, ...]  # approximate mode
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    text: str | None
+    token_ids: tuple[int, ...] | None
+    salt: str | None
+
+
+_EMPTY = PromptInfo(None, (), ())
+
+
+def prompt_of(data: Mapping[str, Any], *, is_chat: bool) -> _Prompt | None:
+    """The prompt as the engine would see it: rendered chat text, completion text, or
+    token ids; None when it cannot be read (the engine will answer the error)."""
+    salt = data.get("cache_salt")
+    salt = salt if isinstance(salt, str) and salt else None
+    if is_chat:
+        messages = data.get("messages")
+        if not isinstance(messages, list):
+            return None
+        add_generation_prompt = data.get("add_generation_prompt", True)
+        try:
+            text = ChatTemplate().render(
+                messages, add_generation_prompt=add_generation_prompt is not False
+            )
+        except ChatTemplateError:
+            return None
+        return _Prompt(text, None, salt)
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    if isinstance(prompt, str) and prompt:
+        return _Prompt(prompt, None, salt)
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    ):
+        return _Prompt(None, tuple(prompt), salt)
+    return None
+
+
+def chunk_hashes(text: str, chunk_chars: int, salt: str | None = None) -> tuple[int, ...]:
+    """Chained 64-bit hashes of the full `chunk_chars`-character chunks of `text`."""
+    parent = _root(salt)
+    out = []
+    for i in range(0, len(text) - chunk_chars + 1, chunk_chars):
+        parent = hashlib.blake2b(
+            parent + text[i : i + chunk_chars].encode("utf-8", "surrogatepass"), digest_size=8
+        ).digest()
+        out.append(int.from_bytes(parent, "big"))
+    return tuple(out)
+
+
+def id_chunk_hashes(
+    token_ids: Sequence[int], chunk_tokens: int, salt: str | None = None
+) -> tuple[int, ...]:
+    """Like `chunk_hashes`, over token ids."""
+    parent = _root(salt)
+    out = []
+    for i in range(0, len(token_ids) - chunk_tokens + 1, chunk_tokens):
+        body = b"".join(t.to_bytes(4, "big", signed=True) for t in token_ids[i : i + chunk_tokens])
+        parent = hashlib.blake2b(parent + body, digest_size=8).digest()
+        out.append(int.from_bytes(parent, "big"))
+    return tuple(out)
+
+
+def _root(salt: str | None) -> bytes:
+    return _ROOT if salt is None else _ROOT + b"\x00" + salt.encode("utf-8", "surrogatepass")
+
+
+def precise_block_hashes(
+    token_ids: Sequence[int], block_size: int, seed: str | None, salt: str | None = None
+) -> tuple[int, ...]:
+    """vLLM's event hashes of the prompt's blocks that can be cache hits: the full
+    blocks of all prompt tokens but the last."""
+    num_blocks = max(0, len(token_ids) - 1) // block_size
+    if num_blocks == 0:
+        return ()
+    hasher = BlockHasher(block_size, seed)
+    first = (("cache_salt", salt),) if salt else None
+    digests = hasher.extend([], token_ids[: num_blocks * block_size], extra_keys_first_block=first)
+    return tuple(to_event_int(d) for d in digests)
+
+
+class PromptReader:
+    """Computes `PromptInfo` for requests, with an LRU cache and a worker thread for
+    large prompts."""
+
+    def __init__(self, config: PromptConfig, tokenizer: Tokenizer) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self._cache: OrderedDict[bytes, PromptInfo] = OrderedDict()
+        self._executor: ThreadPoolExecutor | None = None
+        self.num_cache_hits = 0
+        self.num_threaded = 0
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def read(
+        self,
+        data: Mapping[str, Any],
+        *,
+        is_chat: bool,
+        block_size: int | None,
+        tokenize: bool,
+    ) -> PromptInfo:
+        """The prompt's info; `tokenize`: count tokens (and, with a `block_size`,
+        compute precise block hashes)."""
+        prompt = prompt_of(data, is_chat=is_chat)
+        if prompt is None:
+            return _EMPTY
+        key = self._key(prompt, block_size if tokenize else -1)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            self.num_cache_hits += 1
+            return cached
+        size = len(prompt.text) if prompt.text is not None else 4 * len(prompt.token_ids or ())
+        if tokenize and size >= self.config.thread_min_bytes:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(2, thread_name_prefix="headway-prompt")
+            self.num_threaded += 1
+            info = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.compute, prompt, block_size, tokenize
+            )
+        else:
+            info = self.compute(prompt, block_size, tokenize)
+        if self.config.cache_entries > 0:
+            self._cache[key] = info
+            if len(self._cache) > self.config.cache_entries:
+                self._cache.popitem(last=False)
+        return info
+
+    def compute(self, prompt: _Prompt, block_size: int | None, tokenize: bool) -> PromptInfo:
+        chunk = self.config.chunk_chars
+        if prompt.text is not None:
+            chunks = chunk_hashes(prompt.text, chunk, prompt.salt)
+        else:
+            chunks = id_chunk_hashes(
+                prompt.token_ids or (), max(1, chunk // _CHARS_PER_TOKEN), prompt.salt
+            )
+        if not tokenize:
+            return PromptInfo(None, (), chunks)
+        if prompt.token_ids is not None:
+            ids: Sequence[int] = prompt.token_ids
+        else:
+            assert prompt.text is not None
+            ids = self.tokenizer.encode(prompt.text)
+        blocks: tuple[int, ...] = ()
+        if block_size:
+            blocks = precise_block_hashes(ids, block_size, self.config.hash_seed, prompt.salt)
+        return PromptInfo(len(ids), blocks, chunks)
+
+    @staticmethod
+    def _key(prompt: _Prompt, block_size: int | None) -> bytes:
+        h = hashlib.blake2b(digest_size=16)
+        if prompt.text is not None:
+            h.update(b"t" + prompt.text.encode("utf-8", "surrogatepass"))
+        else:
+            h.update(
+                b"i" + b"".join(t.to_bytes(8, "big", signed=True) for t in prompt.token_ids or ())
+            )
+        h.update(b"\x00s" + (prompt.salt or "").encode("utf-8", "surrogatepass"))
+        h.update(b"\x00b" + str(block_size).encode())
+        return h.digest()

@@ -1,0 +1,202 @@
+"""The metrics scraper: per endpoint, `GET /metrics` every `scrape_interval_s`, only the
+series its engine adapter reads are parsed (engines.py), the result kept as that
+endpoint's latest `EngineMetrics`.
+
+Staleness (a state machine per endpoint, FRESH <-> STALE):
+
+* an endpoint is STALE when no scrape succeeded for more than
+  `stale_after_intervals * scrape_interval_s` (counted from the scraper's start when
+  none ever succeeded); FRESH otherwise;
+* it is evaluated after every attempt and whenever routing asks (`view`), on the
+  injected clock, so a test can drive it with a fake clock;
+* each transition is logged once and sets the gauge
+  `headway_gateway_endpoint_metrics_stale{endpoint}` (1 stale, 0 fresh).
+
+The last good values are kept while stale (routing sees them with `is_metrics_stale`
+and their age), never zeroed: an engine that stops answering is not an idle one.
+
+Invariant: `version(url)` changes whenever anything a snapshot is built from
+changes (new values or a staleness transition), so callers may cache snapshots
+keyed by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from headway.gateway.config import CollectorsConfig, EngineKind
+from headway.gateway.engines import ADAPTERS, EngineAdapter, EngineMetrics, filter_page
+
+log = logging.getLogger(__name__)
+
+_MAX_PAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ScrapeView:
+    """One endpoint's scraped state as routing sees it."""
+
+    metrics: EngineMetrics | None  # None: never scraped successfully
+    updated_at: float | None  # clock time of the last successful scrape
+    is_stale: bool
+    version: int
+
+
+class _EndpointState:
+    __slots__ = ("adapter", "is_stale", "last_error", "metrics", "pattern", "updated_at", "version")
+
+    def __init__(self, adapter: EngineAdapter) -> None:
+        self.adapter = adapter
+        self.pattern = adapter.line_filter()
+        self.metrics: EngineMetrics | None = None
+        self.updated_at: float | None = None
+        self.is_stale = False
+        self.last_error = ""
+        self.version = 0
+
+
+class MetricsScraper:
+    """Scrapes every endpoint whose engine kind exports metrics (not `openai`)."""
+
+    def __init__(
+        self,
+        targets: Mapping[str, EngineKind],
+        config: CollectorsConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_stale_change: Callable[[str, bool], None] | None = None,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._on_stale_change = on_stale_change
+        self._states = {
+            url: _EndpointState(ADAPTERS[kind])
+            for url, kind in targets.items()
+            if ADAPTERS[kind].is_scraped
+        }
+        self._started_at = clock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(self._states)
+
+    @property
+    def stale_after_s(self) -> float:
+        return self.config.stale_after_intervals * self.config.scrape_interval_s
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        if not self._states or self._tasks:
+            return
+        self._started_at = self._clock()
+        for url in self._states:
+            self._tasks.append(asyncio.create_task(self._loop(url)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _loop(self, url: str) -> None:
+        interval = self.config.scrape_interval_s
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            await self.scrape_once(url)
+            # Fixed cadence; a scrape slower than the interval skips ticks, never piles up.
+            next_at += interval
+            now = loop.time()
+            if next_at < now:
+                next_at = now + interval - (now - next_at) % interval
+            await asyncio.sleep(next_at - now)
+
+    async def scrape_once(self, url: str) -> bool:
+        """One scrape of `url`; True when it succeeded."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                skip_auto_headers=("User-Agent",),
+                timeout=aiohttp.ClientTimeout(total=self.config.scrape_timeout_s),
+            )
+        try:
+            async with self._session.get(url + "/metrics") as resp:
+                if resp.status != 200:
+                    raise _ScrapeError(f"HTTP {resp.status}")
+                page = await resp.content.read(_MAX_PAGE_BYTES)
+        except (TimeoutError, aiohttp.ClientError, OSError, _ScrapeError) as exc:
+            self.record_failure(url, repr(exc) if not isinstance(exc, _ScrapeError) else str(exc))
+            return False
+        try:
+            metrics = self.parse(url, page)
+        except ValueError as exc:  # the strict parser rejects a malformed line
+            self.record_failure(url, f"unparsable page: {exc}")
+            return False
+        self.record_success(url, metrics)
+        return True
+
+    # -- state -------------------------------------------------------------------
+    def parse(self, url: str, page: bytes) -> EngineMetrics:
+        state = self._states[url]
+        return state.adapter.read(filter_page(state.pattern, page))
+
+    def record_success(self, url: str, metrics: EngineMetrics) -> None:
+        state = self._states[url]
+        state.updated_at = self._clock()
+        state.last_error = ""
+        if metrics != state.metrics:
+            state.metrics = metrics
+            state.version += 1
+        self._evaluate(url, state, state.updated_at)
+
+    def record_failure(self, url: str, error: str) -> None:
+        state = self._states[url]
+        state.last_error = error
+        log.debug("scrape of %s failed: %s", url, error)
+        self._evaluate(url, state, self._clock())
+
+    def view(self, url: str, now: float | None = None) -> ScrapeView | None:
+        """The endpoint's scraped state at `now` (default: the clock); None when the
+        endpoint is not scraped (unknown URL or an `openai` pool)."""
+        state = self._states.get(url)
+        if state is None:
+            return None
+        self._evaluate(url, state, self._clock() if now is None else now)
+        return ScrapeView(state.metrics, state.updated_at, state.is_stale, state.version)
+
+    def _evaluate(self, url: str, state: _EndpointState, now: float) -> None:
+        since = state.updated_at if state.updated_at is not None else self._started_at
+        is_stale = now - since > self.stale_after_s
+        if is_stale == state.is_stale:
+            return
+        state.is_stale = is_stale
+        state.version += 1
+        if is_stale:
+            log.warning(
+                "metrics of %s are stale: no successful scrape for %.2f s (last error: %s)",
+                url,
+                now - since,
+                state.last_error or "none",
+            )
+        else:
+            log.info("metrics of %s are fresh again", url)
+        if self._on_stale_change is not None:
+            self._on_stale_change(url, is_stale)
+
+
+class _ScrapeError(Exception):
+    pass
