@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("headway.gateway.cli", "run the inference gateway"),
     "sim": ("headway.sim.cli", "run a fleet of simulated vLLM engines"),
     "plan": ("headway.plan.cli", "capacity planning and tokenomics"),
+    "bench": ("headway.bench.cli", "benchmark OpenAI-compatible servers (load generator)"),
     "demo": ("headway.demo", "the main job on a built-in simulated fleet"),
 }
 

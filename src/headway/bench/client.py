@@ -164,7 +164,7 @@ class StreamingClient:
         self.sink: list[RequestRecord] = sink if sink is not None else []
         self.capabilities = TargetCapabilities()
         self._clock = clock
-        self._max_connections = max(1, max_connections)
+        self._max_connections = max(0, max_connections)  # 0: no limit (aiohttp)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> StreamingClient:
