@@ -4,7 +4,8 @@ different across seeds, unique call ids, answer_of pointing at earlier calls."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 
 import pytest
 
@@ -157,3 +158,44 @@ def test_text_factory_is_additive_for_the_shipped_tokenizer(tokenizer: HfTokeniz
     factory = text_factory(tokenizer)
     assert factory.is_additive
     assert factory is text_factory(tokenizer)  # the vocabulary is scanned once
+
+
+class MergingTokenizer:
+    """A toy tokenizer that is not additive: a word repeated right after itself is one
+    token, so a text's count depends on its neighbours."""
+
+    def __init__(self) -> None:
+        from headway.core.tokenizer import SPECIAL_TOKENS
+
+        words = [f" w{chr(97 + i)}{chr(97 + j)}" for i in range(6) for j in range(6)]
+        self._pieces = [*SPECIAL_TOKENS, "\n", *words, *[w + w for w in words]]
+        letters = [chr(c) for c in range(32, 127)]
+        self._pieces += [c for c in letters if c not in self._pieces]
+        self._ids = {p: i for i, p in enumerate(self._pieces)}
+        pattern = "|".join(re.escape(p) for p in sorted(self._pieces, key=len, reverse=True))
+        self._re = re.compile(pattern)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._pieces)
+
+    @property
+    def eos_token_id(self) -> int:
+        return 4
+
+    def encode(self, text: str) -> list[int]:
+        return [self._ids[m.group(0)] for m in self._re.finditer(text)]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return "".join(self._pieces[i] for i in token_ids if i >= 5)
+
+
+@pytest.mark.parametrize("name", ["synthetic", "multi-turn", "agentic"])
+def test_non_additive_tokenizer_still_gets_exact_prompt_tokens(name: str) -> None:
+    tokenizer = MergingTokenizer()
+    assert not text_factory(tokenizer).is_additive
+    template = ChatTemplate()
+    for s in build_workload(name, SMALL[name], tokenizer).sessions(3, 0):
+        for call in s.calls:
+            rendered = template.render([m.as_dict() for m in call.messages])
+            assert len(tokenizer.encode(rendered)) == call.prompt_tokens
