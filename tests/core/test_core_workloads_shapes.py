@@ -21,6 +21,8 @@ from headway.core.workloads import (
     ShareGptRecord,
     TraceRecord,
     build_workload,
+    parse_delay_dist,
+    parse_length_dist,
     text_factory,
 )
 from headway.resources.tokenizer import HfTokenizer, default_tokenizer
@@ -294,3 +296,59 @@ def test_zipf_is_heavy_tailed() -> None:
     rng = np.random.default_rng(12)
     zipf = np.array([LengthDist(100, LengthKind.ZIPF).sample(rng) for _ in range(20_000)])
     assert np.median(zipf) < 100 < np.percentile(zipf, 99) / 4
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (64, LengthDist(64, LengthKind.CONSTANT)),
+        ("uniform:64", LengthDist(64, LengthKind.UNIFORM)),
+        ("uniform:64:spread=0.25", LengthDist(64, LengthKind.UNIFORM, spread=0.25)),
+        (
+            "lognormal:64:sigma=1.5,max_len=512",
+            LengthDist(64, LengthKind.LOGNORMAL, sigma=1.5, max_len=512),
+        ),
+        (
+            {"mean": 64, "kind": "zipf", "max_len": 300},
+            LengthDist(64, LengthKind.ZIPF, max_len=300),
+        ),
+    ],
+    ids=["number", "kind", "spread", "several-fields", "mapping"],
+)
+def test_length_spellings(value: object, expected: LengthDist) -> None:
+    assert parse_length_dist(value, "x") == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected_mean_s"),
+    [
+        (2, 2.0),
+        ("exponential:2", 2.0),
+        ("uniform:2:spread=0.5", 2.0),
+        ("lognormal:2:sigma=0.3", 2.0),
+    ],
+    ids=["constant", "exponential", "uniform", "lognormal"],
+)
+def test_delay_means(value: object, expected_mean_s: float) -> None:
+    dist = parse_delay_dist(value, "x")
+    rng = np.random.default_rng(5)
+    draws = np.array([dist.sample(rng) for _ in range(20_000)])
+    assert draws.min() >= 0.0
+    assert draws.mean() == pytest.approx(expected_mean_s, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("uniform", "expected 'kind:mean"),
+        ("uniform:abc", "x: not a number"),
+        ("uniform:10:spread", "expected field=value"),
+        (12.5, "must be an integer"),
+        (True, "expected a length"),
+        ("zipf:10:max_len=12", "x.mean: a zipf length"),
+    ],
+    ids=["no-mean", "bad-mean", "no-equals", "fraction", "bool", "zipf-mean-out-of-range"],
+)
+def test_bad_length_spellings(value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        parse_length_dist(value, "x")
