@@ -46,3 +46,26 @@ def rr_gateway(fleets: Fleets) -> Iterator[InProcessGateway]:
     ).start()
     yield gw
     gw.stop()
+
+
+KV_ARGS = ("--replicas", "2", "--kv-events-port", "0", "--enable-prompt-tokens-details", *_COMMON)
+KV_ARRAY_ARGS = (
+    "--served-model-name", "array-model", "--kv-events-port", "0",
+    "--kv-events-encoding", "array", *_COMMON,
+)  # fmt: skip
+
+
+@dataclass
+class KvFleets:
+    map: Fleet  # two replicas publishing KV events in vLLM 0.32's encoding (with replay)
+    array: Fleet  # one replica publishing the older array encoding (with replay)
+
+
+@pytest.fixture(scope="session")
+def kv_fleets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KvFleets]:
+    started = start_fleets(tmp_path_factory.mktemp("gw-kv-fleets"), KV_ARGS, KV_ARRAY_ARGS)
+    try:
+        yield KvFleets(*started)
+    finally:
+        for f in started:
+            f.stop()

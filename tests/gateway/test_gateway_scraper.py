@@ -9,7 +9,8 @@ import logging
 from pathlib import Path
 
 import pytest
-from gateway_harness import InProcessGateway, closed_port_url, pool
+from aiohttp import web
+from gateway_harness import InProcessGateway, ThreadedUpstream, closed_port_url, pool
 from prometheus_client.parser import text_string_to_metric_families
 from sim_harness import get, poll
 
@@ -224,3 +225,34 @@ def test_gateway_reports_stale_endpoints_in_metrics(fleets, tmp_path: Path) -> N
         assert by_id[fleets.main.urls[0]].num_gpu_blocks == live_view.metrics.num_gpu_blocks
     finally:
         gw.stop()
+
+
+class BigPage(ThreadedUpstream):
+    """Serves a page far larger than one read, the wanted series at its very end."""
+
+    PAGE = ("# filler\n" * 40_000 + VLLM_PAGE).encode()
+
+    def add_routes(self, app: web.Application) -> None:
+        async def metrics(request: web.Request) -> web.Response:
+            return web.Response(body=self.PAGE, content_type="text/plain")
+
+        app.router.add_get("/metrics", metrics)
+
+
+def test_large_page_is_read_whole() -> None:
+    upstream = BigPage().start()
+    scraper = MetricsScraper({upstream.url: EngineKind.VLLM}, CollectorsConfig())
+
+    async def run() -> bool:
+        try:
+            return await scraper.scrape_once(upstream.url)
+        finally:
+            await scraper.stop()
+
+    try:
+        assert len(BigPage.PAGE) > 300_000
+        assert asyncio.run(run())
+        view = scraper.view(upstream.url)
+        assert view is not None and view.metrics == CANNED["vllm-dp2-lora"][2]
+    finally:
+        upstream.stop()

@@ -137,7 +137,14 @@ class MetricsScraper:
             async with self._session.get(url + "/metrics") as resp:
                 if resp.status != 200:
                     raise _ScrapeError(f"HTTP {resp.status}")
-                page = await resp.content.read(_MAX_PAGE_BYTES)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_any():
+                    size += len(chunk)
+                    if size > _MAX_PAGE_BYTES:
+                        raise _ScrapeError(f"page over {_MAX_PAGE_BYTES} bytes")
+                    chunks.append(chunk)
+                page = b"".join(chunks)
         except (TimeoutError, aiohttp.ClientError, OSError, _ScrapeError) as exc:
             self.record_failure(url, repr(exc) if not isinstance(exc, _ScrapeError) else str(exc))
             return False
