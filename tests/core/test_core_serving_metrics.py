@@ -220,6 +220,20 @@ def test_success_without_tokens_misses_a_ttft_slo() -> None:
     assert s["mean_ttft_ms"] == 0.0
 
 
+def test_peak_tokens_and_concurrency_per_second() -> None:
+    records = [
+        rec((0.1, 0.5, 0.9)),  # 3 tokens in second 0
+        rec((0.8, 1.2), sent_at=0.5, chunk_tokens=(1, 6), output_tokens=7),  # 1 in s0, 6 in s1
+        rec((2.5,), sent_at=2.2),  # alone in second 2
+        rec(error="timeout", sent_at=0.0),  # failures do not count
+    ]
+    s = summarize(records, 3.0)
+    assert s["max_output_tokens_per_s"] == 6.0
+    assert s["max_concurrent_requests"] == 2
+    empty = summarize([], 1.0)
+    assert (empty["max_output_tokens_per_s"], empty["max_concurrent_requests"]) == (0.0, 0)
+
+
 def test_cost_per_million_tokens() -> None:
     # 2 GPUs x $3.60/h = $0.002/s.
     records = [

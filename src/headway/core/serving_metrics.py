@@ -37,6 +37,8 @@ one monotonic clock):
   misses). Both are None when no `GoodputSlo` is given (vLLM reports goodput only when
   configured); an empty `GoodputSlo()` makes every successful request good.
 * `cached_token_share` = cached prompt tokens / prompt tokens over successful requests.
+* `max_output_tokens_per_s` / `max_concurrent_requests`: vLLM's peaks over one-second
+  buckets from the first send (successful requests; see `peak_per_second`).
 * Cost (REFERENCE.md tokenomics): $ per 1M tokens = (GPU $/h x GPUs) / (tokens/s x 3600)
   x 1e6, for input tokens, output tokens, and *useful* output tokens (output of requests
   that are good; without SLOs, of every successful request). None where the throughput
@@ -208,6 +210,29 @@ def _usd_per_1m(cost: CostInputs, tokens_per_s: float) -> float | None:
     return cost.gpu_hourly_usd * cost.gpu_count / (tokens_per_s * 3600.0) * 1e6
 
 
+def peak_per_second(records: Sequence[RequestRecord]) -> tuple[float, int]:
+    """vLLM's peak figures: the most output tokens in one whole-second bucket, and the
+    most requests active in one bucket, buckets counted from the first send.
+
+    A content chunk counts its `chunk_tokens` when known, else one token (vLLM counts one
+    per chunk). A request is active in every bucket from its send to its last token."""
+    if not records:
+        return 0.0, 0
+    start = min(r.sent_at for r in records)
+    ends = [r.last_token_at if r.last_token_at is not None else r.sent_at for r in records]
+    num_buckets = int(np.ceil(max(ends) - start)) + 1
+    tokens = np.zeros(num_buckets)
+    active = np.zeros(num_buckets, dtype=np.int64)
+    for r, end in zip(records, ends, strict=True):
+        counts = r.chunk_tokens if r.chunk_tokens is not None else (1,) * len(r.chunk_times)
+        for t, k in zip(r.chunk_times, counts, strict=False):
+            bucket = int(t - start)
+            if 0 <= bucket < num_buckets:
+                tokens[bucket] += k
+        active[int(r.sent_at - start) : int(end - start) + 1] += 1
+    return float(tokens.max()), int(active.max())
+
+
 def summarize(
     records: Sequence[RequestRecord],
     duration_s: float,
@@ -276,6 +301,9 @@ def summarize(
         (good / num_requests if num_requests else 0.0) if goodput is not None else None
     )
     summary["failures_by_kind"] = dict(sorted(failures.items()))
+    peak_tokens, peak_concurrency = peak_per_second([r for r in records if r.is_success])
+    summary["max_output_tokens_per_s"] = peak_tokens
+    summary["max_concurrent_requests"] = peak_concurrency
     if cost is not None:
         summary["cost_per_1m_input_tokens_usd"] = _usd_per_1m(cost, per_s(total_input))
         summary["cost_per_1m_output_tokens_usd"] = _usd_per_1m(cost, per_s(total_output))
