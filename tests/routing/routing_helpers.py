@@ -6,7 +6,13 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from headway.routing import EndpointSnapshot, RequestContext
+from headway.routing import (
+    ApproxPrefixIndex,
+    EndpointSnapshot,
+    KvBlockIndex,
+    RequestContext,
+    RoutingResources,
+)
 
 MODEL = "llama"
 
@@ -63,6 +69,11 @@ def snapshots(draw: st.DrawFn, endpoint_id: str) -> EndpointSnapshot:
         num_in_flight_requests=draw(st.integers(0, 1000)),
         num_in_flight_tokens=draw(st.integers(0, 10**6)),
         metrics_updated_at=draw(st.none() | st.floats(0.0, 1e6)),
+        active_lora_adapters=frozenset(draw(st.sets(st.sampled_from(_ADAPTERS)))),
+        max_lora_adapters=draw(st.none() | st.integers(0, 3)),
+        block_size=draw(st.none() | st.sampled_from([16, 32])),
+        num_gpu_blocks=draw(st.none() | st.integers(0, 5000)),
+        is_metrics_stale=draw(st.booleans()),
     )
 
 
@@ -73,13 +84,33 @@ def endpoint_sets(draw: st.DrawFn, min_size: int = 0) -> tuple[EndpointSnapshot,
     return tuple(draw(snapshots(i)) for i in ids)
 
 
+# Prompts are leading runs of one chain, so they share prefixes with what
+# `populated_resources` holds.
+CHAIN = tuple(range(1000, 1012))
+_prefixes = st.integers(0, len(CHAIN)).map(lambda n: CHAIN[:n])
+
 contexts = st.builds(
     RequestContext,
     request_id=st.just("req"),
     model=st.sampled_from(_MODELS),
     lora_adapter=st.none() | st.sampled_from(_ADAPTERS),
     num_prompt_tokens_est=st.integers(0, 100_000),
+    block_hashes=_prefixes,
+    chunk_hashes=_prefixes,
+    session_id=st.none() | st.sampled_from(["s1", "s2", "s3"]),
 )
+
+
+def populated_resources() -> RoutingResources:
+    """Indexes where endpoint i holds the first i % len(CHAIN) hashes of CHAIN, and
+    every third endpoint's KV events are stale."""
+    kv, approx = KvBlockIndex(), ApproxPrefixIndex(64)
+    for i, endpoint_id in enumerate(_IDS):
+        kv.store(endpoint_id, CHAIN[: i % len(CHAIN)])
+        approx.record(endpoint_id, CHAIN[: (i * 5) % len(CHAIN)])
+        kv.mark_stale(endpoint_id, i % 3 == 0)
+    return RoutingResources(kv_index=kv, approx_index=approx)
+
 
 score_maps = st.dictionaries(
     st.sampled_from(_IDS), st.floats(0.0, 1.0) | st.sampled_from([0.0, 0.5, 1.0]), min_size=1

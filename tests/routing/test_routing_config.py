@@ -246,7 +246,11 @@ def test_registry_rejects_duplicates_and_unknowns() -> None:
         registry.register(registry.get("healthy"))
     with pytest.raises(KeyError):
         registry.get("nope")
-    assert [s.type for s in registry.specs(PluginKind.PICKER)] == ["max-score"]
+    assert [s.type for s in registry.specs(PluginKind.PICKER)] == [
+        "max-score",
+        "power-of-two",
+        "weighted-random",
+    ]
 
 
 @pytest.mark.parametrize("type_", ["Keep", "keep_all", "keep--all", "-keep", "keep-", ""], ids=str)

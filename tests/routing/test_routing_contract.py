@@ -4,6 +4,11 @@ Filters return a subsequence of their input; scorers return one score in [0, 1] 
 candidate id; pickers return one of the ids they were given; all of them on empty,
 single and all-equal inputs, on random snapshots, reproducibly from a seed, and
 without looking at snapshot fields they do not declare in `reads`.
+
+Every plugin is built the same way, with resources whose prefix indexes hold data
+(`populated_resources`), so plugins that need resources (the prefix plugins) are
+exercised with real matches, stale endpoints included. Stateful plugins are checked
+again after observing a decision.
 """
 
 from __future__ import annotations
@@ -16,7 +21,16 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from routing_helpers import contexts, ctx, endpoint_sets, score_maps, snap, snapshots
+from routing_helpers import (
+    contexts,
+    ctx,
+    endpoint_sets,
+    populated_resources,
+    score_maps,
+    snap,
+    snapshots,
+    zero_timer,
+)
 
 from headway.routing import (
     Decision,
@@ -27,12 +41,15 @@ from headway.routing import (
     Picker,
     PluginKind,
     PluginSpec,
+    Profile,
     RequestContext,
     RequestScratch,
     Scorer,
     StatefulPlugin,
     default_registry,
 )
+from headway.routing.plugin import Plugin
+from headway.routing.profile import NamedFilter, NamedPicker, WeightedScorer
 
 REGISTRY = default_registry()
 ALL = REGISTRY.specs()
@@ -58,20 +75,25 @@ def spec_ids(specs: tuple[PluginSpec[Any], ...]) -> list[str]:
     return [s.type for s in specs]
 
 
+def make(spec: PluginSpec[Any]) -> Plugin:
+    """A fresh instance with default params and freshly populated resources."""
+    return spec.create(None, populated_resources())
+
+
 def as_filter(spec: PluginSpec[Any]) -> Filter:
-    plugin = spec.create()
+    plugin = make(spec)
     assert isinstance(plugin, Filter)
     return plugin
 
 
 def as_scorer(spec: PluginSpec[Any]) -> Scorer:
-    plugin = spec.create()
+    plugin = make(spec)
     assert isinstance(plugin, Scorer)
     return plugin
 
 
 def as_picker(spec: PluginSpec[Any]) -> Picker:
-    plugin = spec.create()
+    plugin = make(spec)
     assert isinstance(plugin, Picker)
     return plugin
 
@@ -97,7 +119,7 @@ def assert_scorer_contract(eps: tuple[EndpointSnapshot, ...], scores: Mapping[st
 
 @pytest.mark.parametrize("spec", ALL, ids=spec_ids(ALL))
 def test_spec_declaration(spec: PluginSpec[Any]) -> None:
-    plugin = spec.create()  # every params field has a default
+    plugin = make(spec)  # every params field has a default
     assert getattr(plugin, "TYPE") == spec.type  # noqa: B009 - TYPE is a ClassVar of each plugin
     assert dataclasses.is_dataclass(spec.params_type)
     params = spec.params_type()
@@ -157,18 +179,22 @@ def test_picker_all_equal_uses_the_rng(spec: PluginSpec[Any]) -> None:
 
 
 @pytest.mark.parametrize("spec", FILTERS, ids=spec_ids(FILTERS))
-@settings(max_examples=60, deadline=None)
-@given(eps=endpoint_sets(), c=contexts)
+@settings(max_examples=30, deadline=None)
+@given(eps=endpoint_sets(), c=contexts, data=st.data())
 def test_filter_random(
-    spec: PluginSpec[Any], eps: tuple[EndpointSnapshot, ...], c: RequestContext
+    spec: PluginSpec[Any], eps: tuple[EndpointSnapshot, ...], c: RequestContext, data: st.DataObject
 ) -> None:
-    kept = as_filter(spec).filter(c, eps, RequestScratch(0.0))
+    f = as_filter(spec)
+    kept = f.filter(c, eps, RequestScratch(0.0))
     assert_filter_contract(eps, kept)
     assert as_filter(spec).filter(c, eps, RequestScratch(0.0)) == kept  # fresh instance agrees
+    if isinstance(f, StatefulPlugin) and eps:
+        f.observe(c, routed_to(data.draw(st.sampled_from(eps)).endpoint_id))
+        assert_filter_contract(eps, f.filter(c, eps, RequestScratch(0.0)))
 
 
 @pytest.mark.parametrize("spec", SCORERS, ids=spec_ids(SCORERS))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(eps=endpoint_sets(), c=contexts, data=st.data())
 def test_scorer_random(
     spec: PluginSpec[Any], eps: tuple[EndpointSnapshot, ...], c: RequestContext, data: st.DataObject
@@ -202,7 +228,7 @@ _UNREAD_BY = {
 
 
 @pytest.mark.parametrize("spec", FILTERS + SCORERS, ids=spec_ids(FILTERS + SCORERS))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(eps=endpoint_sets(), c=contexts, data=st.data())
 def test_reads_only_declared_fields(
     spec: PluginSpec[Any], eps: tuple[EndpointSnapshot, ...], c: RequestContext, data: st.DataObject
@@ -216,10 +242,55 @@ def test_reads_only_declared_fields(
     )
 
     def run(endpoints: tuple[EndpointSnapshot, ...]) -> object:
-        plugin = spec.create()
+        plugin = make(spec)
         if isinstance(plugin, Filter):
             return tuple(e.endpoint_id for e in plugin.filter(c, endpoints, RequestScratch(0.0)))
         assert isinstance(plugin, Scorer)
         return dict(plugin.score(c, endpoints, RequestScratch(0.0)))
 
     assert run(other) == run(eps)
+
+
+# -- whole decisions: reproducible from a seed ---------------------------------------------
+
+
+def single_plugin_profile(spec: PluginSpec[Any]) -> Profile:
+    """A profile in which `spec` is the only plugin of its kind (a fresh instance)."""
+    plugin = make(spec)
+    filters: tuple[NamedFilter, ...] = ()
+    scorers: tuple[WeightedScorer, ...] = ()
+    picker = NamedPicker("max-score", as_picker(REGISTRY.get("max-score")))
+    if isinstance(plugin, Filter) and spec.kind is PluginKind.FILTER:
+        filters = (NamedFilter(spec.type, plugin),)
+    elif isinstance(plugin, Scorer) and spec.kind is PluginKind.SCORER:
+        scorers = (WeightedScorer(spec.type, plugin),)
+    else:
+        assert isinstance(plugin, Picker)
+        picker = NamedPicker(spec.type, plugin)
+    return Profile("p", filters, scorers, picker)
+
+
+@pytest.mark.parametrize("spec", ALL, ids=spec_ids(ALL))
+@settings(max_examples=30, deadline=None)
+@given(
+    eps=endpoint_sets(min_size=1),
+    cs=st.lists(contexts, min_size=1, max_size=4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_decisions_reproducible_from_seed(
+    spec: PluginSpec[Any], eps: tuple[EndpointSnapshot, ...], cs: list[RequestContext], seed: int
+) -> None:
+    """Two fresh profiles fed the same requests, snapshots and seed decide the same,
+    observing their decisions as they go (stateful plugins included)."""
+
+    def run() -> list[Decision]:
+        profile, rng = single_plugin_profile(spec), np.random.default_rng(seed)
+        out = []
+        for c in cs:
+            d = profile.run(c, reversed(eps), now=1.0, rng=rng, timer=zero_timer)
+            profile.observe(c, d)
+            assert d.endpoint_id is None or d.endpoint_id in {e.endpoint_id for e in eps}
+            out.append(d)
+        return out
+
+    assert run() == run()

@@ -139,7 +139,7 @@ def eligible(c: RequestContext, endpoints: tuple[EndpointSnapshot, ...]) -> set[
         if e.is_healthy
         and not e.is_ejected
         and c.model in e.models
-        and (c.lora_adapter is None or c.lora_adapter in e.lora_adapters)
+        and (c.lora_adapter is None or not e.lora_adapters or c.lora_adapter in e.lora_adapters)
     }
 
 

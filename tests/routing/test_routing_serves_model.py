@@ -1,4 +1,5 @@
-"""serves-model filter: the request's base model, and its LoRA adapter if it names one."""
+"""serves-model filter: the request's base model, and its LoRA adapter if it names one
+(an endpoint listing no adapters is unknown, so kept)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,21 @@ ENDPOINTS = (
     [
         ("llama", None, ["base", "both", "lora"]),
         ("qwen", None, ["both", "qwen-lora"]),
-        ("llama", "sql", ["lora"]),
-        ("qwen", "chat", ["qwen-lora"]),
-        ("llama", "chat", []),
+        ("llama", "sql", ["base", "both", "lora"]),
+        ("qwen", "chat", ["both", "qwen-lora"]),
+        ("llama", "chat", ["base", "both"]),
         ("mistral", None, []),
+        ("mistral", "sql", []),
     ],
-    ids=["model", "other-model", "model-and-adapter", "adapter-elsewhere", "no-adapter", "unknown"],
+    ids=[
+        "model",
+        "other-model",
+        "adapter-listed-or-unknown",
+        "adapter-elsewhere",
+        "listed-without-the-adapter-dropped",
+        "unknown-model",
+        "adapter-never-saves-a-missing-model",
+    ],
 )
 def test_serves_model(model: str, adapter: str | None, expected: list[str]) -> None:
     kept = ServesModelFilter(ServesModelParams()).filter(

@@ -1,5 +1,10 @@
 """`serves-model` filter: keeps endpoints that serve the request's model and adapter.
 
+Rule: keep `e` if `ctx.model in e.models` and, for a LoRA request, `ctx.lora_adapter
+in e.lora_adapters` or `e.lora_adapters` is empty. An empty adapter list means
+"unknown" (engines that load adapters on demand, or whose model listing the gateway
+did not read), not "none": dropping those would send every LoRA request to 503.
+
 Never fails open: an endpoint without the model would answer 404.
 """
 
@@ -22,7 +27,7 @@ class ServesModelParams:
 
 class ServesModelFilter:
     """Keeps endpoints whose `models` contain `ctx.model` and, for a LoRA request,
-    whose `lora_adapters` contain `ctx.lora_adapter`."""
+    whose `lora_adapters` contain `ctx.lora_adapter` or are empty (unknown)."""
 
     TYPE: ClassVar[str] = "serves-model"
 
@@ -36,7 +41,8 @@ class ServesModelFilter:
         return tuple(
             e
             for e in endpoints
-            if ctx.model in e.models and (adapter is None or adapter in e.lora_adapters)
+            if ctx.model in e.models
+            and (adapter is None or not e.lora_adapters or adapter in e.lora_adapters)
         )
 
 
