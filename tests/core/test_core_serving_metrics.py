@@ -303,6 +303,14 @@ def test_per_token_gaps(
     assert per_token_gaps(times, tokens) == pytest.approx(gaps)
 
 
+def test_mismatched_chunk_token_counts_are_unknown() -> None:
+    r = rec((0.1, 0.2, 0.3), chunk_tokens=(1, 2))
+    assert request_timings(r).itl_per_token_s is None
+    assert summarize([r], 1.0)["mean_itl_per_token_ms"] is None
+    with pytest.raises(ValueError, match="chunk_tokens"):
+        per_token_gaps((0.1, 0.2, 0.3), (1, 2))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

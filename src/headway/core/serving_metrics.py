@@ -175,7 +175,9 @@ def request_timings(record: RequestRecord) -> RequestTimings:
     times = record.chunk_times
     itl = tuple(float(b - a) for a, b in pairwise(times))
     per_token = None
-    if record.chunk_tokens is not None:
+    # Counts that do not pair up with the chunk times are treated as unknown rather than
+    # failing the whole summary.
+    if record.chunk_tokens is not None and len(record.chunk_tokens) == len(times):
         per_token = tuple(per_token_gaps(times, record.chunk_tokens))
     return RequestTimings(ttft, ttft_content, e2el, tpot, ntpot, n_out, itl, per_token)
 
