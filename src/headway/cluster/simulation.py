@@ -1,0 +1,475 @@
+"""A fleet of `core` engines and the `headway.routing` scheduler in virtual time.
+
+Each replica is the engine `headway sim` serves (same `core.engine`, same sizing via
+`core.engine_factory`); each routing decision is made by the handler the gateway
+builds from the same config. What differs from a live run is only the clock: a step
+that the cost model says takes d seconds ends exactly d seconds of virtual time after
+it started, and the gateway's view of the engines lags as it would live:
+
+* engine metrics (queue depth, running requests, KV usage) are re-read every
+  `scrape_interval_s`;
+* a step's KV events reach the precise prefix index `kv_event_delay_s` after the step;
+* in-flight requests and tokens are the gateway's own counts, exact at decision time
+  (prompt tokens + max_tokens per request, released when it finishes).
+
+A session's stages run closed-loop, as `headway bench` runs them: a stage is sent
+when the previous one has finished and its `delay_s` has passed. Calls are sent with
+`ignore_eos`, so each produces exactly `max_tokens` tokens (the bench asks the same).
+
+Invariants: every call sent ends in exactly one record; in-flight counts return to
+zero when the run drains; virtual time never goes backwards (events.EventQueue).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from headway.cluster.events import EventKind, EventQueue
+from headway.core.block_hash import BlockHasher, to_event_int
+from headway.core.catalog import Catalog
+from headway.core.engine import Engine, StepResult
+from headway.core.engine_factory import EngineSpec, ResolvedEngine, resolve_engine
+from headway.core.kv_events import EventBatch
+from headway.core.sampler import DeterministicSampler
+from headway.core.sequence import EngineRequest
+from headway.core.serving_metrics import RequestRecord
+from headway.core.tokenizer import ChatTemplate, Tokenizer
+from headway.core.workloads import Call, Session
+from headway.routing import (
+    EndpointSnapshot,
+    KvBlockIndex,
+    ProfileHandler,
+    RequestContext,
+    RoutingResources,
+    build_handler,
+)
+from headway.routing.context import Headers
+
+
+class ClusterConfigError(ValueError):
+    """A cluster description that cannot run; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ReplicaGroup:
+    """`count` identical replicas of one engine."""
+
+    engine: EngineSpec
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ClusterConfigError(f"count: must be >= 1, got {self.count}")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """What to simulate. `routing` is the gateway's routing config for the pool
+    (`{"preset": "kv-aware"}` or explicit profiles; see docs/policies.md)."""
+
+    groups: tuple[ReplicaGroup, ...]
+    routing: Mapping[str, Any] = field(default_factory=lambda: {"preset": "round-robin"})
+    scrape_interval_s: float = 0.25
+    kv_event_delay_s: float = 0.005
+    is_kv_events_enabled: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            raise ClusterConfigError("groups: at least one replica group is needed")
+        if not self.scrape_interval_s > 0:
+            raise ClusterConfigError(
+                f"scrape_interval_s: must be > 0, got {self.scrape_interval_s}"
+            )
+        if not self.kv_event_delay_s >= 0:
+            raise ClusterConfigError(f"kv_event_delay_s: must be >= 0, got {self.kv_event_delay_s}")
+        first = self.groups[0].engine
+        for i, g in enumerate(self.groups):
+            # One request's block hashes must mean the same on every replica for the
+            # prefix index to compare them.
+            if g.engine.block_size != first.block_size:
+                raise ClusterConfigError(
+                    f"groups[{i}].engine.block_size: {g.engine.block_size} differs from "
+                    f"groups[0]'s {first.block_size}; one block size per cluster"
+                )
+            if g.engine.hash_seed != first.hash_seed:
+                raise ClusterConfigError(f"groups[{i}].engine.hash_seed: differs from groups[0]'s")
+
+    @property
+    def num_replicas(self) -> int:
+        return sum(g.count for g in self.groups)
+
+
+@dataclass
+class _Replica:
+    endpoint_id: str
+    engine: Engine
+    resolved: ResolvedEngine
+    is_busy: bool = False
+    pending: StepResult | None = None
+    # The gateway's last scrape of this engine.
+    scraped_waiting: int = 0
+    scraped_running: int = 0
+    scraped_kv_usage: float = 0.0
+    scraped_at: float | None = None
+    # The gateway's own in-flight accounting.
+    num_in_flight_requests: int = 0
+    num_in_flight_tokens: int = 0
+
+
+@dataclass
+class _SessionState:
+    session: Session
+    stage_index: int = 0
+    num_open_calls: int = 0
+
+
+@dataclass
+class _CallState:
+    call: Call
+    session: _SessionState
+    replica: _Replica
+    sent_at: float
+    num_prompt_tokens: int
+    reserved_tokens: int
+    chunk_times: list[float] = field(default_factory=list)
+    num_cached_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ReplicaStats:
+    """One replica's totals over a run."""
+
+    endpoint_id: str
+    num_steps: int
+    num_prompt_tokens: int
+    num_generation_tokens: int
+    num_prefix_query_tokens: int
+    num_prefix_hit_tokens: int
+    num_preemptions: int
+    busy_s: float
+
+
+@dataclass(frozen=True)
+class ClusterRun:
+    """What a simulation produced: one record per call, and per-replica totals."""
+
+    records: tuple[RequestRecord, ...]
+    duration_s: float  # first arrival to last token
+    replicas: tuple[ReplicaStats, ...]
+    num_events: int
+    decisions: Mapping[str, int]  # endpoint id -> calls routed there
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        query = sum(r.num_prefix_query_tokens for r in self.replicas)
+        hits = sum(r.num_prefix_hit_tokens for r in self.replicas)
+        return hits / query if query else 0.0
+
+
+class PromptEncoder:
+    """Chat messages -> prompt token ids and block hashes, cached per prompt.
+
+    The same Llama-3 template and tokenizer `headway sim` applies, so a prompt's tokens
+    (and block hashes) are those the live engine would see.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, block_size: int, hash_seed: str | None) -> None:
+        self._tokenizer = tokenizer
+        self._template = ChatTemplate()
+        self._hasher = BlockHasher(block_size, hash_seed)
+        self._cache: dict[Call, tuple[tuple[int, ...], tuple[bytes, ...]]] = {}
+
+    def encode(self, call: Call) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
+        hit = self._cache.get(call)
+        if hit is not None:
+            return hit
+        text = self._template.render(
+            [{"role": m.role, "content": m.content} for m in call.messages]
+        )
+        token_ids = tuple(self._tokenizer.encode(text))
+        out = (token_ids, tuple(self._hasher.hash_all(token_ids)))
+        self._cache[call] = out
+        return out
+
+
+class ClusterSimulation:
+    """Run sessions through a routed fleet of engines in virtual time."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        catalog: Catalog,
+        tokenizer: Tokenizer,
+        vocab: Sequence[int],
+        model_name: str | None = None,
+    ) -> None:
+        self.config = config
+        self._replicas: list[_Replica] = []
+        for gi, group in enumerate(config.groups):
+            try:
+                resolved = resolve_engine(group.engine, catalog)
+            except ValueError as exc:
+                raise ClusterConfigError(f"groups[{gi}].engine.{exc}") from None
+            for _ in range(group.count):
+                i = len(self._replicas)
+                sampler = DeterministicSampler(
+                    tuple(vocab), tokenizer.eos_token_id, seed=config.seed + i
+                )
+                engine = Engine(resolved.config, resolved.cost_model.step_cost, sampler)
+                self._replicas.append(_Replica(f"replica-{i:03d}", engine, resolved))
+        self._by_id = {r.endpoint_id: r for r in self._replicas}
+        first = config.groups[0].engine
+        self.model_name = model_name or first.model
+        self._models = frozenset({self.model_name})
+        self._encoder = PromptEncoder(tokenizer, first.block_size, first.hash_seed)
+        self._kv_index: KvBlockIndex | None = (
+            KvBlockIndex() if config.is_kv_events_enabled else None
+        )
+        try:
+            self._handler: ProfileHandler = build_handler(
+                dict(config.routing), resources=RoutingResources(kv_index=self._kv_index)
+            )
+        except ValueError as exc:
+            raise ClusterConfigError(f"routing.{exc}") from None
+        self._rng = np.random.default_rng(config.seed)
+        self._queue = EventQueue()
+        self._records: list[RequestRecord] = []
+        self._calls: dict[str, _CallState] = {}
+        self._decisions: dict[str, int] = {r.endpoint_id: 0 for r in self._replicas}
+        self._num_open_sessions = 0
+        self._busy_s = {r.endpoint_id: 0.0 for r in self._replicas}
+
+    # -- running ----------------------------------------------------------------
+    def run(self, arrivals: Iterable[tuple[float, Session]]) -> ClusterRun:
+        """Simulate every session to completion; `arrivals` are (time_s, session)."""
+        q = self._queue
+        first_arrival: float | None = None
+        for time_s, session in arrivals:
+            q.push(time_s, EventKind.ARRIVAL, session)
+            self._num_open_sessions += 1
+            first_arrival = time_s if first_arrival is None else min(first_arrival, time_s)
+        if first_arrival is None:
+            return ClusterRun((), 0.0, self._stats(), 0, dict(self._decisions))
+        q.push(first_arrival, EventKind.SCRAPE)
+        num_events = 0
+        last_token_at = first_arrival
+        while q:
+            ev = q.pop()
+            num_events += 1
+            kind = ev.kind
+            if kind is EventKind.STEP_END:
+                last_token_at = max(last_token_at, ev.time_s)
+                self._step_end(ev.payload, ev.time_s)
+            elif kind is EventKind.KV_EVENTS:
+                endpoint_id, batch = ev.payload
+                assert self._kv_index is not None
+                self._kv_index.apply(endpoint_id, batch)
+            elif kind is EventKind.SCRAPE:
+                self._scrape(ev.time_s)
+                if self._num_open_sessions:
+                    q.push(ev.time_s + self.config.scrape_interval_s, EventKind.SCRAPE)
+            elif kind is EventKind.STAGE:
+                self._send_stage(ev.payload, ev.time_s)
+            elif kind is EventKind.ARRIVAL:
+                state = _SessionState(ev.payload)
+                self._schedule_stage(state, ev.time_s)
+        return ClusterRun(
+            tuple(self._records),
+            last_token_at - first_arrival,
+            self._stats(),
+            num_events,
+            dict(self._decisions),
+        )
+
+    def _schedule_stage(self, state: _SessionState, now_s: float) -> None:
+        stages = state.session.stages
+        if state.stage_index >= len(stages):
+            self._num_open_sessions -= 1
+            return
+        self._queue.push(now_s + stages[state.stage_index].delay_s, EventKind.STAGE, state)
+
+    def _send_stage(self, state: _SessionState, now_s: float) -> None:
+        stage = state.session.stages[state.stage_index]
+        state.num_open_calls = len(stage.calls)
+        for call in stage.calls:
+            self._send(call, state, now_s)
+        if not stage.calls:
+            state.stage_index += 1
+            self._schedule_stage(state, now_s)
+
+    def _send(self, call: Call, state: _SessionState, now_s: float) -> None:
+        token_ids, hashes = self._encoder.encode(call)
+        headers = Headers.of(call.headers)
+        ctx = RequestContext(
+            request_id=call.call_id,
+            model=self.model_name,
+            num_prompt_tokens_est=len(token_ids),
+            max_output_tokens=call.max_tokens,
+            block_hashes=tuple(to_event_int(h) for h in hashes),
+            chunk_hashes=tuple(to_event_int(h) for h in hashes),
+            headers=headers,
+            session_id=headers.get("x-session-id"),
+        )
+        result = self._handler.decide(
+            ctx, self._snapshots(), now=now_s, rng=self._rng, timer=_zero_timer
+        )
+        if not result.is_routed:
+            self._records.append(_failed_record(call, state, now_s, "no_endpoint"))
+            self._call_done(state, now_s)
+            return
+        self._handler.observe(ctx, result)
+        endpoint_id = result.decision.endpoint_id
+        assert endpoint_id is not None
+        replica = self._by_id[endpoint_id]
+        self._decisions[endpoint_id] += 1
+        reserved = len(token_ids) + call.max_tokens
+        replica.num_in_flight_requests += 1
+        replica.num_in_flight_tokens += reserved
+        self._calls[call.call_id] = _CallState(
+            call, state, replica, now_s, len(token_ids), reserved
+        )
+        replica.engine.add_request(
+            EngineRequest(
+                request_id=call.call_id,
+                prompt_token_ids=token_ids,
+                max_tokens=call.max_tokens,
+                ignore_eos=True,
+                prompt_block_hashes=hashes,
+            )
+        )
+        if not replica.is_busy:
+            self._start_step(replica, now_s)
+
+    def _start_step(self, replica: _Replica, now_s: float) -> None:
+        result = replica.engine.step()
+        if result.is_idle:
+            # Cannot happen while the engine has work: add_request admits only requests
+            # that fit an empty pool, and a running batch always makes progress.
+            replica.is_busy = False
+            return
+        replica.is_busy = True
+        replica.pending = result
+        self._busy_s[replica.endpoint_id] += result.duration_s
+        self._queue.push(now_s + result.duration_s, EventKind.STEP_END, replica)
+
+    def _step_end(self, replica: _Replica, now_s: float) -> None:
+        result = replica.pending
+        assert result is not None
+        replica.pending = None
+        if result.events and self._kv_index is not None:
+            batch = EventBatch(ts=now_s, events=result.events)
+            self._queue.push(
+                now_s + self.config.kv_event_delay_s,
+                EventKind.KV_EVENTS,
+                (replica.endpoint_id, batch),
+            )
+        for out in result.outputs:
+            cs = self._calls[out.request_id]
+            cs.chunk_times.append(now_s)
+            cs.num_cached_tokens = out.num_cached_tokens
+            if out.finish_reason is not None:
+                self._finish(cs, now_s)
+        if replica.engine.has_work:
+            self._start_step(replica, now_s)
+        else:
+            replica.is_busy = False
+
+    def _finish(self, cs: _CallState, now_s: float) -> None:
+        del self._calls[cs.call.call_id]
+        replica = cs.replica
+        replica.num_in_flight_requests -= 1
+        replica.num_in_flight_tokens -= cs.reserved_tokens
+        first = cs.chunk_times[0]
+        self._records.append(
+            RequestRecord(
+                call_id=cs.call.call_id,
+                session_id=cs.session.session.session_id,
+                sent_at=cs.sent_at,
+                first_choice_at=first,
+                first_content_at=first,
+                chunk_times=tuple(cs.chunk_times),
+                chunk_tokens=tuple(1 for _ in cs.chunk_times),
+                last_token_at=cs.chunk_times[-1],
+                prompt_tokens=cs.num_prompt_tokens,
+                output_tokens=len(cs.chunk_times),
+                cached_tokens=cs.num_cached_tokens,
+            )
+        )
+        self._call_done(cs.session, now_s)
+
+    def _call_done(self, state: _SessionState, now_s: float) -> None:
+        state.num_open_calls -= 1
+        if state.num_open_calls == 0:
+            state.stage_index += 1
+            self._schedule_stage(state, now_s)
+
+    # -- the gateway's view -------------------------------------------------------
+    def _scrape(self, now_s: float) -> None:
+        for r in self._replicas:
+            r.scraped_waiting = r.engine.num_waiting
+            r.scraped_running = r.engine.num_running
+            r.scraped_kv_usage = min(1.0, max(0.0, r.engine.kv_usage))
+            r.scraped_at = now_s
+
+    def _snapshots(self) -> list[EndpointSnapshot]:
+        return [
+            EndpointSnapshot(
+                endpoint_id=r.endpoint_id,
+                models=self._models,
+                num_queued_requests=r.scraped_waiting,
+                num_running_requests=r.scraped_running,
+                kv_cache_usage=r.scraped_kv_usage,
+                num_in_flight_requests=r.num_in_flight_requests,
+                num_in_flight_tokens=r.num_in_flight_tokens,
+                metrics_updated_at=r.scraped_at,
+                block_size=r.resolved.config.block_size,
+                num_gpu_blocks=r.resolved.config.num_gpu_blocks,
+            )
+            for r in self._replicas
+        ]
+
+    def _stats(self) -> tuple[ReplicaStats, ...]:
+        out = []
+        for r in self._replicas:
+            c = r.engine.counters
+            out.append(
+                ReplicaStats(
+                    r.endpoint_id,
+                    c.num_steps,
+                    c.num_prompt_tokens,
+                    c.num_generation_tokens,
+                    c.num_prefix_query_tokens,
+                    c.num_prefix_hit_tokens,
+                    c.num_preemptions,
+                    self._busy_s[r.endpoint_id],
+                )
+            )
+        return tuple(out)
+
+
+def _zero_timer() -> float:
+    # Plugin timings are not part of a simulation's output (they would make runs
+    # irreproducible), so the framework's timer reads a constant.
+    return 0.0
+
+
+def _failed_record(call: Call, session: _SessionState, now_s: float, kind: str) -> RequestRecord:
+    return RequestRecord(
+        call_id=call.call_id,
+        session_id=session.session.session_id,
+        sent_at=now_s,
+        first_choice_at=None,
+        first_content_at=None,
+        chunk_times=(),
+        chunk_tokens=None,
+        last_token_at=None,
+        prompt_tokens=None,
+        output_tokens=None,
+        cached_tokens=None,
+        error=kind,
+    )
