@@ -22,7 +22,7 @@ import platform
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -39,8 +39,10 @@ from headway.bench.runner import (
     LoadLevel,
     PointRun,
     PointRunner,
+    ScheduledSession,
     WorkerSpec,
     build_workload_and_tokenizer,
+    is_plan_bounded,
     now_s,
     plan_sessions,
     run_point_multiprocess,
@@ -59,6 +61,8 @@ RESULTS_FILE = "results.json"
 SATURATION_GROWTH = 0.05
 # ... or once more than this share of its requests failed.
 SATURATION_FAILED_SHARE = 0.10
+# ... or once the client's p99 scheduling lag exceeds this multiple of its bound.
+SATURATION_LAG_FACTOR = 5.0
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 
 
@@ -237,13 +241,17 @@ class _Session:
         self, target: BenchTarget, level: LoadLevel, advance: Callable[[int], None]
     ) -> PointRun:
         config = self.config
-        plan = plan_sessions(
+        plan: Iterable[ScheduledSession] = plan_sessions(
             self.workload,
             level,
             seed=config.seed,
             num_requests=config.num_requests,
             duration_s=config.duration_s,
         )
+        if is_plan_bounded(level, config.num_requests):
+            # Build every prompt before the clock starts: generating a session inside
+            # the dispatch loop would show up as client lag.
+            plan = list(plan)
         async with StreamingClient(
             target.base_url,
             config.model,
@@ -523,8 +531,9 @@ def saturation_reason(previous: Mapping[str, Any] | None, point: Mapping[str, An
     num = summary["completed"] + summary["failed"]
     if num and summary["failed"] / num > SATURATION_FAILED_SHARE:
         return f"{summary['failed']} of {num} requests failed"
-    if not point["client"]["is_schedule_kept"]:
-        return "the client fell behind its schedule"
+    client = point["client"]
+    if client["scheduling_lag_p99_ms"] > SATURATION_LAG_FACTOR * client["max_scheduling_lag_ms"]:
+        return f"the client fell behind (p99 lag {client['scheduling_lag_p99_ms']:.1f} ms)"
     if previous is not None:
         before = previous["summary"]["output_throughput"]
         after = summary["output_throughput"]

@@ -101,6 +101,12 @@ def now_s() -> float:
     return time.monotonic_ns() / 1e9
 
 
+def is_plan_bounded(level: LoadLevel, num_requests: int | None) -> bool:
+    """Whether the plan has a known, finite length (then it is built before the start)."""
+    rate = level.request_rate
+    return num_requests is not None or (rate is not None and not math.isinf(rate))
+
+
 def plan_sessions(
     workload: Workload,
     level: LoadLevel,
@@ -343,7 +349,7 @@ async def _worker_async(
     workload, tokenizer = build_workload_and_tokenizer(
         spec.workload, spec.workload_params, spec.tokenizer_path
     )
-    plan = [
+    plan: Iterable[ScheduledSession] = (
         s
         for s in plan_sessions(
             workload,
@@ -353,7 +359,9 @@ async def _worker_async(
             duration_s=spec.duration_s,
         )
         if s.index % spec.num_workers == spec.worker_index
-    ]
+    )
+    if is_plan_bounded(spec.level, spec.num_requests):
+        plan = list(plan)  # prompts built before the start, not during dispatch
     level = spec.level
     if level.max_concurrency is not None:
         # Each worker holds its share of the sessions in flight.
