@@ -464,3 +464,12 @@ def test_target_versions_shown_short() -> None:
     }
     md = summary_markdown(results)
     assert "* **arm a**: http://127.0.0.1:9000 (version 0.11.0; models llama-3.1-8b)" in md
+
+
+def test_schedule_warning_shown_once() -> None:
+    results = make_results(labels=("a",), is_schedule_kept=False, num_requests=4)
+    results["metadata"]["warnings"] = [
+        "a rate 2/s: the client fell behind its schedule (p99 scheduling lag 35 ms > 10 ms)"
+    ]
+    out = _record(results)
+    assert out.count("schedule") == 1, out

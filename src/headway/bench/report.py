@@ -256,7 +256,8 @@ def run_notes(results: Mapping[str, Any]) -> list[str]:
     notes = []
     if meta.get("is_partial"):
         notes.append("WARNING: partial results: the run was stopped before it finished.")
-    notes.extend(f"WARNING: {w}" for w in meta.get("warnings") or ())
+    # The runner's per-point schedule warnings are already notes of their tables.
+    notes.extend(f"WARNING: {w}" for w in meta.get("warnings") or () if "schedule" not in str(w))
     for arm in results.get("arms", []):
         sweep = arm.get("sweep")
         if isinstance(sweep, Mapping) and sweep.get("stopped_early"):
