@@ -14,19 +14,20 @@ from headway.routing import (
     EndpointField,
     Endpoints,
     HandlerMode,
+    KvBlockIndex,
     PluginKind,
     PluginSpec,
     PrefillDecodeHandler,
     Registry,
     RequestContext,
     RequestScratch,
+    RoutingResources,
     SingleProfileHandler,
     build_handler,
     default_registry,
 )
 from headway.routing.config import params_from_mapping
 from headway.routing.plugins.healthy import HealthyFilter
-from headway.routing.plugins.max_score import MaxScorePicker
 
 
 def one(profile: Mapping[str, Any], **top: Any) -> dict[str, Any]:
@@ -150,15 +151,49 @@ def test_error_under_prefix() -> None:
     assert err.under("routing").path == "routing.profiles.a.picker"
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS), ids=sorted(PRESETS))
+_ELIGIBLE = ["healthy", "serves-model"]
+PRESET_SHAPES: dict[str, tuple[list[str], list[tuple[str, float]], str]] = {
+    "round-robin": (_ELIGIBLE, [("round-robin", 1.0)], "max-score"),
+    "least-request": (_ELIGIBLE, [("least-request", 1.0)], "max-score"),
+    "power-of-two": (_ELIGIBLE, [("least-request", 1.0)], "power-of-two"),
+    "session-sticky": (
+        [*_ELIGIBLE, "saturation"],
+        [("session-affinity", 1.0), ("least-request", 0.1)],
+        "max-score",
+    ),
+    "prefix-approx": (
+        [*_ELIGIBLE, "prefix-affinity-until-saturated"],
+        [("token-load", 1.0)],
+        "max-score",
+    ),
+    "kv-aware": (
+        [*_ELIGIBLE, "saturation"],
+        [("precise-prefix", 3.0), ("token-load", 2.0), ("queue-depth", 2.0)],
+        "max-score",
+    ),
+    "kv-aware-approx": (
+        [*_ELIGIBLE, "saturation"],
+        [("approx-prefix", 3.0), ("token-load", 2.0), ("queue-depth", 2.0)],
+        "max-score",
+    ),
+}
+
+
+def test_every_preset_has_a_shape() -> None:
+    assert set(PRESET_SHAPES) == set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_SHAPES), ids=sorted(PRESET_SHAPES))
 def test_presets_build(preset: str) -> None:
-    handler = build_handler({"preset": preset})
+    resources = RoutingResources(kv_index=KvBlockIndex())
+    handler = build_handler({"preset": preset}, resources=resources)
     assert isinstance(handler, SingleProfileHandler) and handler.mode is HandlerMode.SINGLE
     p = handler.profile
+    filters, scorers, picker = PRESET_SHAPES[preset]
     assert p.name == preset
-    assert [f.name for f in p.filters] == ["healthy", "serves-model"]
-    assert [(s.name, s.weight) for s in p.scorers] == [(preset, 1.0)]
-    assert isinstance(p.picker.plugin, MaxScorePicker)
+    assert [f.name for f in p.filters] == filters
+    assert [(s.name, s.weight) for s in p.scorers] == scorers
+    assert p.picker.name == picker
 
 
 def test_presets_get_fresh_plugin_instances() -> None:

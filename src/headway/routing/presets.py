@@ -2,6 +2,9 @@
 
 `build_handler({"preset": name})` expands a preset into a single profile of that
 name, so presets go through exactly the validation user profiles do.
+
+The weights below are provisional, to be tuned with benchmarks/routing_quality.py;
+docs/policies.md says why each was chosen.
 """
 
 from __future__ import annotations
@@ -11,24 +14,59 @@ from types import MappingProxyType
 from typing import Any
 
 _ELIGIBLE = ("healthy", "serves-model")  # every preset first drops what cannot serve
+_UNSATURATED = (*_ELIGIBLE, "saturation")  # ... and, for load-aware ones, the saturated
+
+
+def _scorer(type_: str, weight: float) -> Mapping[str, Any]:
+    return MappingProxyType({"type": type_, "weight": weight})
+
+
+def _profile(
+    filters: tuple[Any, ...], *scorers: Mapping[str, Any], picker: str = "max-score"
+) -> Mapping[str, Any]:
+    return MappingProxyType({"filters": filters, "scorers": scorers, "picker": picker})
+
 
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
         # Cycles over eligible endpoints in endpoint-id order; load-blind.
-        "round-robin": MappingProxyType(
-            {
-                "filters": _ELIGIBLE,
-                "scorers": (MappingProxyType({"type": "round-robin", "weight": 1.0}),),
-                "picker": "max-score",
-            }
-        ),
+        "round-robin": _profile(_ELIGIBLE, _scorer("round-robin", 1.0)),
         # Fewest in-flight requests (gateway-tracked); ties broken by the seeded rng.
-        "least-request": MappingProxyType(
-            {
-                "filters": _ELIGIBLE,
-                "scorers": (MappingProxyType({"type": "least-request", "weight": 1.0}),),
-                "picker": "max-score",
-            }
+        "least-request": _profile(_ELIGIBLE, _scorer("least-request", 1.0)),
+        # The fewer in-flight requests of two random candidates.
+        "power-of-two": _profile(_ELIGIBLE, _scorer("least-request", 1.0), picker="power-of-two"),
+        # Bounded-load consistent hashing on the session id; least-request for
+        # requests without one (and as a tie-break that never overrides the session).
+        "session-sticky": _profile(
+            _UNSATURATED, _scorer("session-affinity", 1.0), _scorer("least-request", 0.1)
+        ),
+        # Hard approximate cache affinity until the warm endpoints are overloaded
+        # (SGLang's cache-aware rule), the lightest token load among what is left.
+        # The filter records what it routed (its observe), so no prefix scorer:
+        # once it lets every candidate through, load alone decides.
+        "prefix-approx": _profile(
+            (
+                *_ELIGIBLE,
+                MappingProxyType(
+                    {"type": "prefix-affinity-until-saturated", "params": {"source": "approx"}}
+                ),
+            ),
+            _scorer("token-load", 1.0),
+        ),
+        # Precise prefix (KV events) traded off against load, llm-d's 3 : 2 : 2 with
+        # the gateway's current token load in place of the scraped KV usage.
+        "kv-aware": _profile(
+            _UNSATURATED,
+            _scorer("precise-prefix", 3.0),
+            _scorer("token-load", 2.0),
+            _scorer("queue-depth", 2.0),
+        ),
+        # The same with the gateway's approximate prefix index (no KV events).
+        "kv-aware-approx": _profile(
+            _UNSATURATED,
+            _scorer("approx-prefix", 3.0),
+            _scorer("token-load", 2.0),
+            _scorer("queue-depth", 2.0),
         ),
     }
 )

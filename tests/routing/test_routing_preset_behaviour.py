@@ -1,0 +1,87 @@
+"""The prefix-aware, session and power-of-two presets end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from routing_helpers import ctx, snap, zero_timer
+
+from headway.routing import (
+    EndpointSnapshot,
+    KvBlockIndex,
+    ProfileHandler,
+    RequestContext,
+    RoutingResources,
+    build_handler,
+)
+
+BLOCKS = tuple(range(100, 110))
+CHUNKS = tuple(range(200, 210))
+CAP = {"block_size": 16, "num_gpu_blocks": 1000}  # 16,000 tokens
+
+
+def fleet(**tokens: int) -> tuple[EndpointSnapshot, ...]:
+    return tuple(snap(i, num_in_flight_tokens=tokens.get(i, 0), **CAP) for i in "abcd")
+
+
+def decide(handler: ProfileHandler, c: RequestContext, eps: tuple[EndpointSnapshot, ...]) -> str:
+    result = handler.decide(c, eps, now=0.0, rng=np.random.default_rng(3), timer=zero_timer)
+    handler.observe(c, result)
+    assert result.decision.endpoint_id is not None
+    return result.decision.endpoint_id
+
+
+def kv_aware() -> tuple[ProfileHandler, KvBlockIndex]:
+    kv = KvBlockIndex()
+    kv.store("c", BLOCKS)
+    return build_handler({"preset": "kv-aware"}, resources=RoutingResources(kv_index=kv)), kv
+
+
+def test_kv_aware_goes_to_the_cache_holder() -> None:
+    handler, _ = kv_aware()
+    assert decide(handler, ctx(block_hashes=BLOCKS), fleet()) == "c"
+
+
+@pytest.mark.parametrize(
+    ("holder_tokens", "expected"),
+    [(4000, "c"), (12000, "c"), (16001, "a")],
+    ids=["lightly-loaded-holder", "busy-holder-still-wins", "saturated-holder-filtered"],
+)
+def test_kv_aware_trades_cache_for_load(holder_tokens: int, expected: str) -> None:
+    """prefix 3 : token-load 2 : queue 2. A full match is worth 3/7 of the score; an
+    idle peer gets at most 2/7 more from token load, so the holder keeps the request
+    until the saturation filter drops it (token load over its KV capacity)."""
+    handler, _ = kv_aware()
+    c = ctx(block_hashes=BLOCKS)
+    assert decide(handler, c, fleet(c=holder_tokens, b=100, d=200)) == expected
+
+
+def test_kv_aware_falls_back_to_approx_when_the_holder_is_stale() -> None:
+    handler, kv = kv_aware()
+    c = ctx(block_hashes=BLOCKS, chunk_hashes=CHUNKS)
+    assert decide(handler, c, fleet()) == "c"  # observe records the chunks on c
+    kv.clear_endpoint("c")  # c's events were lost (e.g. a gap) ...
+    kv.mark_stale("c")  # ... and the subscriber flags it
+    assert decide(handler, c, fleet()) == "c", "the approximate index still knows c"
+
+
+def test_kv_aware_approx_learns_from_its_own_routing() -> None:
+    handler = build_handler({"preset": "kv-aware-approx"})
+    c = ctx(chunk_hashes=CHUNKS)
+    first = decide(handler, c, fleet())
+    others = {i: 500 for i in "abcd" if i != first}
+    assert decide(handler, c, fleet(**{first: 2000}, **others)) == first
+
+
+def test_prefix_approx_keeps_affinity_until_overloaded() -> None:
+    handler = build_handler({"preset": "prefix-approx"})
+    c = ctx(chunk_hashes=CHUNKS)
+    home = decide(handler, c, fleet())
+    assert decide(handler, c, fleet(**{home: 12000})) == home  # 0.75 of capacity: stays
+    assert decide(handler, c, fleet(**{home: 13000})) != home  # over 0.8: spreads
+
+
+def test_power_of_two_prefers_the_lighter_of_two() -> None:
+    handler = build_handler({"preset": "power-of-two"})
+    eps = (snap("a", num_in_flight_requests=9), snap("b", num_in_flight_requests=1))
+    assert {decide(handler, ctx(), eps) for _ in range(5)} == {"b"}
