@@ -117,8 +117,9 @@ def _is_wide(values: Sequence[float]) -> bool:
     return bool(lo > 0 and hi / lo > LOG_SPREAD)
 
 
-def _log_axis(ax: Axes, which: str) -> None:
-    """Log scale with plain-number tick labels (100, 200, 500), not powers of ten."""
+def _log_axis(ax: Axes, which: str, values: Sequence[float]) -> None:
+    """Log scale with plain-number tick labels (100, 200, 500), not powers of ten; only
+    powers of ten when the values span more than three decades (labels would collide)."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     if which == "x":
@@ -126,7 +127,10 @@ def _log_axis(ax: Axes, which: str) -> None:
     else:
         ax.set_yscale("log")
     axis = ax.xaxis if which == "x" else ax.yaxis
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    positive = [v for v in values if v > 0]
+    num_decades = math.log10(max(positive) / min(positive)) if positive else 0.0
+    subs = (1.0, 2.0, 5.0) if num_decades <= 3 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
     axis.set_minor_formatter(FuncFormatter(lambda _v, _pos: ""))
 
@@ -151,7 +155,7 @@ def _cdf_axis(ax: Axes, name: str, series: Sequence[tuple[str, Sequence[float]]]
     if not pooled:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     elif _is_wide(pooled):
-        _log_axis(ax, "x")
+        _log_axis(ax, "x", pooled)
 
 
 @_styled
@@ -260,7 +264,7 @@ def plot_sweep_latency(results: Mapping[str, Any], path: Path) -> Path:
         ax.set_xlabel(x_label)
         ax.set_ylabel(f"{name} (ms{', log scale' if _is_wide(values) else ''})")
         if _is_wide(values):
-            _log_axis(ax, "y")
+            _log_axis(ax, "y", values)
         ax.grid(True, alpha=0.3, which="both")
         if values:
             ax.legend(framealpha=0.9)
@@ -319,6 +323,7 @@ def plot_pareto(results: Mapping[str, Any], path: Path) -> Path:
     fig = _new_figure(9, 6.5)
     ax = fig.subplots()
     arms = results.get("arms", [])
+    all_xy: list[tuple[float, float]] = []
     for arm, color in zip(arms, _colors(len(arms)), strict=True):
         xy, names = [], []
         for p in arm.get("points", []):
@@ -330,6 +335,7 @@ def plot_pareto(results: Mapping[str, Any], path: Path) -> Path:
             names.append(_short_load(p.get("load")))
         if not xy:
             continue
+        all_xy.extend(xy)
         label = str(arm.get("label", "?"))
         ax.scatter([x for x, _ in xy], [y for _, y in xy], color=color, s=36, zorder=3, alpha=0.6)
         front = pareto_front(xy)
@@ -348,9 +354,9 @@ def plot_pareto(results: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel(pareto_y_label(gpu_count if per_gpu else None))
     ax.set_title("Throughput against interactivity: up and to the right is better")
     ax.grid(True, alpha=0.3)
-    ax.margins(x=0.08, y=0.1)  # room for the load annotations
-    ax.set_xlim(left=0)
-    ax.set_ylim(bottom=0)
+    if all_xy:  # from 0, with room for the load annotations
+        ax.set_xlim(0, 1.15 * max(x for x, _ in all_xy))
+        ax.set_ylim(0, 1.15 * max(y for _, y in all_xy))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(framealpha=0.9)
     else:
