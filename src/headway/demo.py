@@ -1,199 +1,322 @@
-"""`headway demo`: the main job on the built-in simulated fleet.
+"""`headway demo` (what `make demo` runs): cache-aware routing against round-robin on a
+simulated vLLM fleet, measured the way `headway bench` measures anything.
 
-Until the gateway lands, the demo starts a simulated vLLM fleet in this process and
-drives it with the official `openai` client: a streamed chat, then a multi-turn
-conversation with a long shared system prompt (showing prefix-cache hits), then a
-burst of concurrent requests, then what the replicas' `/metrics` say.
+In this one process it starts a simulated fleet (KV events on, cached-token counts in
+usage, as vLLM with `--kv-events-config` and `--enable-prompt-tokens-details`), and two
+gateways in front of the same replicas: one routing `round-robin`, one with the
+cache-aware preset. It then runs the same seeded `agentic` workload (agent runs that
+grow one context over several calls) through each gateway in turn with
+`headway.bench.api.run_bench`, emptying every replica's prefix cache between the arms,
+prints the side-by-side table and writes the HTML report.
+
+Latencies are wall-clock at the fleet's time-scale: the modeled GPU's times are the
+printed ones multiplied by the time-scale.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import time
-from typing import Any, cast
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import aiohttp
-from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionMessageParam
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from headway.sim.config import SimConfig
+from headway.bench.api import BenchConfig, BenchTarget, run_bench, write_results
+from headway.bench.report import print_summary, write_report
+from headway.gateway.cli import stop_serving
+from headway.gateway.config import GatewayConfigError, config_from_mapping
+from headway.gateway.server import Gateway
+from headway.routing.presets import PRESETS
+from headway.sim.config import KvEventsSettings, SimConfig
 from headway.sim.fleet import Fleet
 
-SYSTEM_PROMPT = (
-    "You are the on-call assistant of an inference platform team. You answer questions "
-    "about latency, throughput, caching and capacity of a fleet of model servers. "
-) * 12
+BASELINE_PRESET = "round-robin"
+# The cache-aware arm. SWITCH: one line; falls back to least-request while the routing
+# presets do not have kv-aware.
+CACHE_AWARE_PRESET = "kv-aware" if "kv-aware" in PRESETS else "least-request"
+DEFAULT_OUT_DIR = Path("headway-demo-report")
+# A replica whose engine loop fell further behind its modeled schedule than this (wall
+# ms) means this machine did not keep up: fewer replicas or a lower time-scale.
+MAX_SIM_LAG_MS = 100.0
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """One demo configuration: the fleet, the load and the workload."""
+
+    num_replicas: int
+    time_scale: float
+    request_rate: float  # agent runs started per second
+    num_requests: int  # calls per arm
+    # Client worker processes: off the event loop that runs the fleet and the gateways,
+    # so the client neither slows them nor falls behind its own schedule.
+    num_client_processes: int = 1
+    workload_params: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+
+# Agent runs: a shared 2k-token system prompt, a task, tool rounds that each add a tool
+# result to the run's context. Round-robin scatters a run's calls over the replicas, so
+# each call re-prefills the run's context; a cache-aware router keeps it where it is.
+FULL = DemoSettings(
+    num_replicas=8,
+    time_scale=0.25,
+    request_rate=1.0,
+    num_requests=96,
+    num_client_processes=2,
+    workload_params=MappingProxyType(
+        {
+            "num_tool_rounds": 5,
+            "tool_result_tokens": 1024,
+            "plan_output_tokens": 64,
+            "tool_call_output_tokens": 32,
+            "final_output_tokens": 128,
+            "tool_latency_s": 0.2,
+        }
+    ),
+)
+# `--quick`: a few calls on two replicas; for tests and a first look.
+QUICK = DemoSettings(
+    num_replicas=2,
+    time_scale=0.5,
+    request_rate=2.0,
+    num_requests=12,
+    workload_params=MappingProxyType(
+        {"num_tool_rounds": 2, "tool_latency_s": 0.05, "system_prompt_tokens": 512}
+    ),
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--replicas", type=int, default=4)
+    p.add_argument("--quick", action="store_true",
+                   help="a small fast configuration (2 replicas, 12 calls per arm)")  # fmt: skip
+    p.add_argument("--replicas", type=int, default=None, help=f"default {FULL.num_replicas}")
+    p.add_argument("--time-scale", type=float, default=None,
+                   help=f"model seconds per wall second (default {FULL.time_scale})")  # fmt: skip
+    p.add_argument("--request-rate", type=float, default=None,
+                   help=f"agent runs started per second (default {FULL.request_rate})")  # fmt: skip
+    p.add_argument("--num-requests", type=int, default=None,
+                   help=f"calls per arm (default {FULL.num_requests})")  # fmt: skip
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--gpu", default="h100")
-    p.add_argument("--time-scale", type=float, default=1.0)
-    p.add_argument("--requests", type=int, default=16, help="size of the concurrent burst")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR,
+                   help=f"report directory (default ./{DEFAULT_OUT_DIR}/)")  # fmt: skip
 
 
-async def _metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    async with session.get(url + "/metrics") as resp:
-        text = await resp.text()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if not s.name.endswith(("_bucket", "_created")):
-                out[s.name] = out.get(s.name, 0.0) + s.value
-    return out
-
-
-async def _num_cached_blocks(session: aiohttp.ClientSession, url: str) -> int:
-    async with session.get(url + "/debug/cache") as resp:
-        return int((await resp.json())["num_cached_blocks"])
-
-
-async def _stream_one(client: AsyncOpenAI, model: str, messages: list[dict[str, Any]],
-                      console: Console | None, max_tokens: int = 48) -> dict[str, Any]:  # fmt: skip
-    t0 = time.perf_counter()
-    ttft = None
-    text = []
-    usage = None
-    stream = await client.chat.completions.create(
-        model=model,
-        messages=cast("list[ChatCompletionMessageParam]", messages),
-        max_tokens=max_tokens,
-        stream=True,
-        stream_options={"include_usage": True},
+def settings_from_args(args: argparse.Namespace) -> DemoSettings:
+    """The preset (`--quick` or the full demo) with any flag overrides; ValueError
+    naming the flag on a bad value."""
+    base = QUICK if args.quick else FULL
+    settings = replace(
+        base,
+        num_replicas=args.replicas if args.replicas is not None else base.num_replicas,
+        time_scale=args.time_scale if args.time_scale is not None else base.time_scale,
+        request_rate=args.request_rate if args.request_rate is not None else base.request_rate,
+        num_requests=args.num_requests if args.num_requests is not None else base.num_requests,
     )
-    async for chunk in stream:
-        if chunk.choices:
-            if ttft is None:
-                ttft = time.perf_counter() - t0
-            piece = chunk.choices[0].delta.content or ""
-            text.append(piece)
-            if console is not None:
-                console.print(piece, end="", highlight=False)
-        if chunk.usage is not None:
-            usage = chunk.usage
-    if console is not None:
-        console.print()
-    cached = 0
-    if usage is not None and usage.prompt_tokens_details is not None:
-        cached = usage.prompt_tokens_details.cached_tokens or 0
-    return {
-        "ttft_ms": (ttft or 0.0) * 1e3,
-        "e2e_ms": (time.perf_counter() - t0) * 1e3,
-        "text": "".join(text),
-        "prompt_tokens": usage.prompt_tokens if usage else 0,
-        "completion_tokens": usage.completion_tokens if usage else 0,
-        "cached_tokens": cached,
-    }
+    checks = (
+        ("--replicas", settings.num_replicas >= 1),
+        ("--time-scale", settings.time_scale > 0),
+        ("--request-rate", settings.request_rate > 0),
+        ("--num-requests", settings.num_requests >= 1),
+    )
+    for flag, is_ok in checks:
+        if not is_ok:
+            value = getattr(args, flag[2:].replace("-", "_"))
+            raise ValueError(f"{flag}: invalid value {value!r}")
+    return settings
 
 
-async def run_demo(args: argparse.Namespace) -> None:
-    console = Console()
-    config = SimConfig(
+@contextlib.asynccontextmanager
+async def serve_gateway(model: str, endpoints: list[str], preset: str) -> AsyncIterator[str]:
+    """A gateway on 127.0.0.1 (ephemeral port) routing `model` over `endpoints` with
+    `preset`; yields its base URL, drains and stops it on exit."""
+    config = config_from_mapping(
+        {"pools": [{"model": model, "endpoints": endpoints, "routing": preset}]}
+    )
+    gateway = Gateway(config)
+    runner = web.AppRunner(
+        gateway.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await stop_serving(runner, gateway, config.timeouts.drain_s)
+
+
+async def requests_per_endpoint(gateway_url: str) -> dict[str, int]:
+    """How many completions a gateway sent to each endpoint (its /metrics)."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.get(gateway_url + "/metrics") as resp,
+    ):
+        text = await resp.text()
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "headway_gateway_requests_total":
+                endpoint = sample.labels.get("endpoint", "?")
+                counts[endpoint] = counts.get(endpoint, 0) + int(sample.value)
+    return counts
+
+
+def spread_table(urls: list[str], counts: Mapping[str, Mapping[str, int]]) -> Table:
+    """Requests per replica for each arm."""
+    table = Table(title="Calls per replica", title_justify="left")
+    table.add_column("Arm", no_wrap=True)
+    for i in range(len(urls)):
+        table.add_column(f"r{i}", justify="right")
+    for label, per_endpoint in counts.items():
+        table.add_row(label, *(str(per_endpoint.get(u, 0)) for u in urls))
+    return table
+
+
+def _headline(results: Mapping[str, Any]) -> list[str]:
+    """One line per key metric: the cache-aware arm against round-robin."""
+    arms = results.get("arms", [])
+    if len(arms) < 2:
+        return []
+    base, cand = (arm["points"][0]["summary"] for arm in arms[:2])
+    lines = []
+    for label, key, unit in (
+        ("TTFT p50", "median_ttft_ms", " ms"),
+        ("TTFT p99", "p99_ttft_ms", " ms"),
+        ("E2E p50", "median_e2el_ms", " ms"),
+    ):
+        a, b = base.get(key), cand.get(key)
+        if isinstance(a, int | float) and isinstance(b, int | float) and a > 0:
+            lines.append(
+                f"{label}: {b:,.0f}{unit} with {arms[1]['label']} vs {a:,.0f}{unit} with "
+                f"{arms[0]['label']} ({100 * (b - a) / a:+.0f}%)"
+            )
+    a, b = base.get("cached_token_share"), cand.get("cached_token_share")
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        lines.append(
+            f"prompt tokens served from the prefix cache: {100 * b:.0f}% with "
+            f"{arms[1]['label']} vs {100 * a:.0f}% with {arms[0]['label']}"
+        )
+    return lines
+
+
+async def run_demo(args: argparse.Namespace, settings: DemoSettings, console: Console) -> int:
+    """Start the fleet and both gateways, run both arms, report; the exit status."""
+    sim = SimConfig(
         model=args.model,
         gpu=args.gpu,
-        num_replicas=args.replicas,
+        num_replicas=settings.num_replicas,
         port=0,
-        time_scale=args.time_scale,
+        time_scale=settings.time_scale,
+        seed=args.seed,
         enable_prompt_tokens_details=True,
+        kv_events=KvEventsSettings("tcp://127.0.0.1:0", "tcp://127.0.0.1:0"),
     )
-    fleet = Fleet(config)
+    fleet = Fleet(sim)
     await fleet.start()
     try:
         info = fleet.describe()
-        console.rule("[bold]Headway demo: a simulated vLLM fleet")
+        urls = [r.url for r in fleet.replicas]
+        model = sim.names[0]
+        console.rule("[bold]Headway demo: cache-aware routing against round-robin")
         console.print(
-            f"{len(fleet.replicas)} replicas of {info['model']} on {info['gpu']} "
-            f"({info['precision']}, TP{info['tp']}), {info['num_gpu_blocks']} KV blocks of "
-            f"{info['block_size']} tokens each, time-scale {info['time_scale']}"
+            f"Fleet: {len(urls)} simulated vLLM replicas of {info['model']} on {info['gpu']} "
+            f"({info['precision']}, TP{info['tp']}), {info['num_gpu_blocks']:,} KV blocks of "
+            f"{info['block_size']} tokens each, KV events on; time-scale "
+            f"{settings.time_scale:g} (latencies below are wall-clock: the modeled GPU's "
+            f"are {settings.time_scale:g}x these).",
+            highlight=False,
         )
-        for r in fleet.replicas:
-            console.print(f"  replica at {r.url}")
-        model = config.names[0]
-        clients = [AsyncOpenAI(base_url=r.url + "/v1", api_key="demo") for r in fleet.replicas]
-        # Open each client's connection, and let the SDK load its streaming types, so
-        # TTFT below is the server's and not the client's start-up.
-        await asyncio.gather(*(c.models.list() for c in clients))
-        await _stream_one(clients[0], model, [{"role": "user", "content": "warm-up"}], None, 1)
-
-        console.rule("1. One streamed answer (openai client, stream=True)")
-        res = await _stream_one(
-            clients[0], model, [{"role": "user", "content": "What is prefix caching?"}], console
-        )
-        console.print(
-            f"TTFT {res['ttft_ms']:.1f} ms, {res['completion_tokens']} tokens in "
-            f"{res['e2e_ms']:.1f} ms"
-        )
-
-        console.rule("2. A multi-turn chat with a long system prompt, on one replica")
-        table = Table("turn", "prompt tokens", "cached tokens", "TTFT ms")
-        messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM_PROMPT}]
-        for turn, question in enumerate(
-            ["How do I cut TTFT?", "And at high load?", "What about long contexts?"], 1
+        async with (
+            serve_gateway(model, urls, BASELINE_PRESET) as base_url,
+            serve_gateway(model, urls, CACHE_AWARE_PRESET) as cand_url,
         ):
-            messages.append({"role": "user", "content": question})
-            res = await _stream_one(clients[1 % len(clients)], model, messages, None)
-            messages.append({"role": "assistant", "content": res["text"]})
-            table.add_row(str(turn), str(res["prompt_tokens"]), str(res["cached_tokens"]),
-                          f"{res['ttft_ms']:.1f}")  # fmt: skip
-        console.print(table)
-        console.print("Later turns reuse the blocks of earlier ones: cached tokens grow.")
-
-        console.rule(f"3. A burst of {args.requests} concurrent requests, spread round-robin")
-        t0 = time.perf_counter()
-        results = await asyncio.gather(
-            *(
-                _stream_one(
-                    clients[i % len(clients)],
-                    model,
-                    [
-                        {"role": "system", "content": SYSTEM_PROMPT},
-                        {"role": "user", "content": f"Question number {i}: how many GPUs?"},
-                    ],
-                    None,
-                    max_tokens=64,
-                )
-                for i in range(args.requests)
+            console.print(f"Gateways: {BASELINE_PRESET} at {base_url}, "
+                          f"{CACHE_AWARE_PRESET} at {cand_url}", highlight=False)  # fmt: skip
+            console.print(
+                f"Workload: agentic, {settings.num_requests} calls per arm, "
+                f"{settings.request_rate:g} agent runs/s, the same seeded runs through each "
+                "gateway; every replica's prefix cache is emptied before each arm.",
+                highlight=False,
             )
-        )
-        wall = time.perf_counter() - t0
-        ttfts = sorted(r["ttft_ms"] for r in results)
-        tokens = sum(r["completion_tokens"] for r in results)
-        console.print(
-            f"{len(results)} requests, {tokens} output tokens in {wall:.2f} s; "
-            f"TTFT p50 {ttfts[len(ttfts) // 2]:.1f} ms, max {ttfts[-1]:.1f} ms"
-        )
-
-        console.rule("4. What the replicas' /metrics report (vLLM metric names)")
-        table = Table("replica", "prompt tok", "gen tok", "prefix hits / queries",
-                      "cached blocks")  # fmt: skip
-        async with aiohttp.ClientSession() as session:
-            for i, r in enumerate(fleet.replicas):
-                m = await _metrics(session, r.url)
-                q = m.get("vllm:prefix_cache_queries_total", 0.0)
-                h = m.get("vllm:prefix_cache_hits_total", 0.0)
-                table.add_row(
-                    str(i), f"{m.get('vllm:prompt_tokens_total', 0):.0f}",
-                    f"{m.get('vllm:generation_tokens_total', 0):.0f}",
-                    f"{h:.0f} / {q:.0f} ({(h / q if q else 0):.0%})",
-                    str(await _num_cached_blocks(session, r.url)),
-                )  # fmt: skip
-        console.print(table)
-        for c in clients:
-            await c.close()
+            config = BenchConfig(
+                targets=(
+                    BenchTarget(base_url, BASELINE_PRESET, reset_urls=tuple(urls)),
+                    BenchTarget(cand_url, CACHE_AWARE_PRESET, reset_urls=tuple(urls)),
+                ),
+                model=model,
+                workload="agentic",
+                workload_params=settings.workload_params,
+                request_rate=settings.request_rate,
+                num_requests=settings.num_requests,
+                reset_cache=True,
+                seed=args.seed,
+                show_progress=sys.stderr.isatty(),
+                num_client_processes=settings.num_client_processes,
+                command="headway demo " + " ".join(sys.argv[2:]),
+            )
+            results = await run_bench(config, console=console)
+            spread = {
+                BASELINE_PRESET: await requests_per_endpoint(base_url),
+                CACHE_AWARE_PRESET: await requests_per_endpoint(cand_url),
+            }
+        lags_ms = [1e3 * r.server.replica.max_observed_lag_s for r in fleet.replicas]
     finally:
         await fleet.stop()
+    console.rule("Results (wall-clock ms)")
+    print_summary(results, console)
+    console.print(spread_table(urls, spread))
+    for line in _headline(results):
+        console.print(line, highlight=False)
+    worst_lag_ms = max(lags_ms, default=0.0)
+    if worst_lag_ms > MAX_SIM_LAG_MS:
+        console.print(
+            f"WARNING: a simulated replica fell {worst_lag_ms:.0f} ms behind its modeled "
+            "schedule: this machine did not keep up; try fewer --replicas or a lower "
+            "--time-scale.",
+            style="bold yellow",
+            highlight=False,
+        )
+    out_dir: Path = args.out
+    write_results(results, out_dir)
+    write_report(results, out_dir)
+    console.print(
+        f"Report: {(out_dir / 'report.html').resolve()} (also summary.md, results.json and "
+        "the PNG plots in that directory)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    """`headway demo`."""
     import uvloop
 
-    uvloop.run(run_demo(args))
-    return 0
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        print(f"headway demo: error: {exc}", file=sys.stderr)
+        return 2
+    console = Console()
+    try:
+        return uvloop.run(run_demo(args, settings, console))
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, GatewayConfigError) as exc:
+        print(f"headway demo: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def main() -> None:
