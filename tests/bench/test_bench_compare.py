@@ -165,3 +165,13 @@ def test_missing_file_and_no_files(tmp_path: Path) -> None:
     console = _console()
     assert run_compare([], None, console) == 2
     assert "no results files" in _out(console)
+
+
+def test_directories_stand_for_their_results_json(tmp_path: Path) -> None:
+    a = _write(tmp_path, "a", make_results(labels=("x",), num_requests=4))
+    b = _write(tmp_path, "b", make_results(labels=("x",), num_requests=4))
+    console = _console()
+    assert run_compare([a.parent, b.parent], None, console) == 0
+    assert "a: x" in _out(console) and "b: x" in _out(console)
+    console = _console()
+    assert run_compare([a.parent, tmp_path / "missing"], None, console) == 2

@@ -33,6 +33,7 @@ from headway.bench.report import (
 )
 
 KINDS = ("run", "sweep", "slo-search")
+RESULTS_FILE = "results.json"
 
 
 class CompareInputError(ValueError):
@@ -252,8 +253,9 @@ def write_compare(
 
 
 def run_compare(paths: Sequence[Path], out_dir: Path | None, console: Console) -> int:
-    """Load, validate and compare `paths`; print the table, write compare.md and
-    report.html into `out_dir` when given. 0 on success, 2 on bad input."""
+    """Load, validate and compare `paths` (results.json files, or the directories that
+    hold them); print the table, write compare.md and report.html into `out_dir` when
+    given. 0 on success, 2 on bad input."""
     if not paths:
         console.print("headway bench compare: error: no results files given", style="red")
         return 2
@@ -261,6 +263,8 @@ def run_compare(paths: Sequence[Path], out_dir: Path | None, console: Console) -
     try:
         for raw in paths:
             path = Path(raw)
+            if path.is_dir():  # a run's output directory
+                path = path / RESULTS_FILE
             loaded.append((path, load_results(path)))
     except CompareInputError as exc:
         console.print(
