@@ -37,6 +37,9 @@ def test_endpoint_fields_name_every_snapshot_field() -> None:
         ({"kv_cache_usage": 1.01}, "kv_cache_usage"),
         ({"kv_cache_usage": -0.1}, "kv_cache_usage"),
         ({"kv_cache_usage": float("nan")}, "kv_cache_usage"),
+        ({"max_lora_adapters": -1}, "max_lora_adapters"),
+        ({"num_gpu_blocks": -1}, "num_gpu_blocks"),
+        ({"block_size": 0}, "block_size"),
     ],
     ids=[
         "empty-id",
@@ -47,12 +50,30 @@ def test_endpoint_fields_name_every_snapshot_field() -> None:
         "kv-high",
         "kv-low",
         "kv-nan",
+        "max-lora",
+        "gpu-blocks",
+        "block-size",
     ],
 )
 def test_snapshot_rejects(fields: dict[str, Any], field: str) -> None:
     fields.setdefault("endpoint_id", "e")
     with pytest.raises(ValueError, match=f"^{field}: "):
         EndpointSnapshot(**fields)
+
+
+@pytest.mark.parametrize(
+    ("fields", "capacity"),
+    [
+        ({}, None),
+        ({"block_size": 16}, None),
+        ({"num_gpu_blocks": 100}, None),
+        ({"block_size": 16, "num_gpu_blocks": 0}, None),
+        ({"block_size": 16, "num_gpu_blocks": 100}, 1600),
+    ],
+    ids=["unknown", "no-blocks", "no-block-size", "zero-blocks", "known"],
+)
+def test_kv_capacity_tokens(fields: dict[str, Any], capacity: int | None) -> None:
+    assert EndpointSnapshot("e", **fields).kv_capacity_tokens == capacity
 
 
 @pytest.mark.parametrize(
