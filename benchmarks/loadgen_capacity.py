@@ -208,20 +208,18 @@ def headway_step(
         "stub_cpu_cores": (stub1 - stub0) / wall,
         "foreign_cpu_cores": max(0.0, (busy1 - busy0) - client_cpu - (stub1 - stub0)) / wall,
     }
-    row["is_within_bounds"] = (
-        row["lag_p99_ms"] <= args.lag_bound_ms
-        and row["failed"] == 0
-        and row["achieved_rate"] >= ACHIEVED_RATE_FLOOR * rate
-    )
+    row["is_rate_kept"] = row["failed"] == 0 and row["achieved_rate"] >= ACHIEVED_RATE_FLOOR * rate
+    row["is_lag_kept"] = row["lag_p99_ms"] <= args.lag_bound_ms
+    row["client_cpu_us_per_request"] = 1e6 * client_cpu / s["completed"] if s["completed"] else None
     return row
 
 
 def step_up(
     url: str, rates: list[float], args: argparse.Namespace, num_processes: int, stub_pid: int
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Run the steps in order until one is out of bounds; returns (rows, capacity row)."""
+) -> dict[str, Any]:
+    """Run the steps in order until the client no longer achieves the offered rate (or a
+    call fails); the capacities are the highest steps within each bound."""
     rows: list[dict[str, Any]] = []
-    best = None
     for rate in rates:
         row = headway_step(url, rate, args, num_processes, stub_pid)
         rows.append(row)
@@ -230,13 +228,36 @@ def step_up(
             f"  chunks {row['chunks_per_s']:8.0f}/s  lag p50 {row['lag_p50_ms']:.3f} ms"
             f"  p99 {row['lag_p99_ms']:.3f} ms  client cpu {row['client_cpu_cores']:.2f}"
             f"  foreign cpu {row['foreign_cpu_cores']:.2f}"
-            + ("" if row["is_within_bounds"] else "  <- out of bounds"),
+            + ("" if row["is_lag_kept"] else "  (lag over bound)")
+            + ("" if row["is_rate_kept"] else "  <- rate not kept"),
             flush=True,
         )
-        if not row["is_within_bounds"]:
+        if not row["is_rate_kept"]:
             break
-        best = row
-    return rows, best
+    kept = [r for r in rows if r["is_rate_kept"]]
+    lag_kept = [r for r in kept if r["is_lag_kept"]]
+    per_request = sorted(
+        r["client_cpu_us_per_request"] for r in kept if r["client_cpu_us_per_request"]
+    )
+    per_chunk = sorted(r["client_cpu_us_per_chunk"] for r in kept if r["client_cpu_us_per_chunk"])
+    median_request = per_request[len(per_request) // 2] if per_request else None
+    return {
+        "steps": rows,
+        "capacity_lag_bound": _capacity(lag_kept[-1] if lag_kept else None),
+        "capacity_rate_kept": _capacity(kept[-1] if kept else None),
+        "client_cpu_us_per_request_median": median_request,
+        "client_cpu_us_per_chunk_median": per_chunk[len(per_chunk) // 2] if per_chunk else None,
+        # What one dedicated core could drive at the measured CPU cost per request.
+        "requests_per_cpu_s": 1e6 / median_request if median_request else None,
+    }
+
+
+def _capacity(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    keys = ("offered_rate", "achieved_rate", "chunks_per_s", "lag_p99_ms", "client_cpu_cores",
+            "foreign_cpu_cores")  # fmt: skip
+    return {k: row[k] for k in keys}
 
 
 # -- vllm bench serve -----------------------------------------------------------------
@@ -295,7 +316,7 @@ def vllm_step(
         "ttft_p50_ms": data["median_ttft_ms"],
         "ttft_p99_ms": data["p99_ttft_ms"],
         "itl_p50_ms": data["median_itl_ms"],
-        "is_within_bounds": data["request_throughput"] >= ACHIEVED_RATE_FLOOR * rate
+        "is_rate_kept": data["request_throughput"] >= ACHIEVED_RATE_FLOOR * rate
         and data["completed"] == num,
     }
 
@@ -319,10 +340,10 @@ def run_vllm(
             print(
                 f"  vllm bench  rate {rate:7.1f}/s  achieved {row['achieved_rate']:7.1f}/s"
                 f"  ttft p99 {row['ttft_p99_ms']:.2f} ms"
-                + ("" if row["is_within_bounds"] else "  <- fell behind"),
+                + ("" if row["is_rate_kept"] else "  <- rate not kept"),
                 flush=True,
             )
-            if not row["is_within_bounds"]:
+            if not row["is_rate_kept"]:
                 break
             best = row
     except (RuntimeError, subprocess.TimeoutExpired, OSError, KeyError, ValueError) as exc:
@@ -379,19 +400,13 @@ def main() -> None:
         tmp = Path(tmpdir)
         stub = Stub(args.chunks, stub_cpus, tmp)
         try:
-            single_rows, single = step_up(stub.url, rates, args, 1, stub.proc.pid)
-            multi_rows, multi = step_up(stub.url, rates, args, args.processes, stub.proc.pid)
+            single = step_up(stub.url, rates, args, 1, stub.proc.pid)
+            multi = step_up(stub.url, rates, args, args.processes, stub.proc.pid)
             vllm_rows, vllm_best, vllm_skipped = run_vllm(stub.url, rates, args, tmp)
         finally:
             stub.stop()
 
-    def capacity(row: dict[str, Any] | None) -> dict[str, Any] | None:
-        if row is None:
-            return None
-        return {k: row[k] for k in ("offered_rate", "achieved_rate", "chunks_per_s",
-                                    "lag_p99_ms", "client_cpu_cores") if k in row}  # fmt: skip
-
-    foreign = [r["foreign_cpu_cores"] for r in single_rows + multi_rows]
+    foreign = [r["foreign_cpu_cores"] for r in single["steps"] + multi["steps"]]
     result = {
         "benchmark": "loadgen_capacity",
         "config": {
@@ -399,6 +414,7 @@ def main() -> None:
             "step_s": args.step_s,
             "rates": rates,
             "lag_bound_ms": args.lag_bound_ms,
+            "achieved_rate_floor": ACHIEVED_RATE_FLOOR,
             "multi_process_processes": args.processes,
             "client_cpus": sorted(client_cpus),
             "stub_cpus": sorted(stub_cpus),
@@ -406,8 +422,8 @@ def main() -> None:
             "seed": args.seed,
             "workload": {"name": "synthetic", "input_len": 32, "output_len": args.chunks},
         },
-        "single_process": {"steps": single_rows, "capacity": capacity(single)},
-        "multi_process": {"steps": multi_rows, "capacity": capacity(multi)},
+        "single_process": single,
+        "multi_process": multi,
         "vllm_bench_serve": {
             "steps": vllm_rows,
             "last_rate_kept": vllm_best["offered_rate"] if vllm_best else None,
@@ -418,15 +434,21 @@ def main() -> None:
             "foreign_cpu_cores_max": max(foreign) if foreign else None,
         },
     }
-    for name, row in (
+    for name, mode in (
         ("one client process", single),
         (f"{args.processes} client processes", multi),
     ):
-        if row is None:
+        lag_cap, rate_cap = mode["capacity_lag_bound"], mode["capacity_rate_kept"]
+        if lag_cap is None:
             print(f"{name}: no step kept p99 lag <= {args.lag_bound_ms:g} ms")
         else:
-            print(f"{name}: {row['offered_rate']:g} requests/s, {row['chunks_per_s']:,.0f} "
-                  f"chunks/s with p99 lag {row['lag_p99_ms']:.3f} ms")  # fmt: skip
+            print(f"{name}: {lag_cap['offered_rate']:g} requests/s, {lag_cap['chunks_per_s']:,.0f} "
+                  f"chunks/s with p99 lag {lag_cap['lag_p99_ms']:.3f} ms")  # fmt: skip
+        if rate_cap is not None:
+            print(f"{name}: rate kept (any lag) up to {rate_cap['offered_rate']:g} requests/s, "
+                  f"{rate_cap['chunks_per_s']:,.0f} chunks/s; client CPU "
+                  f"{mode['client_cpu_us_per_request_median']:.0f} us/request, "
+                  f"{mode['client_cpu_us_per_chunk_median']:.1f} us/chunk")  # fmt: skip
     if vllm_skipped:
         print(f"vllm bench serve: skipped ({vllm_skipped})")
     elif vllm_best is not None:

@@ -10,7 +10,8 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "loadgen_capacity.py"
 STEP_KEYS = {
     "offered_rate", "achieved_rate", "chunks_per_s", "completed", "failed", "lag_p50_ms",
-    "lag_p99_ms", "client_cpu_cores", "stub_cpu_cores", "foreign_cpu_cores", "is_within_bounds",
+    "lag_p99_ms", "client_cpu_cores", "stub_cpu_cores", "foreign_cpu_cores", "is_rate_kept",
+    "is_lag_kept", "client_cpu_us_per_request",
 }  # fmt: skip
 
 
@@ -28,6 +29,7 @@ def test_loadgen_capacity_tiny(tmp_path: Path) -> None:
     assert {"git_sha", "command", "machine", "config", "isolation"} <= set(doc)
     assert doc["vllm_bench_serve"]["skipped"] == "--no-vllm"
     for mode, processes in (("single_process", 1), ("multi_process", 2)):
+        assert {"capacity_lag_bound", "capacity_rate_kept", "requests_per_cpu_s"} <= set(doc[mode])
         steps = doc[mode]["steps"]
         assert steps, mode
         for step in steps:
