@@ -330,8 +330,15 @@ def test_write_report_run(tmp_path: Path) -> None:
     assert (tmp_path / "summary.md").read_text() == summary_markdown(results)
 
 
-def test_write_report_sweep(tmp_path: Path) -> None:
-    loads = [rate_load(r) for r in (1.0, 2.0, 4.0)]
+@pytest.mark.parametrize(
+    "loads",
+    [
+        [rate_load(r) for r in (1.0, 2.0, 4.0)],
+        [rate_load(None, c) for c in (1, 8, 64)],  # geometric: a log2 load axis
+    ],
+    ids=["rates-linear-axis", "concurrencies-log-axis"],
+)
+def test_write_report_sweep(tmp_path: Path, loads: list[dict[str, Any]]) -> None:
     write_report(make_results(loads=loads, slo=True, num_requests=20), tmp_path)
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert names == [
@@ -398,9 +405,10 @@ def test_latency_samples_skip_errors_and_single_token_tpot() -> None:
     ("gpu_count", "label"),
     [
         (8, "output tokens/s per GPU (8 GPUs)"),
+        (1, "output tokens/s per GPU (1 GPU)"),
         (None, "output tokens/s, whole target (gpu_count not recorded)"),
     ],
-    ids=["per-gpu", "no-gpu-count"],
+    ids=["per-gpu", "one-gpu", "no-gpu-count"],
 )
 def test_pareto_y_label_says_when_not_per_gpu(gpu_count: int | None, label: str) -> None:
     assert plots.pareto_y_label(gpu_count) == label

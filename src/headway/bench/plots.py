@@ -261,7 +261,7 @@ def plot_sweep_latency(results: Mapping[str, Any], path: Path) -> Path:
                     label=f"{label} {'p50' if pct == 'median' else pct}",
                 )
         ax.set_title(f"{name} against load")
-        ax.set_xlabel(x_label)
+        _load_axis(ax, x_label, [s.x for _, pts in arms for s in pts])
         ax.set_ylabel(f"{name} (ms{', log scale' if _is_wide(values) else ''})")
         if _is_wide(values):
             _log_axis(ax, "y", values)
@@ -276,7 +276,7 @@ def plot_sweep_latency(results: Mapping[str, Any], path: Path) -> Path:
             if xy_ok:
                 ax.plot(*zip(*xy_ok, strict=True), marker="o", color=color, label=label)
         ax.set_title("SLO attainment against load")
-        ax.set_xlabel(x_label)
+        _load_axis(ax, x_label, [s.x for _, pts in arms for s in pts])
         ax.set_ylabel("requests meeting every SLO (%)")
         ax.set_ylim(0, 102)
         ax.grid(True, alpha=0.3)
@@ -284,6 +284,25 @@ def plot_sweep_latency(results: Mapping[str, Any], path: Path) -> Path:
     fig.suptitle(f"Latency against load ({results.get('kind', 'sweep')})", fontsize=14)
     fig.savefig(path)
     return path
+
+
+# Load levels spanning at least this ratio (1, 4, 16, 64) go on a log2 axis.
+LOG_LOAD_RATIO = 8.0
+
+
+def _load_axis(ax: Axes, label: str, loads: Sequence[float]) -> None:
+    """The load axis of a sweep plot: log2 with a tick at each level when the levels are
+    spread geometrically (1, 2, 4, ... 64), else linear."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    ax.set_xlabel(label)
+    levels = sorted({x for x in loads if x > 0})
+    if len(levels) >= 3 and levels[-1] / levels[0] >= LOG_LOAD_RATIO:
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(levels))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel(f"{label}, log scale")
 
 
 def pareto_front(xy: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -309,7 +328,7 @@ def _short_load(load: Mapping[str, Any] | None) -> str:
 def pareto_y_label(gpu_count: float | None) -> str:
     """The Pareto plot's y label: per GPU when the GPU count is known, else says why not."""
     if gpu_count is not None:
-        return f"output tokens/s per GPU ({gpu_count:g} GPUs)"
+        return f"output tokens/s per GPU ({gpu_count:g} GPU{'' if gpu_count == 1 else 's'})"
     return "output tokens/s, whole target (gpu_count not recorded)"
 
 
@@ -354,8 +373,10 @@ def plot_pareto(results: Mapping[str, Any], path: Path) -> Path:
     ax.set_ylabel(pareto_y_label(gpu_count if per_gpu else None))
     ax.set_title("Throughput against interactivity: up and to the right is better")
     ax.grid(True, alpha=0.3)
-    if all_xy:  # from 0, with room for the load annotations
-        ax.set_xlim(0, 1.15 * max(x for x, _ in all_xy))
+    if all_xy:  # room for the load annotations; throughput from 0
+        xs = [x for x, _ in all_xy]
+        span = (max(xs) - min(xs)) or 0.2 * max(xs)
+        ax.set_xlim(max(0.0, min(xs) - 0.1 * span), max(xs) + 0.15 * span)
         ax.set_ylim(0, 1.15 * max(y for _, y in all_xy))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(framealpha=0.9)
