@@ -175,3 +175,13 @@ def test_directories_stand_for_their_results_json(tmp_path: Path) -> None:
     assert "a: x" in _out(console) and "b: x" in _out(console)
     console = _console()
     assert run_compare([a.parent, tmp_path / "missing"], None, console) == 2
+
+
+def test_shares_change_in_percentage_points() -> None:
+    a, b = make_results(labels=("x",)), make_results(labels=("x",))
+    a["arms"][0]["points"][0]["summary"]["cached_token_share"] = 0.4
+    b["arms"][0]["points"][0]["summary"]["cached_token_share"] = 0.65
+    columns = columns_of([(Path("a.json"), a), (Path("b.json"), b)])
+    cells = dict((m.label, c) for m, c in compare_cells(columns))["Cached-token share"]
+    assert cells[1].plain() == "65.0% (+25.0 pp)"
+    assert cells[1].is_better is True

@@ -5,7 +5,7 @@ the first column.
 Inputs are validated before anything is printed: a file that is missing, is not JSON, or
 lacks a key of schema `headway.bench/1` (docs/bench.md) is reported on one line naming
 the file and the key, and the exit status is 2. A relative change is shown only where the
-first column's value is a non-zero number; "better"/"worse" colouring follows the
+first column's value is a non-zero number (shares: the difference in percentage points); "better"/"worse" colouring follows the
 metric's direction (throughput up is better, latency up is worse).
 """
 
@@ -51,17 +51,24 @@ class Column:
 
 @dataclass(frozen=True)
 class Cell:
-    """A formatted value and its change against the first column."""
+    """A formatted value and its change against the first column: relative (%), or in
+    percentage points for shares (a cache hit share going 40% -> 60% is +20.0 pp)."""
 
     text: str
     change_pct: float | None = None
     is_better: bool | None = None
+    is_points: bool = False
+
+    @property
+    def change_text(self) -> str:
+        """e.g. "(+12.0%)", "(+20.0 pp)", or "" without a change."""
+        if self.change_pct is None:
+            return ""
+        return f"({self.change_pct:+.1f}{' pp' if self.is_points else '%'})"
 
     def plain(self) -> str:
         """The cell as plain text, e.g. "81.3 (+12.0%)"."""
-        if self.change_pct is None:
-            return self.text
-        return f"{self.text} ({self.change_pct:+.1f}%)"
+        return f"{self.text} {self.change_text}" if self.change_pct is not None else self.text
 
 
 def _require(
@@ -151,13 +158,18 @@ def _change(metric: Metric, base: float | None, value: float | None) -> Cell:
     if value is None:
         return Cell(MISSING)
     text = metric.fmt(value)
-    if base is None or base == 0 or not math.isfinite(base):
+    if base is None or not math.isfinite(base):
         return Cell(text)
-    change = 100.0 * (value - base) / abs(base)
+    if metric.is_share:
+        change = 100.0 * (value - base)
+    elif base == 0:
+        return Cell(text)
+    else:
+        change = 100.0 * (value - base) / abs(base)
     is_better = None
     if metric.is_higher_better is not None and change != 0:
         is_better = (change > 0) == metric.is_higher_better
-    return Cell(text, change, is_better)
+    return Cell(text, change, is_better, is_points=metric.is_share)
 
 
 def compare_cells(columns: Sequence[Column]) -> list[tuple[Metric, list[Cell]]]:
@@ -197,7 +209,7 @@ def _rich_compare(columns: Sequence[Column]) -> Table:
             text = Text(cell.text)
             if cell.change_pct is not None:
                 style = {True: "green", False: "red", None: "dim"}[cell.is_better]
-                text.append(f" ({cell.change_pct:+.1f}%)", style=style)
+                text.append(f" {cell.change_text}", style=style)
             row.append(text)
         table.add_row(metric.label, *row)
     return table

@@ -30,6 +30,7 @@ class Metric:
     key: str  # summary key, or "client.<key>" for the client block of a point
     fmt: Callable[[float], str]
     is_higher_better: bool | None = None  # None: neither (counts, lag)
+    is_share: bool = False  # a fraction in [0, 1]: compared in percentage points
 
     def value(self, point: Mapping[str, Any]) -> float | None:
         """The metric's value in `point`, or None when it was not measured."""
@@ -95,10 +96,10 @@ BASE_METRICS: tuple[Metric, ...] = (
     _latency("ITL p99 (ms)", "p99_itl_ms"),
     _latency("E2E p50 (ms)", "median_e2el_ms"),
     _latency("E2E p99 (ms)", "p99_e2el_ms"),
-    Metric("Cached-token share", "cached_token_share", _fmt_share, True),
+    Metric("Cached-token share", "cached_token_share", _fmt_share, True, is_share=True),
 )
 SLO_METRICS: tuple[Metric, ...] = (
-    Metric("SLO attainment", "slo_attainment", _fmt_share, True),
+    Metric("SLO attainment", "slo_attainment", _fmt_share, True, is_share=True),
     Metric("Goodput (req/s)", "request_goodput", _fmt_rate, True),
 )
 COST_METRICS: tuple[Metric, ...] = (
