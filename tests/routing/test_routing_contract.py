@@ -228,7 +228,7 @@ _UNREAD_BY = {
 
 
 @pytest.mark.parametrize("spec", FILTERS + SCORERS, ids=spec_ids(FILTERS + SCORERS))
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(eps=endpoint_sets(), c=contexts, data=st.data())
 def test_reads_only_declared_fields(
     spec: PluginSpec[Any], eps: tuple[EndpointSnapshot, ...], c: RequestContext, data: st.DataObject
@@ -271,10 +271,10 @@ def single_plugin_profile(spec: PluginSpec[Any]) -> Profile:
 
 
 @pytest.mark.parametrize("spec", ALL, ids=spec_ids(ALL))
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     eps=endpoint_sets(min_size=1),
-    cs=st.lists(contexts, min_size=1, max_size=4),
+    cs=st.lists(contexts, min_size=1, max_size=3),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_decisions_reproducible_from_seed(

@@ -159,7 +159,7 @@ def eligible(c: RequestContext, endpoints: tuple[EndpointSnapshot, ...]) -> set[
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS), ids=sorted(PRESETS))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(eps=endpoint_sets(), c=contexts, seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_pipeline_properties(
     preset: str,
