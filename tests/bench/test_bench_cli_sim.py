@@ -123,6 +123,18 @@ def test_multi_process_client_runs_the_same_plan(fleet: Fleet, tmp_path: Path) -
     assert all(r["error"] is None for r in points[1]["requests"])
 
 
+def test_multi_process_results_larger_than_a_pipe_buffer(fleet: Fleet, tmp_path: Path) -> None:
+    # ~100 records of 64 chunk times each pickle to well over the 64 KiB pipe buffer.
+    out = tmp_path / "big"
+    args = ("--workload", "synthetic", "--workload-param", "input_len=16",
+            "--workload-param", "output_len=64", "--max-concurrency", "16",
+            "--num-requests", "100", "--num-client-processes", "2")  # fmt: skip
+    assert bench(*common(fleet, out, *args)) == 0
+    point = load(out)["arms"][0]["points"][0]
+    assert point["summary"]["completed"] == 100
+    assert sum(len(r["itl_s"]) for r in point["requests"]) >= 100 * 60
+
+
 def test_sweep_runs_each_level(fleet: Fleet, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     rc = bench("sweep", *common(fleet, out, "--workload", "synthetic", "--concurrencies",

@@ -33,7 +33,7 @@ from headway.bench.api import (
     write_results,
 )
 from headway.bench.client import DEFAULT_TIMEOUT_S
-from headway.bench.runner import DEFAULT_MAX_SCHEDULING_LAG_MS, LoadLevel
+from headway.bench.runner import DEFAULT_MAX_SCHEDULING_LAG_MS, LoadLevel, WorkerError
 from headway.core.serving_metrics import CostInputs, GoodputSlo
 
 EXIT_INTERRUPTED = 130
@@ -362,6 +362,9 @@ def _execute(
     except asyncio.CancelledError:
         print("headway bench: aborted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except WorkerError as exc:
+        print(f"headway bench: error: {exc}", file=sys.stderr)
+        return 1
     return _finish(results, args)
 
 

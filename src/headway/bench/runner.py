@@ -34,6 +34,7 @@ import contextlib
 import math
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -301,6 +302,10 @@ class PointRunner:
 
 
 # -- multi-process mode ---------------------------------------------------------------
+class WorkerError(RuntimeError):
+    """A client process of the multi-process mode failed or died."""
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """Everything a worker process needs to rebuild its share of the plan (picklable)."""
@@ -336,11 +341,12 @@ def _worker_main(conn: multiprocessing.connection.Connection, spec: WorkerSpec) 
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     try:
-        records = uvloop.run(_worker_async(conn, spec))
+        outcome: tuple[str, Any] = ("done", uvloop.run(_worker_async(conn, spec)))
     except BaseException as exc:  # report, never hang the parent
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    conn.send(("done", records))
+        outcome = ("error", f"{type(exc).__name__}: {exc}")
+    # The event loop's reader left the pipe non-blocking: a large send would fail.
+    os.set_blocking(conn.fileno(), True)
+    conn.send(outcome)
 
 
 async def _worker_async(
@@ -428,13 +434,16 @@ async def run_point_multiprocess(
         procs.append(proc)
 
     async def recv(conn: multiprocessing.connection.Connection) -> Any:
-        return await asyncio.to_thread(conn.recv)
+        try:
+            return await asyncio.to_thread(conn.recv)
+        except (EOFError, OSError) as exc:
+            return ("error", f"the worker process died ({type(exc).__name__})")
 
     try:
         for conn in conns:
             msg = await recv(conn)
             if msg[0] != "ready":
-                raise RuntimeError(f"bench worker failed to start: {msg[1]}")
+                raise WorkerError(f"a client process failed to start: {msg[1]}")
         # A little ahead, so every worker is waiting before offset 0.
         started_at = now_s() + 0.05
         for conn in conns:
@@ -467,7 +476,7 @@ async def run_point_multiprocess(
     is_partial = is_stopped
     for msg in results:
         if msg[0] != "done":
-            raise RuntimeError(f"bench worker failed: {msg[1]}")
+            raise WorkerError(f"a client process failed: {msg[1]}")
         w_records, w_lags, w_ended_at, w_partial = msg[1]
         records.extend(w_records)
         lags.extend(w_lags)
