@@ -17,6 +17,7 @@ from headway.gateway.cli import add_arguments, config_from_args
 from headway.gateway.config import (
     EngineKind,
     GatewayConfigError,
+    KvEventSource,
     config_from_mapping,
     load_config,
 )
@@ -71,6 +72,72 @@ ERRORS = {
     "timeout-negative": ({**cfg(), "timeouts": {"ttft_s": -1}}, "timeouts.ttft_s", "> 0"),
     "timeout-not-number": ({**cfg(), "timeouts": {"total_s": "1m"}}, "timeouts.total_s", "seconds"),
     "drain-null": ({**cfg(), "timeouts": {"drain_s": None}}, "timeouts.drain_s", "seconds"),
+    "endpoint-entry-unknown-field": (
+        cfg(endpoints=[{"url": EP, "kv": "tcp://a:1"}]),
+        "pools[0].endpoints[0].kv",
+        "unknown field",
+    ),
+    "endpoint-entry-no-url": (
+        cfg(endpoints=[{"kv_events": "tcp://a:1"}]),
+        "pools[0].endpoints[0].url",
+        "field required",
+    ),
+    "kv-events-bad-scheme": (
+        cfg(endpoints=[{"url": EP, "kv_events": "http://a:1"}]),
+        "pools[0].endpoints[0].kv_events",
+        "tcp://HOST:PORT",
+    ),
+    "kv-events-bad-port": (
+        cfg(endpoints=[{"url": EP, "kv_events": "tcp://a:0"}]),
+        "pools[0].endpoints[0].kv_events",
+        "port in [1, 65535]",
+    ),
+    "kv-events-replay-bad": (
+        cfg(endpoints=[{"url": EP, "kv_events": {"endpoint": "tcp://a:1", "replay_endpoint": 5}}]),
+        "pools[0].endpoints[0].kv_events.replay_endpoint",
+        "non-empty string",
+    ),
+    "kv-events-no-endpoint": (
+        cfg(endpoints=[{"url": EP, "kv_events": {"topic": "x"}}]),
+        "pools[0].endpoints[0].kv_events.endpoint",
+        "field required",
+    ),
+    "precise-prefix-without-kv-events": (
+        cfg(engine="llamacpp", routing="kv-aware"),
+        "pools[0].routing",
+        "KV-event index",
+    ),
+    "collectors-unknown": (
+        {**cfg(), "collectors": {"interval": 1}},
+        "collectors.interval",
+        "unknown field",
+    ),
+    "collectors-interval": (
+        {**cfg(), "collectors": {"scrape_interval_s": 0}},
+        "collectors.scrape_interval_s",
+        "> 0",
+    ),
+    "collectors-stale-intervals": (
+        {**cfg(), "collectors": {"stale_after_intervals": 0}},
+        "collectors.stale_after_intervals",
+        ">= 1",
+    ),
+    "collectors-discover-not-bool": (
+        {**cfg(), "collectors": {"discover_kv_events": "yes"}},
+        "collectors.discover_kv_events",
+        "true or false",
+    ),
+    "prompt-chunk-chars": (
+        {**cfg(), "prompt": {"chunk_chars": 0}},
+        "prompt.chunk_chars",
+        ">= 1",
+    ),
+    "prompt-unknown": ({**cfg(), "prompt": {"seed": 1}}, "prompt.seed", "unknown field"),
+    "observability-route-header": (
+        {**cfg(), "observability": {"route_header": 1}},
+        "observability.route_header",
+        "true or false",
+    ),
     "cap-zero": (
         cfg(max_in_flight_per_endpoint=0),
         "pools[0].max_in_flight_per_endpoint",
@@ -110,13 +177,85 @@ def test_defaults() -> None:
     config = config_from_mapping({"pools": [{"model": "m", "endpoints": [EP + "/"]}]})
     (p,) = config.pools
     assert p.endpoints == (EP,)
-    assert p.engine is EngineKind.VLLM and p.routing == "round-robin" and p.fallback is None
+    # A vLLM pool may publish KV events (discovered at start): kv-aware by default.
+    assert p.engine is EngineKind.VLLM and p.routing == "kv-aware" and p.fallback is None
+    assert p.has_kv_events and not p.kv_events
     assert config.listen.port == 8080 and config.listen.host == "127.0.0.1"
+    c = config.collectors
+    assert (c.scrape_interval_s, c.stale_after_intervals, c.discover_kv_events) == (0.25, 4, True)
+    assert config.prompt.chunk_chars == 256 and config.prompt.hash_seed is None
+    assert not config.observability.route_header
     assert config.timeouts.ttft_s == 60.0
     assert config.limits.max_body_bytes == 16 * 1024 * 1024
     assert p.max_in_flight_per_endpoint == 256
     assert (p.admission.max_queue, p.admission.max_wait_s) == (1024, 30.0)
     assert p.admission.retry_after_s == 30
+
+
+DEFAULT_ROUTING = {
+    "vllm-discovery": ({}, {}, "kv-aware", True),
+    "vllm-no-discovery": ({}, {"discover_kv_events": False}, "kv-aware-approx", False),
+    "sglang": ({"engine": "sglang"}, {}, "kv-aware-approx", False),
+    "sglang-with-sources": (
+        {"engine": "sglang", "endpoints": [{"url": EP, "kv_events": "tcp://h:5557"}]},
+        {},
+        "kv-aware",
+        True,
+    ),
+    "no-endpoints": ({"endpoints": []}, {}, "kv-aware-approx", False),
+    "named-profile-kept": ({"routing": "least-request"}, {}, "least-request", True),
+}
+
+
+@pytest.mark.parametrize(
+    ("fields", "collectors", "routing", "has_kv"),
+    DEFAULT_ROUTING.values(),
+    ids=DEFAULT_ROUTING.keys(),
+)
+def test_default_routing(
+    fields: dict[str, Any], collectors: dict[str, Any], routing: str, has_kv: bool
+) -> None:
+    (p,) = config_from_mapping({**cfg(**fields), "collectors": collectors}).pools
+    assert (p.routing, p.has_kv_events) == (routing, has_kv)
+
+
+def test_endpoint_kv_event_sources() -> None:
+    (p,) = config_from_mapping(
+        cfg(
+            endpoints=[
+                {"url": EP, "kv_events": "tcp://*:5557"},
+                {
+                    "url": "http://127.0.0.1:9001",
+                    "kv_events": {
+                        "endpoint": "tcp://10.0.0.2:5557",
+                        "replay_endpoint": "tcp://10.0.0.2:6557",
+                        "topic": "kv",
+                    },
+                },
+                "http://127.0.0.1:9002",
+            ]
+        )
+    ).pools
+    assert p.endpoints == (EP, "http://127.0.0.1:9001", "http://127.0.0.1:9002")
+    assert p.kv_events[EP] == KvEventSource("tcp://*:5557")
+    assert p.kv_events["http://127.0.0.1:9001"] == KvEventSource(
+        "tcp://10.0.0.2:5557", "tcp://10.0.0.2:6557", "kv"
+    )
+    assert "http://127.0.0.1:9002" not in p.kv_events
+
+
+def test_collector_prompt_and_observability_fields() -> None:
+    config = config_from_mapping(
+        {
+            **cfg(),
+            "collectors": {"scrape_interval_s": 0.5, "stale_after_intervals": 2},
+            "prompt": {"hash_seed": 0, "chunk_chars": 64, "session_header": "X-Conv"},
+            "observability": {"route_header": True},
+        }
+    )
+    assert config.collectors.scrape_interval_s == 0.5
+    assert config.prompt.hash_seed == "0" and config.prompt.session_header == "x-conv"
+    assert config.observability.route_header
 
 
 def test_backpressure_fields() -> None:

@@ -141,12 +141,24 @@ def test_hung_replica_first_byte_timeout(ff: FailureFleets) -> None:
     timeouts = {"ttft_s": 0.3}
     retrying = InProcessGateway(
         {
-            "pools": [pool(MODEL, ff.hang_one.urls, retry={"budget_min_retries": 10})],
+            "pools": [
+                pool(
+                    MODEL,
+                    ff.hang_one.urls,
+                    routing="round-robin",
+                    retry={"budget_min_retries": 10},
+                )
+            ],
             "timeouts": timeouts,
         }
     ).start()
     no_retry = InProcessGateway(
-        {"pools": [pool(MODEL, ff.hang_one.urls, retry={"max_attempts": 1})], "timeouts": timeouts}
+        {
+            "pools": [
+                pool(MODEL, ff.hang_one.urls, routing="round-robin", retry={"max_attempts": 1})
+            ],
+            "timeouts": timeouts,
+        }
     ).start()
     try:
         for _ in range(4):

@@ -39,14 +39,11 @@ from headway.gateway.config import (
     validate_endpoint,
 )
 from headway.gateway.server import Gateway
-from headway.routing import PRESETS
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_REPLICAS = 4
-# The embedded fleet publishes KV events.
-# TODO(H2): plain "kv-aware" once routing ships the kv-aware presets.
-EMBEDDED_PROFILE = "kv-aware" if "kv-aware" in PRESETS else "round-robin"
+EMBEDDED_PROFILE = "kv-aware"  # the embedded fleet publishes KV events
 # After the drain, for closing idle connections (aiohttp waits up to twice this).
 _CLOSE_TIMEOUT_S = 1.0
 
@@ -214,6 +211,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
             _checked_pool(
                 {
                     "model": (args.model or ["x"])[0],
+                    # like the embedded fleet: an endpoint publishing KV events
+                    "endpoints": [{"url": "http://127.0.0.1:1", "kv_events": "tcp://127.0.0.1:1"}],
                     "routing": args.profile or EMBEDDED_PROFILE,
                     **_backpressure(args),
                 }
@@ -298,7 +297,13 @@ async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool)
             "host": host,
             "port": port,
             "pools": [
-                {"model": p.model, "aliases": list(p.aliases), "endpoints": list(p.endpoints)}
+                {
+                    "model": p.model,
+                    "aliases": list(p.aliases),
+                    "endpoints": list(p.endpoints),
+                    "routing": p.routing if isinstance(p.routing, str) else "custom",
+                    "kv_events": p.has_kv_events,
+                }
                 for p in config.pools
             ],
             "embedded_fleet": embedded,

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 import yaml
 
 from headway.routing import (
-    PRESETS,
     ConfigError,
     KvBlockIndex,
     RoutingResources,
@@ -47,6 +46,7 @@ class EngineKind(StrEnum):
     OPENAI = "openai"
 
 
+# A PoolConfig built in code; pools loaded from config get `default_preset` (KV events?).
 DEFAULT_PROFILE = "round-robin"
 DEFAULT_MAX_IN_FLIGHT_PER_ENDPOINT = 256
 
@@ -513,8 +513,6 @@ def _pool(raw: object, path: str, collectors: CollectorsConfig) -> PoolConfig:
     routing_raw = data.get("routing")
     if routing_raw is None:
         routing_raw = default_preset(has_kv_events)
-        if routing_raw not in PRESETS:  # TODO(H2): drop once routing ships the kv-aware presets
-            routing_raw = DEFAULT_PROFILE
     return PoolConfig(
         model=model,
         endpoints=tuple(endpoints),

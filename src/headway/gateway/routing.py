@@ -182,6 +182,13 @@ class Router:
         self.config = config
         self._outliers = outliers
         self._block_size_of = block_size_of
+        if kv_index is None and any(p.has_kv_events for p in config.pools):
+            # Nothing feeds it: every endpoint counts as unknown, and `precise-prefix`
+            # falls back to approximate matching (the gateway passes its fed index).
+            kv_index = KvBlockIndex()
+            for p in config.pools:
+                for url in p.endpoints:
+                    kv_index.mark_stale(url)
         self._pools = {
             p.model: PoolRouter(p, tracker, seed + i, outliers, scraper, kv_index)
             for i, p in enumerate(config.pools)

@@ -556,6 +556,7 @@ class Gateway:
         sse = SseRelayFilter(strip_usage=req.must_strip_usage)
         deadline = first_deadline
         is_first = True
+        is_counted = False
         error: tuple[int, str] | None = None
         while True:
             try:
@@ -572,6 +573,11 @@ class Gateway:
                     error = (502, f"upstream {route.endpoint} ended the stream before it finished")
                 break
             out = sse.feed(chunk)
+            if sse.is_done and not is_counted:
+                # Count before the last bytes go out, so a client that reads /metrics
+                # right after its stream ended sees its tokens.
+                self._count_tokens(route, sse.usage)
+                is_counted = True
             if out:
                 if not resp.prepared:
                     await self._start_stream(request, resp)
@@ -588,7 +594,8 @@ class Gateway:
                 deadline = _earliest(total_deadline, time.monotonic() + timeouts.idle_s)
             else:
                 deadline = total_deadline
-        self._count_tokens(route, sse.usage)
+        if not is_counted:
+            self._count_tokens(route, sse.usage)
         if error is not None and not resp.prepared:
             reason = "timeout" if error[0] == 504 else "read_error"
             raise _AttemptFailed(ApiError(*error), reason)
