@@ -103,7 +103,8 @@ def _engine_events() -> list[bytes]:
     seq.num_computed_tokens = 40
     manager.cache_full_blocks(seq)
     first = manager.pool.drain_events()
-    seq.output_token_ids.extend(range(1000, 1008))
+    for token in range(1000, 1008):
+        seq.append_output(token)
     manager.update_hashes(seq)
     assert manager.allocate(seq, 8, PrefixHit(()))
     seq.num_computed_tokens = 48

@@ -37,7 +37,14 @@ from headway.core.kv_events import EventBatch
 from headway.core.sampler import DeterministicSampler
 from headway.core.sequence import EngineRequest
 from headway.core.serving_metrics import RequestRecord
-from headway.core.tokenizer import ChatTemplate, Tokenizer
+from headway.core.tokenizer import (
+    BEGIN_OF_TEXT,
+    END_HEADER,
+    END_OF_TURN,
+    START_HEADER,
+    ChatTemplate,
+    Tokenizer,
+)
 from headway.core.workloads import Call, Session
 from headway.routing import (
     EndpointSnapshot,
@@ -119,6 +126,8 @@ class _Replica:
     # The gateway's own in-flight accounting.
     num_in_flight_requests: int = 0
     num_in_flight_tokens: int = 0
+    snapshot: EndpointSnapshot | None = None
+    snapshot_key: tuple[float | None, int, int] | None = None
 
 
 @dataclass
@@ -172,29 +181,64 @@ class ClusterRun:
 
 
 class PromptEncoder:
-    """Chat messages -> prompt token ids and block hashes, cached per prompt.
+    """Chat messages -> prompt token ids and block hashes.
 
     The same Llama-3 template and tokenizer `headway sim` applies, so a prompt's tokens
-    (and block hashes) are those the live engine would see.
+    (and block hashes) are those the live engine would see. Tokenizing whole prompts
+    costs more than the rest of a simulated request, so each message is encoded on its
+    own (its header, its content, its end-of-turn marker), cached by content, and the
+    pieces concatenated. That is exact when the tokenizer's pre-tokenizer splits at
+    those boundaries (it does for the shipped tokenizer and the workloads' text); the
+    first `num_checked` distinct prompts are also encoded whole and compared, and one
+    mismatch switches the encoder to whole-prompt encoding for the rest of the run.
     """
 
-    def __init__(self, tokenizer: Tokenizer, block_size: int, hash_seed: str | None) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        block_size: int,
+        hash_seed: str | None,
+        num_checked: int = 16,
+    ) -> None:
         self._tokenizer = tokenizer
         self._template = ChatTemplate()
         self._hasher = BlockHasher(block_size, hash_seed)
-        self._cache: dict[Call, tuple[tuple[int, ...], tuple[bytes, ...]]] = {}
+        self._pieces: dict[str, tuple[int, ...]] = {}
+        self._num_left_to_check = num_checked
+        self.is_piecewise = True
+
+    def _piece(self, text: str) -> tuple[int, ...]:
+        ids = self._pieces.get(text)
+        if ids is None:
+            ids = self._pieces[text] = tuple(self._tokenizer.encode(text))
+        return ids
+
+    def _whole(self, call: Call) -> tuple[int, ...]:
+        messages = [{"role": m.role, "content": m.content} for m in call.messages]
+        return tuple(self._tokenizer.encode(self._template.render(messages)))
+
+    def token_ids(self, call: Call) -> tuple[int, ...]:
+        if not self.is_piecewise:
+            return self._whole(call)
+        ids: list[int] = [*self._piece(BEGIN_OF_TEXT)]
+        for m in call.messages:
+            ids += self._piece(f"{START_HEADER}{m.role}{END_HEADER}\n\n")
+            ids += self._piece(m.content)
+            ids += self._piece(END_OF_TURN)
+        ids += self._piece(f"{START_HEADER}assistant{END_HEADER}\n\n")
+        out = tuple(ids)
+        if self._num_left_to_check > 0:
+            self._num_left_to_check -= 1
+            whole = self._whole(call)
+            if whole != out:
+                self.is_piecewise = False
+                return whole
+        return out
 
     def encode(self, call: Call) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
-        hit = self._cache.get(call)
-        if hit is not None:
-            return hit
-        text = self._template.render(
-            [{"role": m.role, "content": m.content} for m in call.messages]
-        )
-        token_ids = tuple(self._tokenizer.encode(text))
-        out = (token_ids, tuple(self._hasher.hash_all(token_ids)))
-        self._cache[call] = out
-        return out
+        """The prompt's token ids and the engine's block hashes of its full blocks."""
+        token_ids = self.token_ids(call)
+        return token_ids, tuple(self._hasher.hash_all(token_ids))
 
 
 class ClusterSimulation:
@@ -417,21 +461,28 @@ class ClusterSimulation:
             r.scraped_at = now_s
 
     def _snapshots(self) -> list[EndpointSnapshot]:
-        return [
-            EndpointSnapshot(
-                endpoint_id=r.endpoint_id,
-                models=self._models,
-                num_queued_requests=r.scraped_waiting,
-                num_running_requests=r.scraped_running,
-                kv_cache_usage=r.scraped_kv_usage,
-                num_in_flight_requests=r.num_in_flight_requests,
-                num_in_flight_tokens=r.num_in_flight_tokens,
-                metrics_updated_at=r.scraped_at,
-                block_size=r.resolved.config.block_size,
-                num_gpu_blocks=r.resolved.config.num_gpu_blocks,
-            )
-            for r in self._replicas
-        ]
+        return [self._snapshot(r) for r in self._replicas]
+
+    def _snapshot(self, r: _Replica) -> EndpointSnapshot:
+        """`r`'s snapshot, rebuilt only when a scrape or its in-flight counts changed it
+        (snapshots are immutable values; building 64 per decision dominated routing)."""
+        key = (r.scraped_at, r.num_in_flight_requests, r.num_in_flight_tokens)
+        if r.snapshot is not None and r.snapshot_key == key:
+            return r.snapshot
+        r.snapshot_key = key
+        r.snapshot = EndpointSnapshot(
+            endpoint_id=r.endpoint_id,
+            models=self._models,
+            num_queued_requests=r.scraped_waiting,
+            num_running_requests=r.scraped_running,
+            kv_cache_usage=r.scraped_kv_usage,
+            num_in_flight_requests=r.num_in_flight_requests,
+            num_in_flight_tokens=r.num_in_flight_tokens,
+            metrics_updated_at=r.scraped_at,
+            block_size=r.resolved.config.block_size,
+            num_gpu_blocks=r.resolved.config.num_gpu_blocks,
+        )
+        return r.snapshot
 
     def _stats(self) -> tuple[ReplicaStats, ...]:
         out = []

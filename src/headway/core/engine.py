@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from headway.core.block_hash import BlockHasher
 from headway.core.block_pool import BlockPool
@@ -44,9 +45,9 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
-@dataclass(frozen=True)
-class TokenOutput:
-    """Tokens a sequence produced in one step, and whether it finished."""
+class TokenOutput(NamedTuple):
+    """Tokens a sequence produced in one step, and whether it finished (a named tuple:
+    one is built per sequence per step)."""
 
     request_id: str
     new_token_ids: tuple[int, ...]
@@ -214,40 +215,49 @@ class Engine:
         cost = self._step_cost(work)
         outputs: list[TokenOutput] = []
         num_prefill = num_decode = 0
+        kv = self.kv
+        bs = self.config.block_size
+        counters = self.counters
+        # The per-token path runs for every sequence of every step (here and in the
+        # cluster simulation): the cheap "nothing to hash / cache yet" checks are done
+        # inline before calling into the KV manager.
         for s in sched.scheduled:
             seq = s.seq
+            num_new = s.num_new_tokens
             # A step that ends exactly at the last known token samples a new one.
-            is_decode = s.num_context_tokens >= seq.num_prompt_tokens and s.num_new_tokens == 1
-            if is_decode:
+            if num_new == 1 and s.num_context_tokens >= seq.num_prompt_tokens:
                 num_decode += 1
             else:
-                num_prefill += s.num_new_tokens
-            seq.num_computed_tokens += s.num_new_tokens
-            if seq.num_computed_tokens < seq.num_tokens:
-                self.kv.cache_full_blocks(seq)
+                num_prefill += num_new
+            num_computed = seq.num_computed_tokens = seq.num_computed_tokens + num_new
+            if num_computed < seq.num_tokens:
+                kv.cache_full_blocks(seq)
                 continue
             token = self._sample(seq)
-            seq.output_token_ids.append(token)
-            self.counters.num_generation_tokens += 1
-            self.kv.update_hashes(seq)
-            self.kv.cache_full_blocks(seq)
+            seq.append_output(token)
+            counters.num_generation_tokens += 1
+            if seq.num_tokens // bs > len(seq.block_hashes):
+                kv.update_hashes(seq)
+            if min(num_computed // bs, len(seq.block_hashes)) > seq.num_cached_blocks:
+                kv.cache_full_blocks(seq)
             reason = self._stop_reason(seq, token)
-            if seq.num_output_tokens == 1:
-                self.counters.num_prompt_tokens += seq.num_prompt_tokens
-            cached = max(seq.num_cached_tokens, 0)
+            num_output = len(seq.output_token_ids)
+            if num_output == 1:
+                counters.num_prompt_tokens += seq.num_prompt_tokens
+            cached = seq.num_cached_tokens
             outputs.append(
                 TokenOutput(
-                    seq.request_id,
+                    seq.request.request_id,
                     (token,),
                     seq.num_prompt_tokens,
-                    seq.num_output_tokens,
-                    cached,
+                    num_output,
+                    cached if cached > 0 else 0,
                     reason,
                 )
             )
             if reason is not None:
                 self._finish(seq, reason)
-                self.counters.num_finished += 1
+                counters.num_finished += 1
         self.counters.num_preemptions += len(sched.preempted)
         self.counters.num_prefix_query_tokens += sched.num_prefix_query_tokens
         self.counters.num_prefix_hit_tokens += sched.num_prefix_hit_tokens

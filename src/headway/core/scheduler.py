@@ -17,10 +17,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from headway.core.block_pool import PrefixHit
 from headway.core.kv_cache_manager import KvCacheManager
 from headway.core.sequence import SeqStatus, Sequence
+
+_NO_PREFIX = PrefixHit(())
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,8 @@ def vllm_default_limits(device_memory_bytes: float) -> tuple[int, int]:
     return 2048, 256
 
 
-@dataclass(frozen=True)
-class ScheduledSeq:
-    """A sequence's share of a step."""
+class ScheduledSeq(NamedTuple):
+    """A sequence's share of a step (a named tuple: one is built per sequence per step)."""
 
     seq: Sequence
     num_new_tokens: int
@@ -116,7 +118,7 @@ class Scheduler:
                 i += 1
                 continue
             allocated = True
-            while not self.kv.allocate(seq, num_new, PrefixHit(())):
+            while not self.kv.allocate(seq, num_new, _NO_PREFIX):
                 victim = self.running.pop()  # most recently admitted
                 self._preempt(victim)
                 out.preempted.append(victim)

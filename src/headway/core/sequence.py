@@ -44,9 +44,13 @@ class EngineRequest:
     prompt_block_hashes: tuple[bytes, ...] | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Sequence:
-    """Mutable engine-side state of one request."""
+    """Mutable engine-side state of one request.
+
+    `output_token_ids` grows only through `append_output`, which keeps `num_tokens`
+    (read several times per token in a step) a plain attribute.
+    """
 
     request: EngineRequest
     arrival_index: int
@@ -60,18 +64,20 @@ class Sequence:
     num_preemptions: int = 0
     finish_reason: FinishReason | None = None
     sample_key: int = 0
+    num_prompt_tokens: int = field(init=False)
+    num_tokens: int = field(init=False)  # prompt + output tokens
+
+    def __post_init__(self) -> None:
+        self.num_prompt_tokens = len(self.request.prompt_token_ids)
+        self.num_tokens = self.num_prompt_tokens + len(self.output_token_ids)
 
     @property
     def request_id(self) -> str:
         return self.request.request_id
 
-    @property
-    def num_prompt_tokens(self) -> int:
-        return len(self.request.prompt_token_ids)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.request.prompt_token_ids) + len(self.output_token_ids)
+    def append_output(self, token_id: int) -> None:
+        self.output_token_ids.append(token_id)
+        self.num_tokens += 1
 
     @property
     def num_output_tokens(self) -> int:
