@@ -481,3 +481,21 @@ def test_schedule_warning_shown_once() -> None:
     ]
     out = _record(results)
     assert out.count("schedule") == 1, out
+
+
+def test_workload_params_shown_as_cli_specs() -> None:
+    results = make_results(labels=("a",), num_requests=4)
+    results["metadata"]["workload"] = {
+        "name": "agentic",
+        "params": {
+            "num_tool_rounds": 3,
+            "task_tokens": {"mean": 256, "kind": "constant", "spread": 0.5, "max_len": None},
+            "tool_latency_s": {"mean_s": 0.5, "kind": "exponential", "spread": 0.5},
+            "other": {"a": [1, 2]},
+        },
+    }
+    md = summary_markdown(results)
+    assert (
+        "agentic (num_tool_rounds=3, task_tokens=256, "
+        'tool_latency_s=exponential:0.5:spread=0.5, other={"a":[1,2]})'
+    ) in md

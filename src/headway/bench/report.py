@@ -9,6 +9,7 @@ measure (no SLO, no cost inputs) get no row; a missing value in a row is shown a
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -307,7 +308,7 @@ def metadata_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         params = workload.get("params")
         text = str(workload.get("name", "?"))
         if isinstance(params, Mapping) and params:
-            text += " (" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")"
+            text += " (" + ", ".join(f"{k}={_param_text(v)}" for k, v in params.items()) + ")"
         items.append(("workload", text))
     for key in ("command", "model", "git_sha", "headway_version", "started_at", "seed"):
         if meta.get(key) is not None:
@@ -332,6 +333,28 @@ def metadata_items(results: Mapping[str, Any]) -> list[tuple[str, str]]:
             text += f" ({version_text})"
         items.append((f"arm {arm.get('label', '?')}", text))
     return items
+
+
+def _param_text(value: object) -> str:
+    """A workload parameter as written on the command line: a length or delay
+    distribution as `kind:mean[:field=value,...]` (just the mean when constant)."""
+    if isinstance(value, Mapping):
+        mean_key = "mean" if "mean" in value else "mean_s" if "mean_s" in value else None
+        if mean_key is not None and "kind" in value:
+            if value["kind"] == "constant":
+                return (
+                    f"{value[mean_key]:g}"
+                    if isinstance(value[mean_key], float)
+                    else str(value[mean_key])
+                )
+            extra = ",".join(
+                f"{k}={v}"
+                for k, v in value.items()
+                if k not in ("kind", mean_key) and v is not None
+            )
+            return f"{value['kind']}:{value[mean_key]}" + (f":{extra}" if extra else "")
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value)
 
 
 def _versions_text(versions: Mapping[str, Any]) -> str:
