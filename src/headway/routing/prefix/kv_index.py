@@ -28,8 +28,11 @@ as held while any group's store of it has not been removed.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate, repeat, takewhile
+from operator import and_
 
 from headway.core.kv_events import (
     DEFAULT_MEDIUM,
@@ -42,6 +45,11 @@ from headway.core.kv_events import (
 
 def _is_gpu(medium: str | None) -> bool:
     return medium is None or medium == DEFAULT_MEDIUM
+
+
+def _lacks(bit: int) -> Callable[[int], bool]:
+    """Key for bisecting a shrinking sequence of holder masks: False while `bit` is set."""
+    return lambda mask: not mask & bit
 
 
 class KvBlockIndex:
@@ -167,8 +175,9 @@ class KvBlockIndex:
         """For each endpoint, how many LEADING blocks of `block_hashes` it holds.
 
         Stale endpoints are answered from what the index holds; callers check
-        `is_stale`. Cost: one dict lookup and one AND per request block, up to the
-        longest match, plus O(endpoints) when some stop matching.
+        `is_stale`. Cost: one dict lookup and one AND per request block up to the
+        longest match (run in C by `map`/`accumulate`/`takewhile`), then a binary
+        search per endpoint.
         """
         lengths = dict.fromkeys(endpoint_ids, 0)
         bits = self._bit
@@ -176,23 +185,15 @@ class KvBlockIndex:
         alive = 0
         for _, bit in candidates:
             alive |= bit
-        holders = self._holders
-        depth = 0
-        for h in block_hashes:
-            if not alive:
-                break
-            still = holders.get(h, 0) & alive
-            if still != alive:
-                gone = alive & ~still
-                for e, bit in candidates:
-                    if bit & gone:
-                        lengths[e] = depth
-            alive = still
-            depth += 1
-        if alive:
-            for e, bit in candidates:
-                if bit & alive:
-                    lengths[e] = depth
+        if not alive or not block_hashes:
+            return lengths
+        # held[k] = the candidates holding all of the first k request blocks; the
+        # sequence only loses bits, and stops before the first empty set.
+        masks = map(self._holders.get, block_hashes, repeat(0, len(block_hashes)))
+        held = list(takewhile(bool, accumulate(masks, and_, initial=alive)))
+        for e, bit in candidates:
+            # first k whose set lacks `bit`; e holds k - 1 leading blocks
+            lengths[e] = bisect_left(held, True, key=_lacks(bit)) - 1
         return lengths
 
     def blocks_of(self, endpoint_id: str) -> frozenset[int]:
