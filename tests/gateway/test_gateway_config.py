@@ -64,6 +64,12 @@ ERRORS = {
         "pools[1].aliases[1]",
         "already served by pools[0]",
     ),
+    "lora-adapter-taken": (
+        {"pools": [{"model": "a"}, {"model": "b", "lora_adapters": ["a"]}]},
+        "pools[1].lora_adapters[0]",
+        "already served by pools[0]",
+    ),
+    "lora-adapters-not-list": (cfg(lora_adapters="x"), "pools[0].lora_adapters", "list of strings"),
     "fallback-unknown": (cfg(fallback="zzz"), "pools[0].fallback", "no pool"),
     "fallback-self": (cfg(fallback="m"), "pools[0].fallback", "itself"),
     "unknown-pool-field": (cfg(weight=1), "pools[0].weight", "unknown field"),

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp import web
 from gateway_harness import InProcessGateway, ThreadedUpstream, pool
-from sim_harness import post
+from sim_harness import get, post
 
 TOKEN = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
 USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
@@ -66,7 +66,7 @@ def gateway(stub: StubUpstream) -> Iterator[InProcessGateway]:
     gw = InProcessGateway(
         {
             "pools": [
-                pool("m", [stub.url], aliases=["m-alias"]),
+                pool("m", [stub.url], aliases=["m-alias"], lora_adapters=["m-sql-lora"]),
                 pool("stall", [stub.url]),
                 pool("status-503", [stub.url]),
             ],
@@ -154,3 +154,32 @@ def test_upstream_idle_mid_stream_ends_with_sse_error(gateway: InProcessGateway)
     assert raw.startswith(TOKEN)
     last = json.loads(raw.decode().split("\n\n")[-2].removeprefix("data: "))
     assert last["error"]["code"] == 504 and "next chunk" in last["error"]["message"]
+
+
+def test_lora_adapter_is_forwarded_by_name_and_routed_as_such(
+    stub: StubUpstream, gateway: InProcessGateway
+) -> None:
+    router = gateway.gateway.router.pool_router("m")
+    seen: list[Any] = []
+    decide = router.decide
+
+    def recording(ctx: Any, snapshots: Any) -> Any:
+        seen.append(ctx)
+        return decide(ctx, snapshots)
+
+    router.decide = recording  # type: ignore[method-assign]
+    try:
+        for model, adapter in (("m-sql-lora", "m-sql-lora"), ("m-alias", None)):
+            body = json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]})
+            resp = send(gateway, body.encode())
+            assert resp.status == 200, resp.text
+            upstream_model = json.loads(stub.received[-1][1])["model"]
+            # An adapter keeps its name upstream (the engine serves it by that name);
+            # an alias becomes the pool's model.
+            assert upstream_model == (adapter or "m")
+            assert seen[-1].lora_adapter == adapter and seen[-1].model == "m"
+            assert seen[-1].block_hashes == ()  # LoRA extra keys unknown; no pool KV events
+    finally:
+        router.decide = decide  # type: ignore[method-assign]
+    models = {m["id"] for m in json.loads(get(gateway.url, "/v1/models").body)["data"]}
+    assert {"m", "m-alias", "m-sql-lora"} <= models

@@ -162,6 +162,8 @@ class PoolConfig:
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     health_check: HealthCheckConfig = field(default_factory=HealthCheckConfig)
+    # LoRA adapters the endpoints serve, requested by name in `model` (forwarded as is)
+    lora_adapters: tuple[str, ...] = ()
     # endpoint URL -> its KV-event source, for endpoints that name one
     kv_events: Mapping[str, KvEventSource] = field(default_factory=lambda: MappingProxyType({}))
     # whether KV events are expected (sources given, or discovery on a vLLM pool)
@@ -169,7 +171,12 @@ class PoolConfig:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (self.model, *self.aliases)
+        """Every name a request's `model` may use for this pool."""
+        return (self.model, *self.aliases, *self.lora_adapters)
+
+    def upstream_model(self, requested: str) -> str:
+        """The `model` sent upstream: a LoRA adapter's own name, else the pool's."""
+        return requested if requested in self.lora_adapters else self.model
 
     def routing_config(self) -> Mapping[str, Any]:
         """What `headway.routing.build_handler` takes."""
@@ -369,6 +376,7 @@ _POOL_KEYS = (
     "outlier",
     "retry",
     "health_check",
+    "lora_adapters",
 )
 
 
@@ -483,6 +491,7 @@ def _pool(raw: object, path: str, collectors: CollectorsConfig) -> PoolConfig:
         raise GatewayConfigError(_join(path, "model"), "field required")
     model = _str(data["model"], _join(path, "model"))
     aliases = _str_list(data.get("aliases", ()), _join(path, "aliases"))
+    lora_adapters = _str_list(data.get("lora_adapters", ()), _join(path, "lora_adapters"))
     ep_path = _join(path, "endpoints")
     raw_eps = data.get("endpoints", ())
     if isinstance(raw_eps, str) or not isinstance(raw_eps, Sequence):
@@ -517,6 +526,7 @@ def _pool(raw: object, path: str, collectors: CollectorsConfig) -> PoolConfig:
         model=model,
         endpoints=tuple(endpoints),
         aliases=aliases,
+        lora_adapters=lora_adapters,
         engine=engine,
         routing=_routing(routing_raw, _join(path, "routing"), has_kv_events),
         fallback=fallback,
@@ -620,7 +630,12 @@ def config_from_mapping(raw: object) -> GatewayConfig:
     seen: dict[str, int] = {}
     for i, pool in enumerate(pools):
         for j, name in enumerate(pool.names):
-            where = _join("pools", i) + (".model" if j == 0 else f".aliases[{j - 1}]")
+            if j == 0:
+                where = _join("pools", i) + ".model"
+            elif j <= len(pool.aliases):
+                where = _join("pools", i) + f".aliases[{j - 1}]"
+            else:
+                where = _join("pools", i) + f".lora_adapters[{j - 1 - len(pool.aliases)}]"
             if name in seen:
                 raise GatewayConfigError(
                     where, f"{name!r} is already served by pools[{seen[name]}]"

@@ -336,6 +336,7 @@ class Gateway:
                 chunk_hashes=info.chunk_hashes,
                 headers=_routing_headers(request),
                 session_id=self._session_id(request),
+                lora_adapter=req.model if req.model in pool.lora_adapters else None,
             )
             # In-flight token load: prompt + the most it may generate.
             num_tokens = num_prompt_tokens + max(0, req.max_tokens or 0)
@@ -422,7 +423,10 @@ class Gateway:
         if self.prompts is None:
             return _NO_PROMPT
         tokenize = pool.has_kv_events
-        block_size = self.router.block_size(pool) if tokenize else None
+        # LoRA blocks hash with the adapter's name and path (vLLM's extra keys), which
+        # the gateway does not know: no precise hashes for them, approximate matching.
+        is_lora = req.model in pool.lora_adapters
+        block_size = self.router.block_size(pool) if tokenize and not is_lora else None
         return await self.prompts.read(
             req.data, is_chat=is_chat, block_size=block_size, tokenize=tokenize
         )
@@ -470,7 +474,7 @@ class Gateway:
             if value is not None:
                 headers[name] = value
         url = route.endpoint + request.path
-        payload = upstream_body(body, req, route.pool.model)
+        payload = upstream_body(body, req, route.pool.upstream_model(req.model))
         upstream: UpstreamResponse | None = None
         is_complete = False
         try:
