@@ -117,23 +117,13 @@ class PoolRouter:
         cached = self._snapshot_cache.get(url)
         if cached is not None and cached[0] == key:
             return cached[1]
-        snapshot = EndpointSnapshot(
-            endpoint_id=url,
-            models=self._models,
-            num_in_flight_requests=num_requests,
-            num_in_flight_tokens=num_tokens,
-            is_ejected=is_ejected,
-        )
+        scraped: dict[str, object] = {}
         if view is not None:
+            scraped["metrics_updated_at"] = view.updated_at
+            scraped["is_metrics_stale"] = view.is_stale
             m = view.metrics
-            snapshot = replace(
-                snapshot,
-                metrics_updated_at=view.updated_at,
-                is_metrics_stale=view.is_stale,
-            )
             if m is not None:
-                snapshot = replace(
-                    snapshot,
+                scraped.update(
                     num_queued_requests=m.num_queued_requests or 0,
                     num_running_requests=m.num_running_requests or 0,
                     kv_cache_usage=m.kv_cache_usage or 0.0,
@@ -142,6 +132,14 @@ class PoolRouter:
                     block_size=m.block_size,
                     num_gpu_blocks=m.num_gpu_blocks,
                 )
+        snapshot = EndpointSnapshot(
+            endpoint_id=url,
+            models=self._models,
+            num_in_flight_requests=num_requests,
+            num_in_flight_tokens=num_tokens,
+            is_ejected=is_ejected,
+            **scraped,  # type: ignore[arg-type]
+        )
         self._snapshot_cache[url] = (key, snapshot)
         return snapshot
 
