@@ -1,10 +1,14 @@
-"""What the long-running subcommands (`sim`, `serve`) share: logging set-up and running
-their main coroutine on uvloop with configuration errors turned into exit status 2."""
+"""What the subcommands share: logging set-up, running a main coroutine on uvloop with
+configuration errors turned into exit status 2, and argparse types used by several
+commands (`KEY=VALUE` parameters, `--goodput METRIC:MS`)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import logging
+import math
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -30,3 +34,36 @@ def run_main(
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def key_value_arg(text: str) -> tuple[str, object]:
+    """argparse type for `KEY=VALUE`; the value is parsed as JSON when it is JSON
+    (`n=8` -> 8, `d={"kind": "lognormal"}`), else kept as the string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        value: object = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+GOODPUT_KEYS = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2el": "e2el_ms"}
+
+
+def goodput_arg(text: str) -> tuple[str, float]:
+    """argparse type for one `--goodput` item, `METRIC:MS` as vLLM's bench spells it
+    (METRIC one of ttft, tpot, e2el) -> (GoodputSlo field name, milliseconds)."""
+    name, sep, raw = text.partition(":")
+    if not sep or name not in GOODPUT_KEYS:
+        raise argparse.ArgumentTypeError(
+            f"expected METRIC:MS with METRIC one of {', '.join(GOODPUT_KEYS)}, got {text!r}"
+        )
+    try:
+        ms = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: expected milliseconds, got {raw!r}") from None
+    if not (math.isfinite(ms) and ms > 0):
+        raise argparse.ArgumentTypeError(f"{name}: must be > 0 ms, got {raw!r}")
+    return GOODPUT_KEYS[name], ms

@@ -313,3 +313,31 @@ def summarize(
             cost, per_s(total_useful_output)
         )
     return summary
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+def request_rows(records: Sequence[RequestRecord], started_at: float) -> list[dict[str, object]]:
+    """The per-request arrays of a benchmark point (section "requests" of results.json):
+    seconds, `start_s` counted from `started_at`, rounded to the microsecond."""
+    rows: list[dict[str, object]] = []
+    for r in records:
+        t = request_timings(r)
+        rows.append(
+            {
+                "call_id": r.call_id,
+                "session_id": r.session_id,
+                "start_s": _rounded(r.sent_at - started_at),
+                "ttft_s": _rounded(t.ttft_s),
+                "ttft_content_s": _rounded(t.ttft_content_s),
+                "e2el_s": _rounded(t.e2el_s),
+                "itl_s": [round(x, 6) for x in t.itl_s],
+                "prompt_tokens": r.prompt_tokens,
+                "output_tokens": r.output_tokens,
+                "cached_tokens": r.cached_tokens,
+                "error": r.error,
+            }
+        )
+    return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from headway.plan import throughput
+from headway.plan import simulate, throughput
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     throughput.add_arguments(p)
     p.set_defaults(_plan_run=throughput.run)
+    p = sub.add_parser("simulate", help=(simulate.__doc__ or "").splitlines()[0])
+    simulate.add_arguments(p)
+    p.set_defaults(_plan_run=simulate.run)
 
 
 def run(args: argparse.Namespace) -> int:
