@@ -499,3 +499,18 @@ def test_workload_params_shown_as_cli_specs() -> None:
         "agentic (num_tool_rounds=3, task_tokens=256, "
         'tool_latency_s=exponential:0.5:spread=0.5, other={"a":[1,2]})'
     ) in md
+
+
+def test_overview_table_one_row_per_load_level() -> None:
+    results = make_results(
+        labels=("rr", "kv"), loads=[rate_load(4.0), rate_load(1.0)], slo=True, num_requests=6
+    )
+    results["arms"][1]["points"].pop()  # kv stopped after 4 req/s
+    md = summary_markdown(results)
+    assert "### Overview: key metrics by load level" in md
+    rows = _md_rows(md)
+    assert len(rows["1 req/s"]) == len(rows["4 req/s"]) == 10  # 2 arms x 5 metrics
+    assert rows["1 req/s"][5:] == ["-"] * 5
+    kv_tput = results["arms"][1]["points"][0]["summary"]["output_throughput"]
+    assert float(rows["4 req/s"][5].replace(",", "")) == pytest.approx(kv_tput, abs=0.006)
+    assert "Overview" not in summary_markdown(make_results(num_requests=4))

@@ -246,10 +246,51 @@ def slo_search_table(results: Mapping[str, Any]) -> TextTable | None:
     )
 
 
+# (short column name, metric): the overview has one column per arm and metric.
+OVERVIEW_METRICS: tuple[tuple[str, Metric], ...] = (
+    ("out tok/s", BASE_METRICS[3]),
+    ("TTFT p50 ms", BASE_METRICS[6]),
+    ("TTFT p99 ms", BASE_METRICS[8]),
+    ("TPOT p50 ms", BASE_METRICS[10]),
+    ("SLO met", SLO_METRICS[0]),
+)
+
+
+def overview_table(results: Mapping[str, Any]) -> TextTable | None:
+    """For several load levels: one row per level, a few key metrics of every arm, so a
+    sweep reads at a glance (None for a single level)."""
+    groups: dict[tuple[str, str, str], dict[str, Mapping[str, Any]]] = {}
+    labels: list[str] = []
+    for arm, point in iter_points(results):
+        label = str(arm.get("label", "?"))
+        if label not in labels:
+            labels.append(label)
+        groups.setdefault(_load_key(point.get("load")), {})[label] = point
+    if len(groups) < 2:
+        return None
+    points = [p for members in groups.values() for p in members.values()]
+    columns = [(n, m) for n, m in OVERVIEW_METRICS if any(m.value(p) is not None for p in points)]
+    ordered = sorted(
+        groups.values(), key=lambda m: _rate_sort_key(next(iter(m.values())).get("load"))
+    )
+    header = ["Load"] + [f"{label} {name}" for label in labels for name, _ in columns]
+    rows = []
+    for members in ordered:
+        load = load_label(next(iter(members.values())).get("load"))
+        cells = [
+            _cell(m, members[label]) if label in members else MISSING
+            for label in labels
+            for _, m in columns
+        ]
+        rows.append((load, *cells))
+    return TextTable("Overview: key metrics by load level", tuple(header), tuple(rows))
+
+
 def report_tables(results: Mapping[str, Any]) -> list[TextTable]:
-    """Every table of a report: the SLO search answer (if any), then one per load level."""
-    search = slo_search_table(results)
-    return ([search] if search is not None else []) + summary_tables(results)
+    """Every table of a report: the SLO search answer (if any), the overview (several
+    load levels), then one per load level."""
+    first = [slo_search_table(results), overview_table(results)]
+    return [t for t in first if t is not None] + summary_tables(results)
 
 
 def run_notes(results: Mapping[str, Any]) -> list[str]:
