@@ -514,3 +514,17 @@ def test_overview_table_one_row_per_load_level() -> None:
     kv_tput = results["arms"][1]["points"][0]["summary"]["output_throughput"]
     assert float(rows["4 req/s"][5].replace(",", "")) == pytest.approx(kv_tput, abs=0.006)
     assert "Overview" not in summary_markdown(make_results(num_requests=4))
+
+
+def test_report_of_a_point_where_every_request_failed(tmp_path: Path) -> None:
+    results = make_results(labels=("down",), num_requests=4)
+    point = results["arms"][0]["points"][0]
+    for r in point["requests"]:
+        r.update(ttft_s=None, ttft_content_s=None, e2el_s=None, itl_s=[], error="connection")
+    point["summary"] = {"completed": 0, "failed": 4, "failures_by_kind": {"connection": 4}}
+    write_report(results, tmp_path)
+    for png in tmp_path.glob("*.png"):
+        _assert_png(png)
+    rows = _md_rows((tmp_path / "summary.md").read_text())
+    assert rows["Requests failed"] == ["4"]
+    assert rows["TTFT p50 (ms)"] == ["-"]
