@@ -5,14 +5,17 @@ discovery, a gap filled by replay) and, with a scripted replay, the seq rules
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from sim_harness import MODEL, Fleet, connectable, get, post
+from sim_harness import MODEL, Fleet, connectable, get, post, start_fleets
 
 from headway.core.kv_events import (
     AllBlocksCleared,
@@ -343,3 +346,63 @@ def test_parse_discovered(raw: object, expected: list[KvEventSource]) -> None:
 def test_substitute_host_ipv6() -> None:
     assert substitute_host("tcp://*:5557", "http://[::1]:8000") == "tcp://[::1]:5557"
     assert substitute_host("ipc:///tmp/x", "http://h:1") == "ipc:///tmp/x"
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (bound, then released), for a sim restarted
+    on the same KV-event ports."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_engine_restart_clears_the_index(tmp_path: Path) -> None:
+    pub, replay = free_port(), free_port()
+    kv_config = json.dumps(
+        {
+            "enable_kv_cache_events": True,
+            "publisher": "zmq",
+            "endpoint": f"tcp://*:{pub}",
+            "replay_endpoint": f"tcp://*:{replay}",
+        }
+    )
+    args = ("--kv-events-config", kv_config, "--time-scale", "20", "--max-model-len", "8192")
+    source = KvEventSource(f"tcp://127.0.0.1:{pub}", f"tcp://127.0.0.1:{replay}")
+    engine = "http://engine-under-restart"
+
+    async def run() -> None:
+        index = KvBlockIndex()
+        sub = KvEventSubscriber(index, FAST, sources={engine: [source]})
+        (first,) = await asyncio.to_thread(start_fleets, tmp_path / "a", args)
+        sub.start()
+        try:
+            await until(lambda: sub.is_synced(engine), what="synced")
+            tag = uuid.uuid4().hex
+            for i in range(10):  # many batches, so the new engine's seq stays below
+                await send(first.url, MODEL, prompt(60 + 5 * i, tag))
+            await until(lambda: index.blocks_of(engine) == sim_blocks(first.url), what="first")
+            old = index.blocks_of(engine)
+            await asyncio.to_thread(first.stop)
+            (second,) = await asyncio.to_thread(start_fleets, tmp_path / "b", args)
+            try:
+                # ZMQ drops what the new PUB sends before the SUB has reconnected: keep
+                # the engine busy until the subscriber sees it.
+                (src,) = sub.sources(engine)
+                for _ in range(100):
+                    await send(second.url, MODEL, prompt(90, uuid.uuid4().hex))
+                    if src.num_restarts:
+                        break
+                    await asyncio.sleep(0.05)
+                await until(
+                    lambda: index.blocks_of(engine) == sim_blocks(second.url),
+                    what="index follows the restarted engine",
+                )
+                assert src.num_restarts == 1 and sub.is_synced(engine)
+                assert not old & index.blocks_of(engine)
+            finally:
+                await asyncio.to_thread(second.stop)
+        finally:
+            first.stop()
+            await sub.stop()
+
+    asyncio.run(run())
