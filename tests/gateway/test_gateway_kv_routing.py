@@ -161,6 +161,10 @@ def test_differential_index_agrees_with_the_sims(
         what="every request's prediction counted",
     )
     assert outcomes.get("exact", 0) == exact
+    blocks = gauge(kv_gateway.url, "headway_gateway_kv_index_blocks")
+    assert {dict(k)["endpoint"]: v for k, v in blocks.items()} == {
+        u: float(index.num_blocks(u)) for u in urls
+    }
     stale = gauge(kv_gateway.url, "headway_gateway_kv_index_stale")
     assert {dict(k)["endpoint"]: v for k, v in stale.items()} == dict.fromkeys(urls, 0.0)
 

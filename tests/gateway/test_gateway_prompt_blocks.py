@@ -124,6 +124,8 @@ def test_reader_cache_and_thread() -> None:
         untokenized = asyncio.run(inline.read(body, is_chat=True, block_size=16, tokenize=False))
         assert untokenized.num_prompt_tokens is None and untokenized.block_hashes == ()
         assert untokenized.chunk_hashes == a.chunk_hashes
+        text = prompt_of(body, is_chat=True)
+        assert text is not None and untokenized.num_chars == a.num_chars == len(text.text or "")
     finally:
         inline.close()
         threaded.close()

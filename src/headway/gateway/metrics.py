@@ -98,6 +98,12 @@ class GatewayMetrics:
             ("endpoint",),
             registry=self.registry,
         )
+        self.kv_index_blocks = Gauge(
+            "headway_gateway_kv_index_blocks",
+            "KV blocks the KV-event index says an endpoint holds (after its last batch).",
+            ("endpoint",),
+            registry=self.registry,
+        )
         self.predicted_cached_tokens = Counter(
             "headway_gateway_predicted_cached_tokens",
             "Prompt tokens the KV-event index predicted the chosen engine would serve from "

@@ -46,6 +46,7 @@ class PromptInfo:
     num_prompt_tokens: int | None  # exact, when tokenized
     block_hashes: tuple[int, ...]  # precise mode; () when not computed
     chunk_hashes: tuple[int, ...]  # approximate mode
+    num_chars: int = 0  # the rendered prompt's length (4 per token for token-id prompts)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class _Prompt:
     salt: str | None
 
 
-_EMPTY = PromptInfo(None, (), ())
+_EMPTY = PromptInfo(None, (), (), 0)
 
 
 def prompt_of(data: Mapping[str, Any], *, is_chat: bool) -> _Prompt | None:
@@ -188,12 +189,14 @@ class PromptReader:
         chunk = self.config.chunk_chars
         if prompt.text is not None:
             chunks = chunk_hashes(prompt.text, chunk, prompt.salt)
+            num_chars = len(prompt.text)
         else:
             chunks = id_chunk_hashes(
                 prompt.token_ids or (), max(1, chunk // _CHARS_PER_TOKEN), prompt.salt
             )
+            num_chars = _CHARS_PER_TOKEN * len(prompt.token_ids or ())
         if not tokenize:
-            return PromptInfo(None, (), chunks)
+            return PromptInfo(None, (), chunks, num_chars)
         if prompt.token_ids is not None:
             ids: Sequence[int] = prompt.token_ids
         else:
@@ -208,7 +211,7 @@ class PromptReader:
         blocks: tuple[int, ...] = ()
         if block_size:
             blocks = precise_block_hashes(ids, block_size, self.config.hash_seed, prompt.salt)
-        return PromptInfo(len(ids), blocks, chunks)
+        return PromptInfo(len(ids), blocks, chunks, num_chars)
 
     @staticmethod
     def _key(prompt: _Prompt, block_size: int | None) -> bytes:

@@ -59,7 +59,7 @@ REQUEST_ID = "x-request-id"
 ROUTE_HEADER = "x-headway-route"
 DEBUG_HEADER = "x-headway-debug"
 SESSION_HEADERS = ("x-session-id", "x-session-token")
-_NO_PROMPT = PromptInfo(None, (), ())
+_NO_PROMPT = PromptInfo(None, (), (), 0)
 _RESET_TIMEOUT_S = 10.0
 _FORWARD_REQUEST_HEADERS = ("traceparent", "tracestate", "accept")
 # Not relayed from upstream responses: hop-by-hop, or rewritten by the gateway.
@@ -153,7 +153,7 @@ class Gateway:
             block_size_of=self._block_size_of,
         )
         self.prompts: PromptReader | None = None  # built at startup (loads the tokenizer)
-        self._kv_batch_children: dict[str, Any] = {}
+        self._kv_batch_children: dict[str, tuple[Any, Any]] = {}
         self.admission = Admission(config, self.router, self.tracker, self.metrics)
         self.transport: Transport = transport or AiohttpTransport(
             connect_timeout_s=config.timeouts.connect_s
@@ -214,10 +214,15 @@ class Gateway:
         return None
 
     def _count_kv_batch(self, url: str) -> None:
-        child = self._kv_batch_children.get(url)
-        if child is None:
-            child = self._kv_batch_children[url] = self.metrics.kv_event_batches.labels(url)
-        child.inc()
+        children = self._kv_batch_children.get(url)
+        if children is None:
+            children = self._kv_batch_children[url] = (
+                self.metrics.kv_event_batches.labels(url),
+                self.metrics.kv_index_blocks.labels(url),
+            )
+        children[0].inc()
+        if self.kv_index is not None:
+            children[1].set(self.kv_index.num_blocks(url))
 
     # -- simple endpoints ----------------------------------------------------------
     async def models(self, request: web.Request) -> web.Response:
@@ -324,9 +329,10 @@ class Gateway:
                 raise ApiError(404, f"The model `{req.model}` does not exist.", "model")
             model_label = pool.model
             info = await self._prompt_info(pool, req, is_chat)
-            num_prompt_tokens = (
-                info.num_prompt_tokens if info.num_prompt_tokens is not None else len(body) // 4
-            )
+            num_prompt_tokens = info.num_prompt_tokens
+            if num_prompt_tokens is None:
+                # ~4 characters a token; the body's length when the prompt was unreadable
+                num_prompt_tokens = (info.num_chars or len(body)) // 4
             ctx = RequestContext(
                 request_id=request_id,
                 model=pool.model,
