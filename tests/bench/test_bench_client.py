@@ -312,6 +312,27 @@ async def test_cancelled_call_is_recorded_then_cancellation_propagates(
     assert [(r.call_id, r.session_id, r.error) for r in sink] == [("c0", "s7", "cancelled")]
 
 
+async def test_messages_split_across_network_reads(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+
+    async def handler(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        whole = chunk(content="ab", u=usage(1)) + chunk(content="cd", u=usage(2)) + DONE
+        for i in range(0, len(whole), 7):  # cut mid-line, mid-JSON, mid-separator
+            await resp.write(whole[i : i + 7])
+            await asyncio.sleep(0.002)
+        await resp.write_eof()
+        return resp
+
+    state.handler = handler
+    async with client(url) as c:
+        result = await c.call(CALL, "s0")
+    assert result.record.error is None
+    assert result.answer_text == "abcd"
+    assert result.record.chunk_tokens == (1, 1)
+
+
 async def test_headers_of_the_call_are_sent(stub: tuple[Stub, str]) -> None:
     state, url = stub
     seen: list[str | None] = []

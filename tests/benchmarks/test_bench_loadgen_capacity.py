@@ -29,7 +29,9 @@ def test_loadgen_capacity_tiny(tmp_path: Path) -> None:
     assert {"git_sha", "command", "machine", "config", "isolation"} <= set(doc)
     assert doc["vllm_bench_serve"]["skipped"] == "--no-vllm"
     for mode, processes in (("single_process", 1), ("multi_process", 2)):
-        assert {"capacity_lag_bound", "capacity_rate_kept", "requests_per_cpu_s"} <= set(doc[mode])
+        assert {"capacity_lag_bound", "capacity_rate_kept", "client_cpu_us_per_request"} <= set(
+            doc[mode]
+        )
         steps = doc[mode]["steps"]
         assert steps, mode
         for step in steps:
