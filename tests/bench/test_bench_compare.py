@@ -90,8 +90,8 @@ def test_sweep_columns_name_the_load(tmp_path: Path) -> None:
     sweep = make_results(labels=("rr",), loads=[rate_load(1.0), rate_load(2.0)], num_requests=5)
     columns = columns_of([(Path("s/results.json"), sweep), (Path("t.json"), make_results())])
     assert [c.label for c in columns] == [
-        "s: rr @ 1 req/s",
-        "s: rr @ 2 req/s",
+        "s: rr @ 1 sessions/s",
+        "s: rr @ 2 sessions/s",
         "t: round-robin",
         "t: kv-aware",
     ]

@@ -290,8 +290,8 @@ def test_sweep_one_table_per_load_with_load_in_title() -> None:
     loads = [rate_load(1.0), rate_load(4.0), rate_load(None, 16)]
     tables = summary_tables(make_results(loads=loads))
     assert [t.title for t in tables] == [
-        "Load 1/3: 1 req/s",
-        "Load 2/3: 4 req/s",
+        "Load 1/3: 1 sessions/s",
+        "Load 2/3: 4 sessions/s",
         "Load 3/3: concurrency 16",
     ]
     assert all(t.header == ("Metric", "round-robin", "kv-aware") for t in tables)
@@ -363,7 +363,7 @@ def test_html_escapes_labels(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("loads", "expected"),
     [
-        ([rate_load(1.0), rate_load(2.0)], ("request_rate", "request rate (req/s)")),
+        ([rate_load(1.0), rate_load(2.0)], ("request_rate", "arrival rate (sessions/s)")),
         (
             [rate_load(None, 4), rate_load(float("inf"), 8)],
             ("max_concurrency", "concurrency (requests in flight)"),
@@ -442,10 +442,10 @@ def test_slo_search_table_and_probes_sorted_by_rate() -> None:
     }
     md = summary_markdown(results)
     assert "### SLO search: largest request rate with >= 90% SLO attainment" in md
-    assert "| rr | 4 req/s | [4, 8] | bracketed | 3 |" in md
+    assert "| rr | 4 sessions/s | [4, 8] | bracketed | 3 |" in md
     assert "| kv | - | - | not met at rate_min | 2 |" in md
     titles = [t.title for t in summary_tables(results)]
-    assert titles == ["Load 1/3: 1 req/s", "Load 2/3: 4 req/s", "Load 3/3: 8 req/s"]
+    assert titles == ["Load 1/3: 1 sessions/s", "Load 2/3: 4 sessions/s", "Load 3/3: 8 sessions/s"]
 
 
 def test_run_notes_warnings_partial_and_early_stop(tmp_path: Path) -> None:
@@ -505,14 +505,14 @@ def test_overview_table_one_row_per_load_level() -> None:
     results = make_results(
         labels=("rr", "kv"), loads=[rate_load(4.0), rate_load(1.0)], slo=True, num_requests=6
     )
-    results["arms"][1]["points"].pop()  # kv stopped after 4 req/s
+    results["arms"][1]["points"].pop()  # kv stopped after 4 sessions/s
     md = summary_markdown(results)
     assert "### Overview: key metrics by load level" in md
     rows = _md_rows(md)
-    assert len(rows["1 req/s"]) == len(rows["4 req/s"]) == 10  # 2 arms x 5 metrics
-    assert rows["1 req/s"][5:] == ["-"] * 5
+    assert len(rows["1 sessions/s"]) == len(rows["4 sessions/s"]) == 10  # 2 arms x 5 metrics
+    assert rows["1 sessions/s"][5:] == ["-"] * 5
     kv_tput = results["arms"][1]["points"][0]["summary"]["output_throughput"]
-    assert float(rows["4 req/s"][5].replace(",", "")) == pytest.approx(kv_tput, abs=0.006)
+    assert float(rows["4 sessions/s"][5].replace(",", "")) == pytest.approx(kv_tput, abs=0.006)
     assert "Overview" not in summary_markdown(make_results(num_requests=4))
 
 

@@ -212,7 +212,7 @@ def sweep_axis(results: Mapping[str, Any]) -> tuple[str, str]:
         for ld in loads
     ):
         return "max_concurrency", "concurrency (requests in flight)"
-    return "request_rate", "request rate (req/s)"
+    return "request_rate", "arrival rate (sessions/s)"
 
 
 def _sweep_points(results: Mapping[str, Any], key: str) -> list[tuple[str, list[_SweepPoint]]]:

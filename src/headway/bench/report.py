@@ -136,14 +136,15 @@ def is_unbounded_rate(rate: object) -> bool:
 
 
 def load_label(load: Mapping[str, Any] | None) -> str:
-    """A short human description of a load level, e.g. "4 req/s" or "concurrency 8"."""
+    """A short human description of a load level, e.g. "4 sessions/s" or "concurrency 8"
+    (the request rate counts session arrivals: single requests, chats or agent runs)."""
     load = load or {}
     rate = load.get("request_rate")
     concurrency = load.get("max_concurrency")
     burstiness = load.get("burstiness", 1.0)
     parts: list[str] = []
     if isinstance(rate, int | float) and not is_unbounded_rate(rate):
-        parts.append(f"{rate:g} req/s")
+        parts.append(f"{rate:g} sessions/s")
         if isinstance(burstiness, int | float) and burstiness != 1.0:
             parts.append(f"burstiness {burstiness:g}")
     if concurrency is not None:
@@ -232,7 +233,7 @@ def slo_search_table(results: Mapping[str, Any]) -> TextTable | None:
         rows.append(
             (
                 str(arm.get("label", "?")),
-                MISSING if best is None else f"{best:.3g} req/s",
+                MISSING if best is None else f"{best:.3g} sessions/s",
                 MISSING if not bracket else f"[{bracket[0]:.3g}, {bracket[1]:.3g}]",
                 str(found.get("outcome", MISSING)),
                 str(found.get("num_probes", len(arm.get("points", [])))),
