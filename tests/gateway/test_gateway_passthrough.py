@@ -183,3 +183,18 @@ def test_lora_adapter_is_forwarded_by_name_and_routed_as_such(
         router.decide = decide  # type: ignore[method-assign]
     models = {m["id"] for m in json.loads(get(gateway.url, "/v1/models").body)["data"]}
     assert {"m", "m-alias", "m-sql-lora"} <= models
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [[2**70, -5, 3] * 40, [{"weird": 1}], ["a", "b"], "x" * 5000],
+    ids=["huge-and-negative-token-ids", "not-a-prompt", "batched", "long-text"],
+)
+def test_any_prompt_shape_is_forwarded_not_a_gateway_error(
+    stub: StubUpstream, gateway: InProcessGateway, prompt: Any
+) -> None:
+    # Prefix keys are best effort: what the gateway cannot read, the engine judges.
+    body = json.dumps({"model": "m", "prompt": prompt}).encode()
+    resp = post(gateway.url, "/v1/completions", body, headers={"Content-Type": "application/json"})
+    assert resp.status == 200, resp.text
+    assert stub.received[-1][1] == body

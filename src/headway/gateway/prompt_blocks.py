@@ -37,6 +37,7 @@ from headway.gateway.config import PromptConfig
 
 _ROOT = b"headway-chunk-root"
 _CHARS_PER_TOKEN = 4  # for chunking token-id prompts
+_MASK_64 = (1 << 64) - 1  # token ids are the client's: any int must hash, not raise
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def id_chunk_hashes(
     parent = _root(salt)
     out = []
     for i in range(0, len(token_ids) - chunk_tokens + 1, chunk_tokens):
-        body = b"".join(t.to_bytes(4, "big", signed=True) for t in token_ids[i : i + chunk_tokens])
+        body = b"".join((t & _MASK_64).to_bytes(8, "big") for t in token_ids[i : i + chunk_tokens])
         parent = hashlib.blake2b(parent + body, digest_size=8).digest()
         out.append(int.from_bytes(parent, "big"))
     return tuple(out)
@@ -220,7 +221,7 @@ class PromptReader:
             h.update(b"t" + prompt.text.encode("utf-8", "surrogatepass"))
         else:
             h.update(
-                b"i" + b"".join(t.to_bytes(8, "big", signed=True) for t in prompt.token_ids or ())
+                b"i" + b"".join((t & _MASK_64).to_bytes(8, "big") for t in prompt.token_ids or ())
             )
         h.update(b"\x00s" + (prompt.salt or "").encode("utf-8", "surrogatepass"))
         h.update(b"\x00b" + str(block_size).encode())

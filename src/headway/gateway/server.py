@@ -274,12 +274,14 @@ class Gateway:
     async def _reset_one(self, url: str) -> str | None:
         """None when `url` reset its prefix cache, else why not."""
         upstream: UpstreamResponse | None = None
+        is_read = False
         try:
             async with asyncio.timeout(_RESET_TIMEOUT_S):
                 upstream = await self.transport.open(
                     url + "/reset_prefix_cache", b"", {"Accept-Encoding": "identity"}
                 )
                 data = await upstream.read_all(_MAX_UPSTREAM_ERROR_BYTES)
+                is_read = True
         except UpstreamConnectError as exc:
             return f"unreachable: {exc}"
         except UpstreamReadError as exc:
@@ -288,7 +290,7 @@ class Gateway:
             return f"no answer within {_RESET_TIMEOUT_S:g} s"
         finally:
             if upstream is not None:
-                upstream.finish(is_complete=True)
+                upstream.finish(is_complete=is_read)
         if upstream.status != 200:
             return f"HTTP {upstream.status}"
         # vLLM answers 200 with no body; the simulator says {"success": false} while
@@ -433,9 +435,13 @@ class Gateway:
         # the gateway does not know: no precise hashes for them, approximate matching.
         is_lora = req.model in pool.lora_adapters
         block_size = self.router.block_size(pool) if tokenize and not is_lora else None
-        return await self.prompts.read(
-            req.data, is_chat=is_chat, block_size=block_size, tokenize=tokenize
-        )
+        try:
+            return await self.prompts.read(
+                req.data, is_chat=is_chat, block_size=block_size, tokenize=tokenize
+            )
+        except Exception:  # routing inputs are best effort; the engine validates prompts
+            log.warning("could not read the prompt for routing", exc_info=True)
+            return _NO_PROMPT
 
     def _session_id(self, request: web.Request) -> str | None:
         configured = self.config.prompt.session_header
