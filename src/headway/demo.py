@@ -28,10 +28,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
-from rich.table import Table
 
 from headway.bench.api import BenchConfig, BenchTarget, run_bench, write_results
-from headway.bench.report import print_summary, write_report
+from headway.bench.report import TextTable, print_summary, rich_table, write_report
 from headway.gateway.cli import stop_serving
 from headway.gateway.config import GatewayConfigError, config_from_mapping
 from headway.gateway.server import Gateway
@@ -177,15 +176,16 @@ async def requests_per_endpoint(gateway_url: str) -> dict[str, int]:
     return counts
 
 
-def spread_table(urls: list[str], counts: Mapping[str, Mapping[str, int]]) -> Table:
-    """Requests per replica for each arm."""
-    table = Table(title="Calls per replica", title_justify="left")
-    table.add_column("Arm", no_wrap=True)
-    for i in range(len(urls)):
-        table.add_column(f"r{i}", justify="right")
-    for label, per_endpoint in counts.items():
-        table.add_row(label, *(str(per_endpoint.get(u, 0)) for u in urls))
-    return table
+def spread_table(urls: list[str], counts: Mapping[str, Mapping[str, int]]) -> TextTable:
+    """Calls per replica for each arm (a row per arm, a column per replica)."""
+    return TextTable(
+        "Calls per replica",
+        ("Arm", *(f"r{i}" for i in range(len(urls)))),
+        tuple(
+            (label, *(str(per_endpoint.get(u, 0)) for u in urls))
+            for label, per_endpoint in counts.items()
+        ),
+    )
 
 
 def _headline(results: Mapping[str, Any]) -> list[str]:
@@ -281,7 +281,8 @@ async def run_demo(args: argparse.Namespace, settings: DemoSettings, console: Co
         await fleet.stop()
     console.rule("Results (wall-clock ms)")
     print_summary(results, console)
-    console.print(spread_table(urls, spread))
+    spread_text = spread_table(urls, spread)
+    console.print(rich_table(spread_text))
     for line in _headline(results):
         console.print(line, highlight=False)
     worst_lag_ms = max(lags_ms, default=0.0)
@@ -295,7 +296,7 @@ async def run_demo(args: argparse.Namespace, settings: DemoSettings, console: Co
         )
     out_dir: Path = args.out
     write_results(results, out_dir)
-    write_report(results, out_dir)
+    write_report(results, out_dir, extra_tables=[spread_text])
     console.print(
         f"Report: {(out_dir / 'report.html').resolve()} (also summary.md, results.json and "
         "the PNG plots in that directory)",

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from headway.bench import plots
 from headway.bench.report import (
+    TextTable,
     print_summary,
     summary_markdown,
     summary_tables,
@@ -528,3 +529,12 @@ def test_report_of_a_point_where_every_request_failed(tmp_path: Path) -> None:
     rows = _md_rows((tmp_path / "summary.md").read_text())
     assert rows["Requests failed"] == ["4"]
     assert rows["TTFT p50 (ms)"] == ["-"]
+
+
+def test_extra_tables_follow_the_bench_tables(tmp_path: Path) -> None:
+    extra = TextTable("Calls per replica", ("Arm", "r0", "r1"), (("round-robin", "3", "4"),))
+    write_report(make_results(num_requests=4), tmp_path, extra_tables=[extra])
+    md = (tmp_path / "summary.md").read_text()
+    assert md.index("### Load: 2 sessions/s") < md.index("### Calls per replica")
+    assert "| round-robin | 3 | 4 |" in md
+    assert "<caption>Calls per replica</caption>" in (tmp_path / "report.html").read_text()

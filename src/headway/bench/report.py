@@ -417,15 +417,15 @@ def _versions_text(versions: Mapping[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def summary_markdown(results: Mapping[str, Any]) -> str:
-    """summary.md: the metadata, then one table per load level."""
+def summary_markdown(results: Mapping[str, Any], extra_tables: Sequence[TextTable] = ()) -> str:
+    """summary.md: the metadata, then the tables (`extra_tables` after the bench's)."""
     lines = ["# Headway bench summary", ""]
     lines.extend(f"* **{name}**: {_md_escape(text)}" for name, text in metadata_items(results))
     lines.append("")
     notes = run_notes(results)
     if notes:
         lines.extend(["## Notes", ""] + [f"* {_md_escape(n)}" for n in notes] + [""])
-    lines.extend(markdown_table(t) for t in report_tables(results))
+    lines.extend(markdown_table(t) for t in (*report_tables(results), *extra_tables))
     return "\n".join(lines)
 
 
@@ -441,18 +441,22 @@ def print_summary(results: Mapping[str, Any], console: Console) -> None:
         console.print(note, style=style, highlight=False, markup=False)
 
 
-def write_report(results: Mapping[str, Any], out_dir: Path) -> None:
-    """Write summary.md, the PNG plots and a self-contained report.html into `out_dir`."""
+def write_report(
+    results: Mapping[str, Any], out_dir: Path, *, extra_tables: Sequence[TextTable] = ()
+) -> None:
+    """Write summary.md, the PNG plots and a self-contained report.html into `out_dir`;
+    `extra_tables` (what a caller measured besides the bench, e.g. the demo's calls per
+    replica) follow the bench's tables."""
     from headway.bench import html, plots  # matplotlib / jinja2 only when a report is made
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.md").write_text(summary_markdown(results), encoding="utf-8")
+    (out_dir / "summary.md").write_text(summary_markdown(results, extra_tables), encoding="utf-8")
     images = plots.write_plots(results, out_dir)
     html.write_html(
         out_dir / "report.html",
         title="Headway bench report",
         metadata=metadata_items(results),
-        tables=report_tables(results),
+        tables=[*report_tables(results), *extra_tables],
         images=images,
         notes=run_notes(results),
     )
