@@ -30,6 +30,7 @@ re-raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from headway.core.tokenizer import Tokenizer
 from headway.core.workloads import Call, ChatMessage
 
 DEFAULT_TIMEOUT_S = 600.0
+DRAIN_TIMEOUT_S = 1.0  # reading the rest of a body after [DONE]
 MAX_LINE_BYTES = 16 * 2**20  # an SSE line longer than this is not a completion stream
 
 
@@ -284,7 +286,7 @@ class StreamingClient:
                     payload = line[5:].strip()
                     if payload == b"[DONE]":
                         state.is_done = True
-                        return resp.status
+                        break
                     try:
                         chunk = _CHUNK_DECODER.decode(payload)
                     except msgspec.DecodeError:
@@ -292,8 +294,16 @@ class StreamingClient:
                     if chunk.error is not None:
                         raise _HttpError(200, ErrorKind.STREAM_ERROR)
                     self._on_chunk(chunk, now, state)
+                if state.is_done:
+                    break
                 if len(tail) > MAX_LINE_BYTES:
                     raise _HttpError(200, ErrorKind.INVALID_STREAM)
+            if state.is_done:
+                # Read the end of the body (normally nothing but the chunked terminator):
+                # a connection whose body was not consumed is closed, not reused.
+                with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+                    async with asyncio.timeout(DRAIN_TIMEOUT_S):
+                        await resp.content.read()
             return resp.status
 
     @staticmethod
