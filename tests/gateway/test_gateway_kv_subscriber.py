@@ -406,3 +406,20 @@ def test_engine_restart_clears_the_index(tmp_path: Path) -> None:
             await sub.stop()
 
     asyncio.run(run())
+
+
+def test_unusable_source_address_leaves_the_endpoint_stale(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    index = KvBlockIndex()
+    sub = KvEventSubscriber(index, FAST, sources={URL: [KvEventSource("tcp://not a host:1")]})
+
+    async def run() -> None:
+        sub.start()
+        try:
+            await until(lambda: any("cannot subscribe" in r.message for r in caplog.records))
+        finally:
+            await sub.stop()
+
+    asyncio.run(run())
+    assert index.is_stale(URL) and not sub.is_synced(URL)

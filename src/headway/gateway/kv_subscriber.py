@@ -258,7 +258,13 @@ class KvEventSubscriber:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         sock.setsockopt(zmq.SUBSCRIBE, src.source.topic.encode())
-        sock.connect(src.source.endpoint)
+        try:
+            sock.connect(src.source.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            log.error("%s: cannot subscribe to KV events at %s: %s; index stays stale",
+                      src.endpoint_id, src.source.endpoint, exc)  # fmt: skip
+            return
         try:
             if src.source.replay_endpoint:
                 # Catch up on what was published before we subscribed.
@@ -268,7 +274,12 @@ class KvEventSubscriber:
                 if len(frames) < 2 or len(frames[-2]) != 8:
                     log.warning("%s: malformed KV-event message (%d frames)", src.endpoint_id, len(frames))  # fmt: skip
                     continue
-                await self.on_message(src, int.from_bytes(frames[-2], "big"), frames[-1])
+                try:
+                    await self.on_message(src, int.from_bytes(frames[-2], "big"), frames[-1])
+                except Exception:  # a bug must not end the subscription
+                    log.exception("%s: KV-event batch not applied; index stale", src.endpoint_id)
+                    src.is_synced = False
+                    self._update_stale(src.endpoint_id)
         finally:
             sock.close(0)
 
