@@ -445,6 +445,7 @@ def test_slo_search_table_and_probes_sorted_by_rate() -> None:
     assert "### SLO search: largest request rate with >= 90% SLO attainment" in md
     assert "| rr | 4 sessions/s | [4, 8] | bracketed | 3 |" in md
     assert "| kv | - | - | not met at rate_min | 2 |" in md
+    assert "|---|---:|---:|---|---:|" in md  # the outcome is text: left-aligned
     titles = [t.title for t in summary_tables(results)]
     assert titles == ["Load 1/3: 1 sessions/s", "Load 2/3: 4 sessions/s", "Load 3/3: 8 sessions/s"]
 

@@ -57,7 +57,7 @@ figcaption { color: #555; font-size: 0.9em; }
 <caption>{{ t.title }}</caption>
 <thead><tr>{% for h in t.header %}<th>{{ h }}</th>{% endfor %}</tr></thead>
 <tbody>
-{% for row in t.rows %}<tr><th scope="row">{{ row[0] }}</th>{% for c in row[1:] %}<td class="num">{{ c }}</td>{% endfor %}</tr>
+{% for row in t.rows %}<tr><th scope="row">{{ row[0] }}</th>{% for c in row[1:] %}<td{% if t.is_numeric(loop.index) %} class="num"{% endif %}>{{ c }}</td>{% endfor %}</tr>
 {% endfor %}</tbody>
 </table>
 {% if t.notes %}<ul class="notes">{% for n in t.notes %}

@@ -54,6 +54,10 @@ class TextTable:
     rows: tuple[tuple[str, ...], ...]
     notes: tuple[str, ...] = field(default=())
 
+    def is_numeric(self, column: int) -> bool:
+        """Whether `column` holds numbers (right-aligned); the first never does."""
+        return column > 0 and all(_looks_numeric(row[column]) for row in self.rows)
+
 
 def _fmt_count(x: float) -> str:
     return f"{x:,.0f}"
@@ -314,11 +318,15 @@ def _cell(metric: Metric, point: Mapping[str, Any]) -> str:
     return MISSING if value is None else metric.fmt(value)
 
 
+def _looks_numeric(cell: str) -> bool:
+    return cell == MISSING or cell[:1].isdigit() or cell[:1] in "$-+["
+
+
 def rich_table(table: TextTable) -> Table:
     """`table` as a rich Table (numbers right-aligned)."""
     out = Table(title=table.title, title_justify="left")
     for j, name in enumerate(table.header):
-        out.add_column(name, justify="left" if j == 0 else "right", no_wrap=j == 0)
+        out.add_column(name, justify="right" if table.is_numeric(j) else "left", no_wrap=j == 0)
     for row in table.rows:
         out.add_row(*row)
     return out
@@ -332,7 +340,8 @@ def markdown_table(table: TextTable) -> str:
     """`table` as a GitHub-flavoured Markdown table with its title and notes."""
     lines = [f"### {table.title}", ""]
     lines.append("| " + " | ".join(_md_escape(h) for h in table.header) + " |")
-    lines.append("|" + "|".join(["---"] + ["---:"] * (len(table.header) - 1)) + "|")
+    aligns = ("---:" if table.is_numeric(j) else "---" for j in range(len(table.header)))
+    lines.append("|" + "|".join(aligns) + "|")
     lines.extend("| " + " | ".join(_md_escape(c) for c in row) + " |" for row in table.rows)
     if table.notes:
         lines.append("")
