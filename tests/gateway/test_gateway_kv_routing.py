@@ -319,3 +319,37 @@ def test_embedded_fleet_routes_on_kv_events(tmp_path: Path) -> None:
     finally:
         assert gw.stop() == 0, gw.stderr()
     assert "Traceback" not in gw.stderr()
+
+
+def test_serve_quick_form_with_kv_events(kv_fleets: KvFleets, tmp_path: Path) -> None:
+    fleet = kv_fleets.map
+    gw = start_serve(
+        tmp_path,
+        "--endpoints", ",".join(fleet.urls),
+        "--kv-events", ",".join(fleet.kv_endpoint(i) for i in range(2)),
+        "--no-kv-events-discovery",
+    )  # fmt: skip
+    try:
+        (pool,) = gw.info["pools"]
+        assert pool["routing"] == "kv-aware" and pool["kv_events"] is True
+        client = openai_client(gw.url)
+        messages = [{"role": "user", "content": f"{uuid.uuid4().hex} " + "quick form " * 60}]
+
+        def ask() -> dict[str, str]:
+            raw = client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=messages, max_tokens=2, extra_headers=DEBUG
+            )
+            return route_of(raw.headers)
+
+        def reset_then_repeat() -> dict[str, str]:
+            # No replay socket given: the index is trusted once a cache reset
+            # (AllBlocksCleared) reaches the subscriber, which may join late (ZMQ).
+            post(gw.url, "/reset_prefix_cache")
+            ask()
+            return ask()
+
+        poll(reset_then_repeat, lambda r: int(r.get("predicted_cached_tokens", 0)) >= 100,
+             what="the repeat predicted as cached")  # fmt: skip
+    finally:
+        assert gw.stop() == 0, gw.stderr()
+    assert "Traceback" not in gw.stderr()
