@@ -98,8 +98,11 @@ class MetricsScraper:
         if not self._states or self._tasks:
             return
         self._started_at = self._clock()
-        for url in self._states:
-            self._tasks.append(asyncio.create_task(self._loop(url)))
+        n = len(self._states)
+        for i, url in enumerate(self._states):
+            # Phases spread over one interval: a large fleet is scraped evenly, not in bursts.
+            phase_s = self.config.scrape_interval_s * i / n
+            self._tasks.append(asyncio.create_task(self._loop(url, phase_s)))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -112,9 +115,11 @@ class MetricsScraper:
             await self._session.close()
             self._session = None
 
-    async def _loop(self, url: str) -> None:
+    async def _loop(self, url: str, phase_s: float = 0.0) -> None:
         interval = self.config.scrape_interval_s
         loop = asyncio.get_running_loop()
+        if phase_s > 0:
+            await asyncio.sleep(phase_s)
         next_at = loop.time()
         while True:
             await self.scrape_once(url)
