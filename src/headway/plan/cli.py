@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from headway.plan import simulate, throughput
+from headway.plan import capacity, simulate, throughput
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("simulate", help=(simulate.__doc__ or "").splitlines()[0])
     simulate.add_arguments(p)
     p.set_defaults(_plan_run=simulate.run)
+    p = sub.add_parser("capacity", help=(capacity.__doc__ or "").splitlines()[0])
+    capacity.add_arguments(p)
+    p.set_defaults(_plan_run=capacity.run)
 
 
 def run(args: argparse.Namespace) -> int:
