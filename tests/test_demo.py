@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,31 @@ def test_demo_bad_flag_names_it(tmp_path: Path, flag: str, value: str) -> None:
     assert f"headway demo: error: {flag}: invalid value" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_demo_ctrl_c_reports_partial_results(tmp_path: Path) -> None:
+    out_dir = tmp_path / "report"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "headway.cli", "demo", "--quick", "--num-requests", "400",
+         "--out", str(out_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        # The first arm is running once the workload line is out (it follows the start).
+        for line in proc.stdout:
+            if line.startswith("Workload:"):
+                break
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in out + err
+    assert "Interrupted: the results above are partial." in out
+    assert (out_dir / "report.html").is_file()
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["metadata"]["is_partial"] is True

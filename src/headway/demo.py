@@ -16,7 +16,9 @@ printed ones multiplied by the time-scale.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
+import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +45,7 @@ BASELINE_PRESET = "round-robin"
 # presets do not have kv-aware.
 CACHE_AWARE_PRESET = "kv-aware" if "kv-aware" in PRESETS else "least-request"
 DEFAULT_OUT_DIR = Path("headway-demo-report")
+EXIT_INTERRUPTED = 130
 # Lag limits in model time: at time-scale x a wall-clock lag of L ms is x * L model ms,
 # so the limits scale with 1 / x like every latency the demo shows.
 # The client: `headway bench`'s default limit on its p99 scheduling lag.
@@ -215,8 +218,14 @@ def _headline(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-async def run_demo(args: argparse.Namespace, settings: DemoSettings, console: Console) -> int:
-    """Start the fleet and both gateways, run both arms, report; the exit status."""
+async def run_demo(
+    args: argparse.Namespace,
+    settings: DemoSettings,
+    console: Console,
+    stop_event: asyncio.Event | None = None,
+) -> int:
+    """Start the fleet and both gateways, run both arms, report; the exit status (130
+    when `stop_event` ended the run early: the partial results are still reported)."""
     sim = SimConfig(
         model=args.model,
         gpu=args.gpu,
@@ -271,7 +280,7 @@ async def run_demo(args: argparse.Namespace, settings: DemoSettings, console: Co
                 max_scheduling_lag_ms=MAX_CLIENT_LAG_MODEL_MS / settings.time_scale,
                 command="headway demo " + " ".join(sys.argv[2:]),
             )
-            results = await run_bench(config, console=console)
+            results = await run_bench(config, stop_event=stop_event, console=console)
             spread = {
                 BASELINE_PRESET: await requests_per_endpoint(base_url),
                 CACHE_AWARE_PRESET: await requests_per_endpoint(cand_url),
@@ -281,7 +290,8 @@ async def run_demo(args: argparse.Namespace, settings: DemoSettings, console: Co
         await fleet.stop()
     console.rule("Results (wall-clock ms)")
     print_summary(results, console)
-    spread_text = spread_table(urls, spread)
+    ran = {str(arm["label"]) for arm in results["arms"]}
+    spread_text = spread_table(urls, {k: v for k, v in spread.items() if k in ran})
     console.print(rich_table(spread_text))
     for line in _headline(results):
         console.print(line, highlight=False)
@@ -303,7 +313,29 @@ async def run_demo(args: argparse.Namespace, settings: DemoSettings, console: Co
         highlight=False,
         soft_wrap=True,
     )
+    if results["metadata"].get("is_partial"):
+        console.print("Interrupted: the results above are partial.", style="bold yellow")
+        return EXIT_INTERRUPTED
     return 0
+
+
+async def _run_with_stop(args: argparse.Namespace, settings: DemoSettings, console: Console) -> int:
+    """`run_demo` where the first Ctrl-C stops the measurement (partial results are
+    still reported) and a second one aborts."""
+    loop = asyncio.get_running_loop()
+    stop_event = asyncio.Event()
+    task = asyncio.current_task()
+
+    def on_sigint() -> None:
+        if stop_event.is_set() and task is not None:
+            task.cancel()
+        else:
+            print("\nheadway demo: stopping; Ctrl-C again to abort", file=sys.stderr)
+            stop_event.set()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    return await run_demo(args, settings, console, stop_event)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,9 +349,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     console = Console()
     try:
-        return uvloop.run(run_demo(args, settings, console))
-    except KeyboardInterrupt:
-        return 130
+        return uvloop.run(_run_with_stop(args, settings, console))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return EXIT_INTERRUPTED
     except (OSError, GatewayConfigError) as exc:
         print(f"headway demo: error: {exc}", file=sys.stderr)
         return 2
