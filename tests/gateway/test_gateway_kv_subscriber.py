@@ -321,6 +321,16 @@ DISCOVERED = {
             KvEventSource("tcp://10.0.0.5:5558", "tcp://10.0.0.5:6558", "kv"),
         ],
     ),
+    "dp-ranks-sharing-the-base-address": (
+        {
+            "0": {"endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:6557"},
+            "1": {"endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:6557"},
+        },
+        [
+            KvEventSource("tcp://10.0.0.5:5557", "tcp://10.0.0.5:6557"),
+            KvEventSource("tcp://10.0.0.5:5558", "tcp://10.0.0.5:6558"),
+        ],
+    ),
     "older-list": (
         [{"data_parallel_rank": 0, "endpoint": "tcp://0.0.0.0:5557", "replay_endpoint": None, "topic": ""}],
         [KvEventSource("tcp://10.0.0.5:5557", None, "")],

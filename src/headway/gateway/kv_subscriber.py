@@ -81,16 +81,21 @@ def substitute_host(address: str, engine_url: str) -> str:
 
 def parse_discovered(raw: object, engine_url: str) -> list[KvEventSource]:
     """Sources from a `/kv_event_sources` answer (either known shape); entries that
-    are disabled or not ZMQ are skipped."""
-    entries: list[Any]
+    are disabled or not ZMQ are skipped. Data-parallel rank k publishes on the
+    configured port + k (vLLM's rule): a rank > 0 reporting the very address of a
+    lower rank gets its ports offset by k, so no PUB socket is subscribed twice."""
+    ranked: list[tuple[int, Any]]
     if isinstance(raw, Mapping):
-        entries = [raw[k] for k in sorted(raw, key=lambda k: (len(str(k)), str(k)))]
+        ranked = [(_rank(k, i), raw[k]) for i, k in enumerate(raw)]
     elif isinstance(raw, list):
-        entries = list(raw)
+        ranked = [
+            (_rank(e.get("data_parallel_rank", i) if isinstance(e, Mapping) else i, i), e)
+            for i, e in enumerate(raw)
+        ]
     else:
         raise ValueError(f"expected an object or a list, got {type(raw).__name__}")
     out: list[KvEventSource] = []
-    for entry in entries:
+    for rank, entry in sorted(ranked, key=lambda r: r[0]):
         if not isinstance(entry, Mapping):
             continue
         if entry.get("enable_kv_cache_events") is False:
@@ -101,17 +106,36 @@ def parse_discovered(raw: object, engine_url: str) -> list[KvEventSource]:
         if not isinstance(endpoint, str) or not endpoint:
             continue
         replay = entry.get("replay_endpoint")
-        topic = entry.get("topic") or ""
-        out.append(
-            KvEventSource(
-                endpoint=substitute_host(endpoint, engine_url),
-                replay_endpoint=substitute_host(replay, engine_url)
-                if isinstance(replay, str) and replay
-                else None,
-                topic=str(topic),
-            )
+        replay = replay if isinstance(replay, str) and replay else None
+        source = KvEventSource(
+            endpoint=substitute_host(endpoint, engine_url),
+            replay_endpoint=None if replay is None else substitute_host(replay, engine_url),
+            topic=str(entry.get("topic") or ""),
         )
+        if rank > 0 and any(s.endpoint == source.endpoint for s in out):
+            source = KvEventSource(
+                _offset_port(source.endpoint, rank),
+                None
+                if source.replay_endpoint is None
+                else _offset_port(source.replay_endpoint, rank),
+                source.topic,
+            )
+        out.append(source)
     return out
+
+
+def _rank(key: object, default: int) -> int:
+    try:
+        return int(str(key))
+    except ValueError:
+        return default
+
+
+def _offset_port(address: str, offset: int) -> str:
+    head, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not address.startswith("tcp://"):
+        return address
+    return f"{head}:{int(port) + offset}"
 
 
 @dataclass
