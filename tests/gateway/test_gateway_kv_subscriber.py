@@ -38,7 +38,12 @@ FAST = CollectorsConfig(kv_replay_timeout_s=2.0, kv_discovery_retry_s=0.1)
 
 
 def source_of(fleet: Fleet, i: int) -> KvEventSource:
-    return KvEventSource(fleet.kv_endpoint(i), fleet.replay_endpoint(i))
+    """As a config names it: the wildcard bind address, `*` for the engine's host."""
+
+    def wildcard(address: str) -> str:
+        return "tcp://*:" + address.rsplit(":", 1)[1]
+
+    return KvEventSource(wildcard(fleet.kv_endpoint(i)), wildcard(fleet.replay_endpoint(i)))
 
 
 def sim_blocks(url: str) -> set[int]:

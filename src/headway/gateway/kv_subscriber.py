@@ -124,6 +124,16 @@ def parse_discovered(raw: object, engine_url: str) -> list[KvEventSource]:
     return out
 
 
+def _dialable(source: KvEventSource, engine_url: str) -> KvEventSource:
+    """`source` with wildcard hosts replaced by the engine's."""
+    replay = source.replay_endpoint
+    return KvEventSource(
+        substitute_host(source.endpoint, engine_url),
+        None if replay is None else substitute_host(replay, engine_url),
+        source.topic,
+    )
+
+
 def _rank(key: object, default: int) -> int:
     try:
         return int(str(key))
@@ -185,7 +195,7 @@ class KvEventSubscriber:
         self._endpoints: dict[str, _Endpoint] = {}
         for url, srcs in (sources or {}).items():
             ep = self._endpoints.setdefault(url, _Endpoint())
-            ep.sources.extend(SourceState(url, s) for s in srcs)
+            ep.sources.extend(SourceState(url, _dialable(s, url)) for s in srcs)
             ep.is_resolved = True
         self._discover = [u for u in discover if u not in self._endpoints]
         for url in self._discover:
