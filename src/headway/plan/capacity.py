@@ -162,7 +162,7 @@ def rank(outcomes: Sequence[Outcome], prices: Prices) -> list[tuple[Outcome, Fig
 # -- command line -------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (__doc__ or "").split("\n\n")[0]
-    p.error = types.MethodType(_one_line_error, p)  # type: ignore[method-assign]
+    one_line_errors(p)
     add_scenario_arguments(p)
     c = p.add_argument_group("search")
     c.add_argument("--gpus", default="h100", help="GPU types, comma-separated (catalog names)")
@@ -180,7 +180,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--json", action="store_true", help="print the JSON document")
 
 
-def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
+def add_scenario_arguments(p: argparse.ArgumentParser, *, is_slo_required: bool = True) -> None:
     """Model, load and SLO flags shared by capacity, explain and the what-ifs."""
     p.add_argument("--model", required=True, help="catalog model")
     w = p.add_argument_group("load")
@@ -193,7 +193,9 @@ def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument(
         "--num-requests", type=int, default=300, help="sessions simulated per probe (default 300)"
     )
-    w.add_argument("--slo", required=True, help="targets, e.g. ttft_p90:500,tpot_p90:50 (ms)")
+    w.add_argument(
+        "--slo", required=is_slo_required, help="targets, e.g. ttft_p90:500,tpot_p90:50 (ms)"
+    )
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--tokenizer", help="tokenizer.json (default: the shipped one)")
     e = p.add_argument_group("engine")
@@ -216,6 +218,12 @@ def add_price_arguments(p: argparse.ArgumentParser) -> None:
         "--gpu-power-w", default="", metavar="GPU=W,...", help="default: catalog board power"
     )
     g.add_argument("--energy-usd-per-kwh", type=float, help="add energy at board power")
+
+
+def one_line_errors(p: argparse.ArgumentParser) -> None:
+    """argparse's own errors (a missing flag, "--tp abc") print the whole usage block
+    first; keep them to the one line every other input error gets."""
+    p.error = types.MethodType(_one_line_error, p)  # type: ignore[method-assign]
 
 
 def _one_line_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
@@ -300,7 +308,7 @@ def scenario_from_args(args: argparse.Namespace, catalog: Catalog) -> tuple[Scen
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= 1")
     try:
-        slo = parse_slo(args.slo)
+        slo = parse_slo(args.slo) if args.slo is not None else Slo(())
     except ValueError as exc:
         raise UsageError(f"--slo: {exc}") from None
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from headway.plan import capacity, simulate, throughput
+from headway.plan import capacity, explain, simulate, throughput
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("capacity", help=(capacity.__doc__ or "").splitlines()[0])
     capacity.add_arguments(p)
     p.set_defaults(_plan_run=capacity.run)
+    p = sub.add_parser("explain", help=(explain.__doc__ or "").splitlines()[0])
+    explain.add_arguments(p)
+    p.set_defaults(_plan_run=explain.run)
 
 
 def run(args: argparse.Namespace) -> int:
