@@ -15,7 +15,7 @@ def catalog() -> Catalog:
 
 
 def test_kv_capacity_from_hbm_and_vllm_batch_defaults(catalog: Catalog) -> None:
-    r = resolve_engine(EngineSpec(model="llama-3.1-8b", gpu="h100"), catalog)
+    r = resolve_engine(EngineSpec(model="llama-3.1-8b", gpu="h100", precision="bf16"), catalog)
     # 8B BF16 on 80 GB: ~16 GB weights; the KV cache (128 KiB/token) gets the rest of 85%.
     assert 400_000 < r.capacity_tokens < 500_000
     assert r.config.block_size == 16
@@ -31,6 +31,13 @@ def test_override_caps_max_model_len_at_the_cache(catalog: Catalog) -> None:
     )
     assert r.config.num_gpu_blocks == 100
     assert r.config.max_model_len == 1600
+
+
+def test_default_precision_is_fp8_kv_and_weights(catalog: Catalog) -> None:
+    fp8 = resolve_engine(EngineSpec(model="llama-3.1-8b", gpu="h100"), catalog)
+    bf16 = resolve_engine(EngineSpec(model="llama-3.1-8b", gpu="h100", precision="bf16"), catalog)
+    # Half the bytes per KV token and per weight: more than twice the tokens.
+    assert fp8.capacity_tokens > 2 * bf16.capacity_tokens
 
 
 def test_b200_gets_the_large_batch_default(catalog: Catalog) -> None:

@@ -19,6 +19,11 @@ from headway.core.costmodel import CostModel, Deployment, Efficiency
 from headway.core.engine import EngineConfig
 from headway.core.scheduler import SchedulerConfig, vllm_default_limits
 
+# The precision every Headway tool assumes when none is given (`headway sim`, `headway
+# plan`, the cluster simulation): FP8 weights and KV cache, as H100-class fleets commonly
+# serve. One constant, so a simulated fleet and a plan of it agree by default.
+DEFAULT_PRECISION = "fp8"
+
 
 class EngineSpecError(ValueError):
     """An engine description that cannot run; the message starts with the offending
@@ -35,7 +40,7 @@ class EngineSpec:
 
     model: str
     gpu: str
-    precision: str = "bf16"
+    precision: str = DEFAULT_PRECISION
     tp: int = 1
     block_size: int = 16
     num_gpu_blocks_override: int | None = None

@@ -20,13 +20,14 @@ import numpy as np
 
 from headway import __version__
 from headway.cli_support import goodput_arg, key_value_arg
+from headway.core.engine_factory import DEFAULT_PRECISION
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("fleet")
     f.add_argument("--model", default="llama-3.1-8b", help="catalog model")
     f.add_argument("--gpu", default="h100", help="catalog GPU")
-    f.add_argument("--precision", default="bf16")
+    f.add_argument("--precision", default=DEFAULT_PRECISION)
     f.add_argument("--tp", type=int, default=1)
     f.add_argument("--replicas", type=int, default=8)
     f.add_argument("--block-size", type=int, default=16)

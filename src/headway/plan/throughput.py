@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from headway.core.catalog import CatalogError, precision
 from headway.core.costmodel import CostModel, Deployment
+from headway.core.engine_factory import DEFAULT_PRECISION
 from headway.core.throughput import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
@@ -62,8 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree (default 1)")
     parser.add_argument(
         "--precision",
-        default="bf16",
-        help="weights/KV precision preset: bf16, fp8, fp8-kvbf16, fp4, ... (default bf16)",
+        default=DEFAULT_PRECISION,
+        help="weights/KV precision preset: bf16, fp8, fp8-kvbf16, fp4, ... "
+        f"(default {DEFAULT_PRECISION})",
     )
     parser.add_argument("--isl", type=int, required=True, help="prompt tokens per request")
     parser.add_argument("--osl", type=int, required=True, help="output tokens per request")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from headway.cli_support import run_main, setup_logging
+from headway.core.engine_factory import DEFAULT_PRECISION
 from headway.core.kv_events import WireEncoding
 from headway.sim.config import KvEventsSettings, SimConfig
 from headway.sim.faults import FaultConfig, FaultConfigError
@@ -43,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="llama-3.1-8b", help="catalog model name or alias")
     g.add_argument("--served-model-name", nargs="+", default=None, help="names the API accepts")
     g.add_argument("--gpu", default="h100")
-    g.add_argument("--precision", default="fp8")
+    g.add_argument("--precision", default=DEFAULT_PRECISION)
     g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1)
     g.add_argument(
         "--catalog", action="append", default=[], help="extra catalog YAML (GPUs, models)"

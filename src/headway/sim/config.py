@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from headway.core.engine_factory import DEFAULT_PRECISION
 from headway.core.kv_events import WireEncoding
 from headway.sim.faults import FaultConfig
 
@@ -32,7 +33,7 @@ class SimConfig:
     model: str = "llama-3.1-8b"
     served_model_names: tuple[str, ...] = ()
     gpu: str = "h100"
-    precision: str = "fp8"
+    precision: str = DEFAULT_PRECISION
     tp: int = 1
     num_replicas: int = 1
     host: str = "127.0.0.1"
