@@ -539,3 +539,15 @@ def test_extra_tables_follow_the_bench_tables(tmp_path: Path) -> None:
     assert md.index("### Load: 2 sessions/s") < md.index("### Calls per replica")
     assert "| round-robin | 3 | 4 |" in md
     assert "<caption>Calls per replica</caption>" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize("n", [1, 10, 100_000], ids=["one", "few", "many"])
+def test_cdf_points_keep_the_extremes_and_bound_the_size(n: int) -> None:
+    values = np.random.default_rng(3).lognormal(size=n)
+    xs, ys = plots.cdf_points(values)
+    assert len(xs) == len(ys) <= plots.MAX_CDF_POINTS
+    assert xs[0] == values.min() and xs[-1] == values.max()
+    assert ys[-1] == 100.0 and np.all(np.diff(xs) >= 0) and np.all(np.diff(ys) > 0)
+    # Every drawn point is exact: ys is the share of values <= xs.
+    mid = len(xs) // 2
+    assert ys[mid] == pytest.approx(100.0 * np.mean(values <= xs[mid]))
