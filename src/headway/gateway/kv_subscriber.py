@@ -171,7 +171,6 @@ ReplayFn = Callable[[SourceState, int], Awaitable[list[tuple[int, bytes]] | None
 class _Endpoint:
     sources: list[SourceState] = field(default_factory=list)
     block_size: int | None = None
-    is_resolved: bool = False  # its sources are known (given, or discovery answered)
 
 
 class KvEventSubscriber:
@@ -196,12 +195,11 @@ class KvEventSubscriber:
         for url, srcs in (sources or {}).items():
             ep = self._endpoints.setdefault(url, _Endpoint())
             ep.sources.extend(SourceState(url, _dialable(s, url)) for s in srcs)
-            ep.is_resolved = True
         self._discover = [u for u in discover if u not in self._endpoints]
         for url in self._discover:
             self._endpoints.setdefault(url, _Endpoint())
         for url in without_source:  # stale for good: the index knows nothing of them
-            self._endpoints.setdefault(url, _Endpoint(is_resolved=True))
+            self._endpoints.setdefault(url, _Endpoint())
         self._stale: dict[str, bool] = {}
         for url in self._endpoints:
             self._update_stale(url)
@@ -273,7 +271,6 @@ class KvEventSubscriber:
                 await asyncio.sleep(self.config.kv_discovery_retry_s)
                 continue
             ep = self._endpoints[url]
-            ep.is_resolved = True
             if not found:
                 log.info("%s publishes no KV events; its index stays stale", url)
                 return
