@@ -185,3 +185,24 @@ def test_shares_change_in_percentage_points() -> None:
     cells = dict((m.label, c) for m, c in compare_cells(columns))["Cached-token share"]
     assert cells[1].plain() == "65.0% (+25.0 pp)"
     assert cells[1].is_better is True
+
+
+@pytest.mark.parametrize(
+    ("change", "is_warned"),
+    [(None, False), ("seed", True), ("params", True)],
+    ids=["same", "other-seed", "other-params"],
+)
+def test_warns_when_files_ran_different_workloads(
+    tmp_path: Path, change: str | None, is_warned: bool
+) -> None:
+    a, b = make_results(labels=("x",), num_requests=4), make_results(labels=("x",), num_requests=4)
+    if change == "seed":
+        b["metadata"]["seed"] = 1
+    elif change == "params":
+        b["metadata"]["workload"]["params"]["num_subagents"] = 4
+    paths = [_write(tmp_path, "a", a), _write(tmp_path, "b", b)]
+    console = _console()
+    assert run_compare(paths, tmp_path / "out", console) == 0
+    warning = f"WARNING: {paths[1]} ran another workload"
+    assert (warning in " ".join(_out(console).split())) is is_warned
+    assert (warning in (tmp_path / "out" / "compare.md").read_text()) is is_warned

@@ -47,6 +47,7 @@ class Column:
     label: str
     source: Path
     point: Mapping[str, Any]
+    workload: str = ""  # the file's workload, parameters and seed: what it measured
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,15 @@ def columns_of(loaded: Sequence[tuple[Path, Mapping[str, Any]]]) -> list[Column]
     names = _file_names([p for p, _ in loaded])
     columns = []
     for name, (path, results) in zip(names, loaded, strict=True):
+        meta = results["metadata"]
+        workload = json.dumps([meta.get("workload"), meta.get("seed")], sort_keys=True, default=str)
         is_multi_load = any(len(arm["points"]) > 1 for arm in results["arms"])
         for arm in results["arms"]:
             for point in arm["points"]:
                 label = f"{name}: {arm['label']}"
                 if is_multi_load:
                     label += f" @ {load_label(point.get('load'))}"
-                columns.append(Column(label, path, point))
+                columns.append(Column(label, path, point, workload))
     return columns
 
 
@@ -188,14 +191,20 @@ def compare_table(columns: Sequence[Column]) -> TextTable:
         (metric.label, *(cell.plain() for cell in cells))
         for metric, cells in compare_cells(columns)
     )
-    notes = tuple(
+    notes = [
         f"WARNING: {c.label}: the client did not keep its send schedule"
         for c in columns
         if isinstance(c.point.get("client"), Mapping)
         and not c.point["client"].get("is_schedule_kept", True)
-    )
+    ]
+    if len({c.workload for c in columns}) > 1:
+        files = sorted({str(c.source) for c in columns if c.workload != columns[0].workload})
+        notes.append(
+            f"WARNING: {', '.join(files)} ran another workload (name, parameters or seed) "
+            f"than {columns[0].source}: the columns are not like for like"
+        )
     title = f"Compared against {columns[0].label}"
-    return TextTable(title, ("Metric", *(c.label for c in columns)), rows, notes)
+    return TextTable(title, ("Metric", *(c.label for c in columns)), rows, tuple(notes))
 
 
 def _rich_compare(columns: Sequence[Column]) -> Table:
