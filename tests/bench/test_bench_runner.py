@@ -320,6 +320,11 @@ async def test_cache_is_reset_before_each_arm_and_a_failed_reset_warns(
     warnings = results["metadata"]["warnings"]
     assert len(warnings) == 1 and "404" in warnings[0] and engine.url in warnings[0]
     assert [arm["label"] for arm in results["arms"]] == ["A", "B"]
+    resets = results["arms"][1]["points"][0]["cache_reset"]
+    assert [(r["url"], r["status"], r["is_reset"]) for r in resets] == [
+        (b.url + "/reset_prefix_cache", 200, True),
+        (engine.url + "/reset_prefix_cache", 404, False),
+    ]
     # The same seeded plan for both arms.
     ids = [[r["call_id"] for r in arm["points"][0]["requests"]] for arm in results["arms"]]
     assert sorted(ids[0]) == sorted(ids[1]) == ["a.0", "a.1"]

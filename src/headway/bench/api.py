@@ -199,8 +199,7 @@ class _Session:
 
     async def run_point(self, target: BenchTarget, level: LoadLevel) -> dict[str, Any]:
         config = self.config
-        if config.reset_cache:
-            await self.reset_caches(target)
+        resets = await self.reset_caches(target) if config.reset_cache else None
         total = config.num_requests
         with _progress(config.show_progress, f"{target.label} {_level_text(level)}", total) as adv:
             if config.num_client_processes > 1:
@@ -227,6 +226,8 @@ class _Session:
         if run.is_partial:
             self.is_partial = True
         point = point_result(level, run, config)
+        if resets is not None:
+            point["cache_reset"] = resets
         client = point["client"]
         if not client["is_schedule_kept"]:
             self.warn(

@@ -123,9 +123,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, is_required: bool = True) -> 
     """The options every kind of run takes. On the `bench` parser itself they cannot be
     required (argparse would then demand them of `bench compare` too): checked in run."""
     t = p.add_argument_group("targets")
-    t.add_argument("--base-url", type=_url, action="append", required=is_required, dest="base_urls",
+    t.add_argument("--base-url", type=_url, action="append", required=is_required, dest="base_urls", metavar="URL",
                    help="server to measure (without /v1); repeat for side-by-side arms")  # fmt: skip
-    t.add_argument("--label", action="append", dest="labels", default=None,
+    t.add_argument("--label", action="append", dest="labels", default=None, metavar="NAME",
                    help="name of each arm, in --base-url order (default: host:port)")  # fmt: skip
     t.add_argument("--model", required=is_required, help="model name sent in every request")
     t.add_argument("--reset-cache", action="store_true",
