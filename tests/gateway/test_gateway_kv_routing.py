@@ -353,3 +353,42 @@ def test_serve_quick_form_with_kv_events(kv_fleets: KvFleets, tmp_path: Path) ->
     finally:
         assert gw.stop() == 0, gw.stderr()
     assert "Traceback" not in gw.stderr()
+
+
+def test_approximate_mode_keeps_shared_prefixes_together(kv_fleets: KvFleets) -> None:
+    """kv-aware-approx (no KV events used): the gateway's own chunk-hash index sends a
+    document's follow-ups where its prefix is cached."""
+    gw = InProcessGateway(
+        {
+            "pools": [{"model": MODEL, "endpoints": kv_fleets.map.urls}],
+            "collectors": {"discover_kv_events": False},
+            "observability": {"route_header": True},
+        }
+    ).start()
+    try:
+        assert gw.config.pools[0].routing == "kv-aware-approx"
+        assert gw.gateway.kv_subscriber is None
+        client = openai_client(gw.url)
+        run = uuid.uuid4().hex[:8]
+        docs = [f"{run} doc {d}: " + " ".join(f"v{(d * 11 + i) % 40}" for i in range(150)) for d in range(4)]  # fmt: skip
+        placed: dict[int, set[str]] = {}
+        cached: list[int] = []
+        for q in range(5):
+            for d, doc in enumerate(docs):
+                raw = client.chat.completions.with_raw_response.create(
+                    model=MODEL,
+                    messages=[
+                        {"role": "system", "content": doc},
+                        {"role": "user", "content": f"q{q}"},
+                    ],
+                    max_tokens=2,
+                )
+                placed.setdefault(d, set()).add(route_of(raw.headers)["endpoint"])
+                usage = raw.parse().usage
+                assert "predicted_cached_tokens" not in route_of(raw.headers)
+                if q:
+                    cached.append(usage.prompt_tokens_details.cached_tokens)
+        assert all(len(v) == 1 for v in placed.values()), placed
+        assert all(c >= 150 for c in cached), cached
+    finally:
+        gw.stop()
