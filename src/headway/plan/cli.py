@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from headway.plan import capacity, explain, simulate, throughput
+from headway.plan import capacity, explain, simulate, throughput, whatif
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("explain", help=(explain.__doc__ or "").splitlines()[0])
     explain.add_arguments(p)
     p.set_defaults(_plan_run=explain.run)
+    p = sub.add_parser("whatif", help=(whatif.__doc__ or "").splitlines()[0])
+    whatif.add_arguments(p)
+    p.set_defaults(_plan_run=whatif.run)
 
 
 def run(args: argparse.Namespace) -> int:
