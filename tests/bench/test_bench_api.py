@@ -213,6 +213,7 @@ def test_reset_urls_bind_to_labels_or_to_every_arm() -> None:
         ({"num_requests": None, "duration_s": 5.0}, "duration_s: needs"),
         ({"request_rate": 0.0}, "request_rate"),
         ({"num_client_processes": 0}, "num_client_processes"),
+        ({"num_client_processes": 4, "max_concurrency": 2}, "num_client_processes: at most"),
         ({"targets": (BenchTarget("http://a:1", "x"), BenchTarget("http://b:1", "x"))}, "unique"),
     ],
     ids=[
@@ -221,6 +222,7 @@ def test_reset_urls_bind_to_labels_or_to_every_arm() -> None:
         "duration-without-rate",
         "zero-rate",
         "zero-processes",
+        "more-processes-than-concurrency",
         "duplicate-labels",
     ],
 )

@@ -135,6 +135,37 @@ def test_multi_process_results_larger_than_a_pipe_buffer(fleet: Fleet, tmp_path:
     assert sum(len(r["itl_s"]) for r in point["requests"]) >= 100 * 60
 
 
+@pytest.mark.parametrize("kind", ["trace", "sharegpt"])
+def test_workload_from_a_file_keeps_its_arrivals(fleet: Fleet, tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.json"
+    if kind == "trace":
+        path.write_text(
+            "".join(
+                json.dumps({"timestamp_s": t, "input_tokens": 40, "output_tokens": 3}) + "\n"
+                for t in (0.0, 0.05, 0.1, 0.3)
+            )
+        )
+        bound = ("--duration", "0.2")  # the 0.3 s record arrives after the bound
+    else:
+        convs = [
+            {"id": str(i), "conversations": [{"from": "human", "value": f"please answer question number {i} now"},
+                                             {"from": "gpt", "value": "here is a longer answer to it"}]}
+            for i in range(5)
+        ]  # fmt: skip
+        path.write_text(json.dumps(convs))
+        bound = ("--num-requests", "4")
+    out = tmp_path / "out"
+    assert bench(*common(fleet, out, "--workload", str(path), *bound)) == 0
+    doc = load(out)
+    [point] = doc["arms"][0]["points"]
+    assert doc["metadata"]["workload"]["params"]["num_records"] in (4, 5)
+    assert len(point["requests"]) == (3 if kind == "trace" else 4)
+    assert all(r["error"] is None for r in point["requests"])
+    if kind == "trace":
+        starts = sorted(r["start_s"] for r in point["requests"])
+        assert starts[1] >= 0.05 and starts[2] >= 0.1  # sent at the trace's offsets
+
+
 def test_sweep_runs_each_level(fleet: Fleet, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     rc = bench("sweep", *common(fleet, out, "--workload", "synthetic", "--concurrencies",

@@ -47,6 +47,7 @@ from headway.bench.runner import (
     plan_sessions,
     run_point_multiprocess,
 )
+from headway.bench.workload_source import is_file_source
 from headway.core.serving_metrics import (
     CostInputs,
     GoodputSlo,
@@ -129,9 +130,20 @@ class BenchConfig:
             raise ValueError(f"duration_s: must be > 0, got {self.duration_s}")
         if self.num_requests is None and self.duration_s is None:
             raise ValueError("num_requests / duration_s: give at least one bound")
-        if self.num_requests is None and self.request_rate is None and not self.max_concurrency:
-            # Every session at once with no count: an unbounded burst.
+        if (
+            self.num_requests is None
+            and self.request_rate is None
+            and not self.max_concurrency
+            and not is_file_source(self.workload)
+        ):
+            # Every session at once with no count: an unbounded burst. (A trace or
+            # ShareGPT file is finite, and a trace brings its own arrival times.)
             raise ValueError("duration_s: needs request_rate or max_concurrency")
+        if self.max_concurrency is not None and self.max_concurrency < self.num_client_processes:
+            raise ValueError(
+                f"num_client_processes: at most max_concurrency ({self.max_concurrency}), "
+                f"got {self.num_client_processes}"
+            )
         if self.num_client_processes < 1:
             raise ValueError(f"num_client_processes: must be >= 1, got {self.num_client_processes}")
         if not self.request_timeout_s > 0:

@@ -125,8 +125,7 @@ def plan_sessions(
         assert rate is not None
         num_sessions = math.ceil(rate * duration_s) + 1
     else:
-        if level.max_concurrency is None:
-            raise ValueError("duration_s: needs request_rate or max_concurrency")
+        # Only a concurrency cap or a finite workload (a trace) bounds this plan.
         num_sessions = UNBOUNDED_NUM_SESSIONS
     offsets: np.ndarray | None = None
     if is_rate_finite and num_sessions < UNBOUNDED_NUM_SESSIONS:
