@@ -96,7 +96,7 @@ def _fake_points(monkeypatch: pytest.MonkeyPatch, point_of: Any) -> list[LoadLev
         return point_of(level)
 
     monkeypatch.setattr(api, "target_versions", versions)
-    monkeypatch.setattr(api._Session, "run_point", run_point)
+    monkeypatch.setattr(api._BenchRun, "run_point", run_point)
     return probes
 
 

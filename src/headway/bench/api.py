@@ -182,7 +182,7 @@ class SloSearchSpec:
 
 
 # -- one point ----------------------------------------------------------------------
-class _Session:
+class _BenchRun:
     """What one bench invocation shares between its points: the workload, the
     tokenizer, warnings, progress and the stop signal."""
 
@@ -246,7 +246,7 @@ class _Session:
                 f"{target.label} {_level_text(level)}: the client fell behind its schedule "
                 f"(p99 scheduling lag {client['scheduling_lag_p99_ms']:.2f} ms > "
                 f"{config.max_scheduling_lag_ms:g} ms); figures reflect the client, not "
-                "only the target: use --num-client-processes"
+                "only the target: use --num-client-processes or a less busy client machine"
             )
         return point
 
@@ -498,7 +498,7 @@ async def target_versions(base_url: str) -> dict[str, Any]:
     return out
 
 
-async def _arm(bench: _Session, target: BenchTarget) -> dict[str, Any]:
+async def _arm(bench: _BenchRun, target: BenchTarget) -> dict[str, Any]:
     return {
         "label": target.label,
         "base_url": target.base_url,
@@ -508,12 +508,12 @@ async def _arm(bench: _Session, target: BenchTarget) -> dict[str, Any]:
     }
 
 
-def _document(kind: str, bench: _Session) -> dict[str, Any]:
+def _document(kind: str, bench: _BenchRun) -> dict[str, Any]:
     meta = metadata(bench.config, bench.workload.params())
     return {"schema": SCHEMA, "kind": kind, "metadata": meta, "arms": []}
 
 
-def _finish(doc: dict[str, Any], bench: _Session) -> dict[str, Any]:
+def _finish(doc: dict[str, Any], bench: _BenchRun) -> dict[str, Any]:
     doc["metadata"]["warnings"] = list(bench.warnings)
     doc["metadata"]["is_partial"] = bench.is_partial
     return doc
@@ -527,7 +527,7 @@ async def run_bench(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """One load level against every target; results.json content of kind "run"."""
-    bench = _Session(config, stop_event, console)
+    bench = _BenchRun(config, stop_event, console)
     doc = _document("run", bench)
     for target in config.targets:
         if bench.is_stopped:
@@ -570,7 +570,7 @@ async def run_sweep(
     results.json content of kind "sweep"."""
     if not levels:
         raise ValueError("levels: at least one load level is required")
-    bench = _Session(config, stop_event, console)
+    bench = _BenchRun(config, stop_event, console)
     doc = _document("sweep", bench)
     for target in config.targets:
         if bench.is_stopped:
@@ -611,7 +611,7 @@ async def run_slo_search(
     "slo-search" (each arm's probes are its points, in probe order)."""
     if config.goodput is None:
         raise ValueError("goodput: slo-search needs SLOs (--goodput)")
-    bench = _Session(config, stop_event, console)
+    bench = _BenchRun(config, stop_event, console)
     doc = _document("slo-search", bench)
     doc["metadata"]["slo_search"] = {
         "attainment": spec.attainment,
