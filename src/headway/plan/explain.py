@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 
 from headway.core.costmodel import CostModel, SeqWork
 from headway.core.engine_factory import EngineSpecError, resolve_engine
-from headway.core.throughput import ThroughputInputError, saturated_throughput, step_work
+from headway.core.throughput import ThroughputInputError, saturated_throughput
 from headway.plan.capacity import (
     EXIT_USAGE,
     UsageError,
@@ -78,6 +78,21 @@ def unloaded_ttft_s(cost_model: CostModel, prompt_tokens: int, max_batched_token
     return t
 
 
+def mean_step(num_seqs: int, isl: int, osl: int, prefix_hit_rate: float) -> list[SeqWork]:
+    """The mean step of `core.throughput.step_work` with the prompt's cached share
+    skipped: prefill computes only the uncached tail, after the cached prefix."""
+    num_new = max(1, round(isl * (1.0 - prefix_hit_rate)))
+    num_cached = isl - num_new
+    num_decode = round(num_seqs * (osl - 1) / osl)
+    num_prefill = round(num_seqs * num_new / osl)
+    work = [SeqWork(1, isl + (osl + 1) // 2)] * num_decode
+    num_whole, remainder = divmod(num_prefill, num_new)
+    work.extend([SeqWork(num_new, num_cached)] * num_whole)
+    if remainder:
+        work.append(SeqWork(remainder, num_cached + (num_new - remainder) // 2))
+    return work
+
+
 def explain(
     cost_model: CostModel,
     scenario: Scenario,
@@ -114,7 +129,7 @@ def explain(
     context = isl + osl / 2
     kv_in_use = batch * context
     kv_fraction = kv_in_use / kv_capacity_tokens if kv_capacity_tokens else math.inf
-    step = cost_model.step_cost(step_work(max(1, round(batch)), isl, osl))
+    step = cost_model.step_cost(mean_step(max(1, round(batch)), isl, osl, probe.prefix_hit_rate))
     ttft0_ms = 1e3 * unloaded_ttft_s(cost_model, isl, max_num_batched_tokens)
     tpot0_ms = 1e3 * cost_model.step_time_s([SeqWork(1, round(context))])
     ttft_p90, tpot_p50 = float(s["p90_ttft_ms"]), float(s["median_tpot_ms"])
