@@ -586,11 +586,14 @@ def plot_pareto(doc: Mapping[str, Any], path: Path) -> Path:
         fig = Figure(figsize=(9, 6.5), dpi=DPI, layout="constrained")
         ax = fig.subplots()
         by_gpu: dict[str, list[tuple[float, float, str]]] = {}
+        # The routing profile is named only when points differ in it.
+        has_profiles = len({e["profile"] for e in doc["ranked"]}) > 1
         for e in doc["ranked"]:
             f = e["figures"]
             if f["tokens_per_s_per_user"] is None:
                 continue
-            label = f"{e['precision']} tp{e['tp']} {e['profile']} x{f['num_replicas']}"
+            profile = f" {e['profile']}" if has_profiles else ""
+            label = f"{e['precision']} tp{e['tp']}{profile} x{f['num_replicas']}"
             by_gpu.setdefault(e["gpu"], []).append(
                 (f["tokens_per_s_per_user"], f["output_tokens_per_s_per_gpu"], label)
             )
