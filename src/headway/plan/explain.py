@@ -29,6 +29,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 
+from headway.core.catalog import Dtype
 from headway.core.costmodel import CostModel, SeqWork
 from headway.core.engine_factory import EngineSpecError, resolve_engine
 from headway.core.throughput import ThroughputInputError, saturated_throughput
@@ -139,6 +140,7 @@ def explain(
     # headroom; waiting shows in TTFT far above the unloaded prefill instead.
     is_waiting = ttft_p90 > QUEUEING_TTFT_FACTOR * ttft0_ms
     by_kv = sat.max_num_seqs_by_kv if sat is not None else None
+    kv_hint = "fp8 KV, " if d.precision.kv_cache == Dtype.BF16 else ""
     is_kv_full = (
         probe.num_preemptions > 0
         or kv_fraction >= KV_FULL_FRACTION
@@ -156,7 +158,7 @@ def explain(
         if sat_bound == "kv_capacity" and sat is not None:
             verdict += (
                 f" At saturation the batch is capped by KV capacity ({sat.num_seqs:,} "
-                "requests), so more KV room per replica (fp8 KV, larger TP or GPU) also helps."
+                f"requests), so more KV room per replica ({kv_hint}larger TP or GPU) also helps."
             )
     elif is_kv_full:
         limit = "kv_capacity"
@@ -165,9 +167,9 @@ def explain(
             f"~{context:,.0f} tokens) holds ~{kv_in_use:,.0f} of the {kv_capacity_tokens:,} "
             f"tokens a replica has ({kv_fraction:.0%}; about {by_kv or 0:,} such requests "
             f"fit), with {probe.num_preemptions} preemptions, so requests wait for room "
-            f"(TTFT p90 {ttft_p90:,.1f} ms against {ttft0_ms:,.1f} ms alone). A lower KV "
-            "precision (fp8 KV), a larger TP or GPU, or shorter contexts raise the batch "
-            "that fits."
+            f"(TTFT p90 {ttft_p90:,.1f} ms against {ttft0_ms:,.1f} ms alone). "
+            f"{'FP8 KV, a' if kv_hint else 'A'} larger TP or GPU, or shorter contexts raise "
+            "the batch that fits."
         )
     elif step.compute_s >= step.memory_s:
         limit = "compute"
