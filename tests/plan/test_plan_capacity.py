@@ -237,3 +237,14 @@ def test_cli_bad_input_is_one_line(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwh", "hourly"),
+    [(None, 3.0), (0.10, 3.0 + 0.7 * 0.10)],
+    ids=["price-only", "plus-energy-at-board-power"],
+)
+def test_hourly_price_adds_energy_only_when_asked(kwh: float | None, hourly: float) -> None:
+    prices = Prices({"h100-sxm": 3.0}, {"h100-sxm": 700.0}, kwh)
+    assert prices.hourly_usd("h100-sxm") == pytest.approx(hourly)
+    assert prices.hourly_usd("b200") is None  # no price: no $ figures
