@@ -107,3 +107,13 @@ def test_spec_decode_keeps_paying_on_long_contexts() -> None:
     cm = _cost_model()
     e = t.spec_decode_expected_tokens(0.8, 4)
     assert t.spec_decode_break_even_batch(cm, 1024, e, 4, 0.05, 4096) is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [(10.0, 5.0, 2), (10.0, 4.0, 3), (0.3, 0.1, 3), (1.0, 3.0, 1)],
+    ids=["exact", "round-up", "float-noise", "below-one"],
+)
+def test_ceil_div(a: float, b: float, expected: int) -> None:
+    # 0.3 / 0.1 is 2.9999999999999996 in floats: still 3, not 4 (or 2).
+    assert t.ceil_div(a, b) == expected

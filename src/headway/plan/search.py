@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -239,7 +239,6 @@ class Outcome:
     kv_capacity_tokens: int | None = None
     model_name: str = ""
     gpu_name: str = ""  # the catalog's name for candidate.gpu (which may be an alias)
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_feasible(self) -> bool:
