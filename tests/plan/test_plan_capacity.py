@@ -248,3 +248,10 @@ def test_hourly_price_adds_energy_only_when_asked(kwh: float | None, hourly: flo
     prices = Prices({"h100-sxm": 3.0}, {"h100-sxm": 700.0}, kwh)
     assert prices.hourly_usd("h100-sxm") == pytest.approx(hourly)
     assert prices.hourly_usd("b200") is None  # no price: no $ figures
+
+
+def test_search_is_reproducible(scenario: Scenario, catalog: Catalog) -> None:
+    c = Candidate("h100", "fp8", 1, "kv-aware")
+    a = search(MODEL, c, scenario, catalog, parse_slo(SLO))
+    b = search(MODEL, c, scenario, catalog, parse_slo(SLO))
+    assert a == b
