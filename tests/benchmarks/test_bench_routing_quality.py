@@ -1,0 +1,185 @@
+"""benchmarks/routing_quality.py: its SLO accounting, staircase stream and workload
+(pure, table-driven) and a smoke run of the script against `headway sim`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from headway.core.serving_metrics import RequestRecord
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "routing_quality.py"
+
+
+@pytest.fixture(scope="module")
+def rq() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("routing_quality_under_test", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(
+    sent_at: float,
+    ttft: float | None,
+    error: str | None = None,
+    status: int | None = None,
+    num_tokens: int = 3,
+) -> RequestRecord:
+    first = None if ttft is None else sent_at + ttft
+    chunks = () if first is None else tuple(first + 0.01 * i for i in range(num_tokens))
+    return RequestRecord(
+        call_id=f"c{sent_at}",
+        session_id="s",
+        sent_at=sent_at,
+        first_choice_at=first,
+        first_content_at=first,
+        chunk_times=chunks,
+        chunk_tokens=None,
+        last_token_at=chunks[-1] if chunks else None,
+        prompt_tokens=100 if error is None else None,
+        output_tokens=num_tokens if error is None else None,
+        cached_tokens=40 if error is None else None,
+        error=error,
+        status=status,
+    )
+
+
+# Times in wall seconds; to_model = 0.5 (time scale), so the 1 s model SLO is 2 s wall.
+@pytest.mark.parametrize(
+    ("records", "attainment", "rejected", "errors"),
+    [
+        ([_record(1.0, 1.9), _record(2.0, 2.1)], 0.5, 0.0, 0.0),
+        ([_record(1.0, 0.1), _record(1.5, None, "http_429", 429)], 0.5, 0.5, 0.5),
+        ([_record(1.0, 0.1), _record(1.5, None, "cancelled")], 0.5, 0.0, 0.0),
+        ([_record(1.0, 0.5, "cancelled"), _record(1.5, 0.2)], 1.0, 0.0, 0.0),
+        ([_record(0.5, 0.1), _record(1.0, 3.0), _record(9.0, 0.1)], 0.0, 0.0, 0.0),
+    ],
+    ids=["slo-edge", "rejection-is-a-miss", "no-first-token-is-a-miss",
+         "cancelled-after-first-token-keeps-ttft", "outside-window-ignored"],
+)  # fmt: skip
+def test_window_metrics_slo_accounting(
+    rq: ModuleType,
+    records: list[RequestRecord],
+    attainment: float,
+    rejected: float,
+    errors: float,
+) -> None:
+    m = rq.window_metrics(records, 1.0, 5.0, 0.5)
+    assert m["slo_attainment"] == pytest.approx(attainment)
+    assert m["rejected_share"] == pytest.approx(rejected)
+    assert m["error_share"] == pytest.approx(errors)
+
+
+def test_window_metrics_figures_in_model_time(rq: ModuleType) -> None:
+    records = [_record(1.0 + 0.1 * i, 0.4 + 0.01 * i) for i in range(10)]
+    m = rq.window_metrics(records, 1.0, 3.0, 0.5)
+    assert m["num_measured"] == 10
+    assert m["ttft_p50_ms"] == pytest.approx(1000 * 0.5 * 0.445, rel=1e-6)
+    assert m["tpot_p50_ms"] == pytest.approx(1000 * 0.5 * 0.01, rel=1e-6)
+    # 30 chunks inside a 2 s wall (1 s model) window.
+    assert m["output_tokens_per_s"] == pytest.approx(30.0)
+    assert m["client_cached_share"] == pytest.approx(0.4)
+    missed = [
+        *records[:8],
+        _record(1.9, None, "http_503", 503),
+        _record(1.95, None, "http_503", 503),
+    ]
+    assert rq.window_metrics(missed, 1.0, 3.0, 0.5)["ttft_p90_all_ms"] is None
+
+
+@pytest.mark.parametrize(
+    ("num_met", "num_missed", "num_unfinished", "verdict"),
+    [(9, 1, 0, True), (9, 0, 1, True), (8, 2, 0, False), (8, 1, 1, None), (0, 0, 0, None)],
+    ids=["met", "met-before-stragglers", "missed", "undecided", "nothing-sent"],
+)
+def test_judge(
+    rq: ModuleType, num_met: int, num_missed: int, num_unfinished: int, verdict: bool | None
+) -> None:
+    records = [_record(1.0, 0.1) for _ in range(num_met)]
+    records += [_record(1.0, 5.0) for _ in range(num_missed)]
+    sent = [1.0] * (num_met + num_missed + num_unfinished)
+    assert rq.judge(records, sent, 0.0, 2.0, 1.0) is verdict
+
+
+def test_staircase_stream_is_shared_and_scales(rq: ModuleType) -> None:
+    from headway.core.workloads.text import text_factory
+    from headway.resources.tokenizer import default_tokenizer
+
+    sc = rq.SCENARIOS["tiny"]
+    factory = text_factory(default_tokenizer())
+    model = rq.staircase_plan(sc.workload(factory, 1.0), sc.rungs([4.0, 8.0]), 0, 1.0)
+    wall = rq.staircase_plan(sc.workload(factory, 4.0), sc.rungs([4.0, 8.0]), 0, 4.0)
+    first = rq.staircase_plan(sc.workload(factory, 1.0), sc.rungs([4.0]), 0, 1.0)
+    assert len(model) == len(wall) > len(first) > 0
+    for a, b in zip(model, wall, strict=True):
+        assert b.offset_s == pytest.approx(4.0 * a.offset_s)
+        assert a.session.calls == b.session.calls  # same messages, tokens and headers
+        delays = [s.delay_s for s in a.session.stages]
+        assert [s.delay_s for s in b.session.stages] == pytest.approx([4 * d for d in delays])
+    assert [s.offset_s for s in first] == [s.offset_s for s in model[: len(first)]]
+
+
+def test_workload_shares_system_prompt_per_customer(rq: ModuleType) -> None:
+    from headway.core.workloads.text import text_factory
+    from headway.resources.tokenizer import default_tokenizer
+
+    sc = rq.SCENARIOS["tiny"]
+    wl = sc.workload(text_factory(default_tokenizer()), 1.0)
+    sessions = list(wl.sessions(2 * sc.num_customers * sc.users_per_customer, 0))
+    by_customer: dict[str, set[str]] = {}
+    for s in sessions:
+        customer = s.session_id.split("u")[0]
+        by_customer.setdefault(customer, set()).add(s.calls[0].messages[0].content)
+        turns = [c.prompt_tokens for c in s.calls]
+        assert len(turns) == sc.num_turns and turns == sorted(turns)
+    assert len(by_customer) == sc.num_customers
+    assert all(len(prompts) == 1 for prompts in by_customer.values())
+    full = rq.SCENARIOS["full"]
+    capacity = full.num_gpu_blocks * full.block_size * full.num_replicas
+    assert full.num_customers * full.system_prompt_tokens / capacity == pytest.approx(
+        full.cache_demand_ratio, rel=1e-3
+    )
+
+
+def test_routing_quality_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "rq.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--no-peers", "--arms", "round-robin,kv-aware",
+         "--rr-knee", "6", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "routing_quality"
+    assert doc["peer_routers"]["note"] == "--no-peers"
+    assert [a["label"] for a in doc["arms"]] == ["round-robin", "kv-aware"]
+    assert doc["round_robin_knee"]["sessions_per_s"] == 6
+    for label in ("round-robin", "kv-aware"):
+        steps = doc["staircases"][label]
+        assert len(steps) >= 2  # the fixed rungs always run
+        for step in steps:
+            assert step["is_cache_reset"] is True
+            assert step["num_measured"] > 0
+            assert step["error_share"] == 0.0
+            assert 0.0 <= step["engine_hit_rate"] <= 1.0
+        assert set(doc["table"][label]) == {"1x", "1.5x"}
+        assert set(doc["cluster_crosscheck"][label]["rungs"]) == {"1x", "1.5x", "2x", "3x"}
+    # Precise prefix routing reuses the customers' system prompts that round-robin scatters.
+    hit = {label: doc["table"][label]["1x"]["engine_hit_rate"] for label in doc["table"]}
+    assert hit["kv-aware"] > hit["round-robin"]
+    assert set(doc["targets"]) >= {
+        "kv_aware_knee_ge_2x_round_robin",
+        "kv_aware_beats_prefix_approx",
+    }
+    assert "target kv_aware_knee_ge_2x_round_robin" in proc.stdout
