@@ -14,7 +14,10 @@ CAP = {"block_size": 16, "num_gpu_blocks": 100}  # 1,600 tokens of KV
 
 
 def scores(type_: str, *fields: dict[str, Any], **c: Any) -> dict[str, float]:
-    plugin = default_registry().get(type_).create()
+    """`type_` may carry one `:`-separated param value, e.g. "token-load:capacity"."""
+    type_, _, normalize = type_.partition(":")
+    spec = default_registry().get(type_)
+    plugin = spec.create(spec.params_type(normalize=normalize) if normalize else None)
     eps = tuple(snap(f"e{i}", **f) for i, f in enumerate(fields))
     out = plugin.score(ctx(**c), eps, RequestScratch(0.0))  # type: ignore[union-attr]
     return {k: round(v, 6) for k, v in out.items()}
@@ -46,8 +49,9 @@ def scores(type_: str, *fields: dict[str, Any], **c: Any) -> dict[str, float]:
         ),
         ("kv-usage", [{"kv_cache_usage": 0.25}, {"kv_cache_usage": 1.0}], [0.75, 0.0]),
         ("kv-usage", [{"kv_cache_usage": 0.9, "is_metrics_stale": True}], [0.5]),
-        ("token-load", [{"num_in_flight_tokens": 400, **CAP}, {**CAP}], [0.75, 1.0]),
-        ("token-load", [{"num_in_flight_tokens": 4000, **CAP}], [0.0]),
+        ("token-load:capacity", [{"num_in_flight_tokens": 400, **CAP}, {**CAP}], [0.75, 1.0]),
+        ("token-load:capacity", [{"num_in_flight_tokens": 4000, **CAP}], [0.0]),
+        ("token-load", [{"num_in_flight_tokens": 400, **CAP}, {**CAP}], [0.0, 1.0]),
         ("token-load", [{"num_in_flight_tokens": 400}, {"num_in_flight_tokens": 100}], [0.0, 0.75]),
         (
             "token-load",
@@ -66,6 +70,7 @@ def scores(type_: str, *fields: dict[str, Any], **c: Any) -> dict[str, float]:
         "kv-stale-neutral",
         "tokens-vs-capacity",
         "tokens-over-capacity-clamped",
+        "tokens-relative-by-default",
         "tokens-relative-without-capacity",
         "tokens-relative-when-any-capacity-unknown",
         "tokens-all-equal",

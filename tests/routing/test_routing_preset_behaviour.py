@@ -48,9 +48,9 @@ def test_kv_aware_goes_to_the_cache_holder() -> None:
     ids=["lightly-loaded-holder", "busy-holder-still-wins", "saturated-holder-filtered"],
 )
 def test_kv_aware_trades_cache_for_load(holder_tokens: int, expected: str) -> None:
-    """prefix 3 : token-load 2 : queue 2. A full match is worth 3/7 of the score; an
-    idle peer gets at most 2/7 more from token load, so the holder keeps the request
-    until the saturation filter drops it (token load over its KV capacity)."""
+    """prefix 2 : token-load 1 : least-request 1. With equal request counts a full match
+    (2) beats an idle peer's token-load advantage (at most 1), so the holder keeps the
+    request until the saturation filter drops it (token load over its KV capacity)."""
     handler, _ = kv_aware()
     c = ctx(block_hashes=BLOCKS)
     assert decide(handler, c, fleet(c=holder_tokens, b=100, d=200)) == expected
@@ -73,12 +73,29 @@ def test_kv_aware_approx_learns_from_its_own_routing() -> None:
     assert decide(handler, c, fleet(**{first: 2000}, **others)) == first
 
 
+def test_kv_aware_leaves_a_holder_busier_by_both_measures() -> None:
+    handler, _ = kv_aware()
+    c = ctx(block_hashes=BLOCKS)
+    busy = tuple(
+        snap(i, num_in_flight_tokens=8000 if i == "c" else 0,
+             num_in_flight_requests=3 if i == "c" else 0, **CAP)
+        for i in "abcd"
+    )  # fmt: skip
+    assert decide(handler, c, busy) != "c"
+
+
 def test_prefix_approx_keeps_affinity_until_overloaded() -> None:
     handler = build_handler({"preset": "prefix-approx"})
     c = ctx(chunk_hashes=CHUNKS)
     home = decide(handler, c, fleet())
-    assert decide(handler, c, fleet(**{home: 12000})) == home  # 0.75 of capacity: stays
-    assert decide(handler, c, fleet(**{home: 13000})) != home  # over 0.8: spreads
+    others = {i: 1000 for i in "abcd" if i != home}
+    # Mean 1,500: home's 3,000 is over 1.5x the mean but not 4,096 tokens over it.
+    assert decide(handler, c, fleet(**{home: 3000}, **others)) == home
+    # Mean 3,750: 12,000 is over both the relative and the absolute imbalance.
+    assert decide(handler, c, fleet(**{home: 12000}, **others)) != home
+    # Balanced, but over 0.8 of its KV capacity (16,000 tokens): spreads too.
+    crowded = {i: 12900 for i in "abcd" if i != home}
+    assert decide(handler, c, fleet(**{home: 13000}, **crowded)) != home
 
 
 def test_power_of_two_prefers_the_lighter_of_two() -> None:

@@ -53,20 +53,24 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             ),
             _scorer("token-load", 1.0),
         ),
-        # Precise prefix (KV events) traded off against load, llm-d's 3 : 2 : 2 with
-        # the gateway's current token load in place of the scraped KV usage.
+        # Precise prefix (KV events) traded off against load: prefix 2 : token load 1 :
+        # in-flight requests 1, both load terms relative to the candidates. The prefix
+        # weight equals the load weights' sum, so a full match keeps a request on the
+        # cache holder until the holder is the busiest by both measures (docs/policies.md:
+        # chosen with the cluster simulation; llm-d's 3 : 2 : 2 with absolute load terms
+        # put a whole agentic workload on one replica).
         "kv-aware": _profile(
             _UNSATURATED,
-            _scorer("precise-prefix", 3.0),
-            _scorer("token-load", 2.0),
-            _scorer("queue-depth", 2.0),
+            _scorer("precise-prefix", 2.0),
+            _scorer("token-load", 1.0),
+            _scorer("least-request", 1.0),
         ),
         # The same with the gateway's approximate prefix index (no KV events).
         "kv-aware-approx": _profile(
             _UNSATURATED,
-            _scorer("approx-prefix", 3.0),
-            _scorer("token-load", 2.0),
-            _scorer("queue-depth", 2.0),
+            _scorer("approx-prefix", 2.0),
+            _scorer("token-load", 1.0),
+            _scorer("least-request", 1.0),
         ),
     }
 )

@@ -10,12 +10,19 @@ gateway routed) and `best = max f`:
   whose token load is within bounds. If none is, keep all (the warm ones are
   saturated: spreading beats queueing behind a hot cache).
 
-Token load bound: `num_in_flight_tokens / (num_gpu_blocks * block_size) <=
-max_token_load` when the KV capacity is known; otherwise `num_in_flight_tokens <=
-max_in_flight_tokens` when set; otherwise an endpoint is overloaded when its
-in-flight tokens exceed BOTH `max_relative_token_load x` the candidates' mean and the
-mean plus `min_imbalance_tokens` (SGLang's cache-aware router likewise needs both a
-relative (1.5x) and an absolute imbalance before it gives up on cache affinity).
+Token load bounds; an endpoint over any of them is overloaded:
+
+* imbalance (always): its in-flight tokens exceed BOTH `max_relative_token_load x` the
+  candidates' mean and the mean plus `min_imbalance_tokens` (SGLang's cache-aware
+  router likewise needs both a relative (1.5x) and an absolute imbalance before it
+  gives up on cache affinity);
+* capacity (when the KV capacity is known): `num_in_flight_tokens / (num_gpu_blocks *
+  block_size) > max_token_load`;
+* absolute (when set): `num_in_flight_tokens > max_in_flight_tokens`.
+
+The imbalance bound is what bites on engines with large KV caches: measured in the
+cluster simulation, a capacity bound alone let one warm replica take every call of an
+agentic workload that shares one system prompt.
 
 A hard filter: use it when cache hits matter more than balance (long shared
 prefixes); the weighted prefix scorers trade the two off smoothly instead.
@@ -105,17 +112,19 @@ class PrefixAffinityFilter:
         return kept if kept else endpoints
 
     def _overloaded(self, e: EndpointSnapshot, mean_tokens: float) -> bool:
+        """Over any of the bounds: the relative imbalance (always), the KV-capacity
+        fraction (when the capacity is known), the absolute token count (when set)."""
         p = self.params
-        load = token_load_fraction(e)
-        if load is not None:
-            return load > p.max_token_load
-        if p.max_in_flight_tokens is not None:
-            return e.num_in_flight_tokens > p.max_in_flight_tokens
         tokens = e.num_in_flight_tokens
-        return (
+        if (
             tokens > p.max_relative_token_load * mean_tokens
             and tokens > mean_tokens + p.min_imbalance_tokens
-        )
+        ):
+            return True
+        load = token_load_fraction(e)
+        if load is not None and load > p.max_token_load:
+            return True
+        return p.max_in_flight_tokens is not None and tokens > p.max_in_flight_tokens
 
     def observe(self, ctx: RequestContext, decision: Decision) -> None:
         """Record the prompt's chunks on the chosen endpoint (the approximate index)."""

@@ -5,11 +5,16 @@ of the requests it has in flight on `e` (exact for this process and current, unl
 scraped engine gauges; it weighs a 30k-token prompt 300 times a 100-token one,
 unlike request counts).
 
-* When every candidate's KV capacity `C(e) = num_gpu_blocks * block_size` is known:
-  score(e) = 1 - min(1, t(e) / C(e)), an absolute measure (an endpoint with twice
-  the memory takes twice the tokens).
-* Otherwise, relative to the candidates: score(e) = 1 - t(e) / max(t); all equal
-  (including all idle) scores 1.0.
+* `normalize: relative` (the default): relative to the candidates, score(e) = 1 -
+  t(e) / max(t), the rule `least-request` uses; all equal (including all idle) scores
+  1.0. The busiest candidate scores 0, so the term keeps its pull however lightly the
+  fleet is loaded.
+* `normalize: capacity`: when every candidate's KV capacity `C(e) = num_gpu_blocks *
+  block_size` is known, score(e) = 1 - min(1, t(e) / C(e)), an absolute measure (an
+  endpoint with twice the memory takes twice the tokens); relative otherwise. On
+  engines with large KV caches every score stays near 1 until the fleet is nearly
+  full, so next to a prefix scorer this term barely moves decisions (measured: a
+  shared system prompt sent 80-100% of an agentic workload to one replica).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
+from headway.routing.config import ConfigError
 from headway.routing.context import RequestContext
 from headway.routing.decision import PluginKind
 from headway.routing.endpoint import EndpointField
@@ -25,10 +31,18 @@ from headway.routing.load import inverse_relative, token_load_fraction
 from headway.routing.plugin import Endpoints, PluginSpec
 from headway.routing.state import RequestScratch
 
+_NORMALIZE = ("relative", "capacity")
+
 
 @dataclass(frozen=True)
 class TokenLoadParams:
-    """No parameters."""
+    normalize: str = "relative"  # relative: 1 - t / max t; capacity: 1 - t / KV capacity
+
+    def __post_init__(self) -> None:
+        if self.normalize not in _NORMALIZE:
+            raise ConfigError(
+                "normalize", f"must be one of {list(_NORMALIZE)}, got {self.normalize!r}"
+            )
 
 
 class TokenLoadScorer:
@@ -41,7 +55,7 @@ class TokenLoadScorer:
         self, ctx: RequestContext, endpoints: Endpoints, scratch: RequestScratch
     ) -> Mapping[str, float]:
         loads = [token_load_fraction(e) for e in endpoints]
-        if all(load is not None for load in loads):
+        if self.params.normalize == "capacity" and all(load is not None for load in loads):
             return {
                 e.endpoint_id: 1.0 - min(1.0, load or 0.0)
                 for e, load in zip(endpoints, loads, strict=True)
@@ -57,5 +71,5 @@ SPEC = PluginSpec(
     reads=frozenset(
         {EndpointField.NUM_IN_FLIGHT_TOKENS, EndpointField.BLOCK_SIZE, EndpointField.NUM_GPU_BLOCKS}
     ),
-    summary="1 - in-flight tokens / KV capacity (or / the candidates' maximum)",
+    summary="1 - in-flight tokens / the candidates' maximum (or / KV capacity)",
 )
