@@ -18,7 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _git(*args: str) -> str:
     try:
         out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True)
-        return out.stdout.strip()
+        # Only trailing newlines: `status --porcelain` lines start with a status column
+        # that may be a space.
+        return out.stdout.rstrip("\n")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -31,7 +31,6 @@ from headway.plan.search import (
     search,
     simulate,
 )
-from headway.plan.simulate import _vocab
 from headway.resources.catalog import load_catalog
 
 MODEL = "llama-3.1-8b"
@@ -50,7 +49,7 @@ def scenario() -> Scenario:
         "synthetic", {"input_len": 1024, "output_len": 64}, None
     )
     return build_scenario(
-        workload, tokenizer, _vocab(tokenizer), num_sessions=120, request_rate=60.0,
+        workload, tokenizer, tokenizer.output_vocab(), num_sessions=120, request_rate=60.0,
         burstiness=1.0, seed=0,
     )  # fmt: skip
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from headway.core.tokenizer import Tokenizer
 from headway.core.workloads import Workload
 
+if TYPE_CHECKING:
+    from headway.resources.tokenizer import HfTokenizer
 
-def load_bench_tokenizer(tokenizer_path: str | None) -> Tokenizer:
+
+def load_bench_tokenizer(tokenizer_path: str | None) -> HfTokenizer:
     """The tokenizer a run counts prompt tokens with (default: the shipped one)."""
     from headway.resources.tokenizer import default_tokenizer, load_tokenizer
 
@@ -28,7 +31,7 @@ def is_file_source(name: str) -> bool:
 
 def build_from_source(
     name: str, params: Mapping[str, object], tokenizer_path: str | None
-) -> tuple[Workload, Tokenizer]:
+) -> tuple[Workload, HfTokenizer]:
     """Build the workload `name` (or read the trace / ShareGPT file `name`)."""
     from headway.core.workloads import build_workload
 

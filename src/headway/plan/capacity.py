@@ -294,7 +294,6 @@ def prices_from_args(args: argparse.Namespace, catalog: Catalog) -> Prices:
 def scenario_from_args(args: argparse.Namespace, catalog: Catalog) -> tuple[Scenario, Slo]:
     """Check the shared flags and build the scenario; UsageError naming the flag."""
     from headway.bench.workload_source import build_from_source
-    from headway.plan.simulate import _vocab
 
     try:
         catalog.model(args.model)
@@ -318,7 +317,7 @@ def scenario_from_args(args: argparse.Namespace, catalog: Catalog) -> tuple[Scen
         scenario = build_scenario(
             workload,
             tokenizer,
-            _vocab(tokenizer),
+            tokenizer.output_vocab(),
             num_sessions=args.num_requests,
             request_rate=args.rate,
             burstiness=args.burstiness,

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
                 is_kv_events_enabled=not args.no_kv_events,
                 seed=args.seed,
             )
-            sim = ClusterSimulation(config, catalog, tokenizer, _vocab(tokenizer))
+            sim = ClusterSimulation(config, catalog, tokenizer, tokenizer.output_vocab())
         except ClusterConfigError as exc:
             return fail(f"--profile {profile}: {exc}" if "routing" in str(exc) else str(exc))
         result = sim.run(arrivals)
@@ -146,13 +146,6 @@ def run(args: argparse.Namespace) -> int:
         write_report(results, args.out)
         print(f"results: {path}\nreport: {args.out / 'report.html'}")
     return 0
-
-
-def _vocab(tokenizer: Any) -> tuple[int, ...]:
-    """The simulated model's output tokens: words, as `headway sim` samples them."""
-    words = getattr(tokenizer, "word_token_ids", None)
-    ids: tuple[int, ...] = tuple(words()) if words is not None else ()
-    return ids or tuple(range(min(tokenizer.vocab_size, 1000)))
 
 
 def _metadata(args: argparse.Namespace, params: Any) -> dict[str, Any]:

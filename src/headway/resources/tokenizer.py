@@ -65,6 +65,11 @@ class HfTokenizer:
                 out.append(token_id)
         return tuple(out)
 
+    def output_vocab(self) -> tuple[int, ...]:
+        """What a simulated model samples its output from: the word tokens, or the
+        first 1,000 ids of a vocabulary without any."""
+        return self.word_token_ids() or tuple(range(min(self.vocab_size, 1000)))
+
 
 def load_tokenizer(path: str | Path) -> HfTokenizer:
     """Load a `tokenizer.json` (or a directory holding one)."""

@@ -128,7 +128,7 @@ class Fleet:
         self.tokenizer = tok = (
             load_tokenizer(cfg.tokenizer) if cfg.tokenizer else default_tokenizer()
         )
-        vocab = tok.word_token_ids() or tuple(range(min(tok.vocab_size, 1000)))
+        vocab = tok.output_vocab()
         template = ChatTemplate()
         if cfg.kv_events is not None:
             self._zmq = zmq.asyncio.Context()
