@@ -51,8 +51,7 @@ from headway.bench.workload_source import is_file_source
 from headway.core.serving_metrics import (
     CostInputs,
     GoodputSlo,
-    RequestRecord,
-    request_timings,
+    request_rows,
     summarize,
 )
 
@@ -362,33 +361,6 @@ def _level_text(level: LoadLevel) -> str:
     if level.max_concurrency is not None:
         parts.append(f"concurrency {level.max_concurrency}")
     return ", ".join(parts) or "all at once"
-
-
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)
-
-
-def request_rows(records: Sequence[RequestRecord], started_at: float) -> list[dict[str, Any]]:
-    """The per-request arrays of a point (seconds; `start_s` from the point's start)."""
-    rows = []
-    for r in records:
-        t = request_timings(r)
-        rows.append(
-            {
-                "call_id": r.call_id,
-                "session_id": r.session_id,
-                "start_s": _round(r.sent_at - started_at),
-                "ttft_s": _round(t.ttft_s),
-                "ttft_content_s": _round(t.ttft_content_s),
-                "e2el_s": _round(t.e2el_s),
-                "itl_s": [round(x, 6) for x in t.itl_s],
-                "prompt_tokens": r.prompt_tokens,
-                "output_tokens": r.output_tokens,
-                "cached_tokens": r.cached_tokens,
-                "error": r.error,
-            }
-        )
-    return rows
 
 
 def point_result(level: LoadLevel, run: PointRun, config: BenchConfig) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import shlex
 import signal
@@ -34,6 +33,7 @@ from headway.bench.api import (
 )
 from headway.bench.client import DEFAULT_TIMEOUT_S
 from headway.bench.runner import DEFAULT_MAX_SCHEDULING_LAG_MS, LoadLevel, WorkerError
+from headway.cli_support import goodput_arg, key_value_arg
 from headway.core.serving_metrics import CostInputs, GoodputSlo
 
 EXIT_INTERRUPTED = 130
@@ -94,30 +94,6 @@ def _list_of(item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
     return parse
 
 
-def _key_value(text: str) -> tuple[str, object]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    value: object
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = raw
-    return key, value
-
-
-_SLO_KEYS = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2el": "e2el_ms"}
-
-
-def _slo_item(text: str) -> tuple[str, float]:
-    name, sep, raw = text.partition(":")
-    if not sep or name not in _SLO_KEYS:
-        raise argparse.ArgumentTypeError(
-            f"expected METRIC:MS with METRIC one of {', '.join(_SLO_KEYS)}, got {text!r}"
-        )
-    return _SLO_KEYS[name], _positive_float(raw)
-
-
 # -- the parsers ----------------------------------------------------------------------
 def _add_run_arguments(p: argparse.ArgumentParser, is_required: bool = True) -> None:
     """The options every kind of run takes. On the `bench` parser itself they cannot be
@@ -138,7 +114,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, is_required: bool = True) -> 
     w = p.add_argument_group("workload")
     w.add_argument("--workload", required=is_required, metavar="NAME|FILE",
                    help="synthetic, shared-prefix, multi-turn, agentic, long-context, or a trace / ShareGPT file")  # fmt: skip
-    w.add_argument("--workload-param", type=_key_value, action="append", default=[],
+    w.add_argument("--workload-param", type=key_value_arg, action="append", default=[],
                    metavar="KEY=VALUE", dest="workload_params",
                    help="a workload parameter (VALUE parsed as JSON when it is JSON)")  # fmt: skip
     w.add_argument("--tokenizer", default=None, metavar="PATH",
@@ -160,7 +136,7 @@ def _add_run_arguments(p: argparse.ArgumentParser, is_required: bool = True) -> 
                     default=DEFAULT_MAX_SCHEDULING_LAG_MS,
                     help="p99 client lag above which a point is flagged (default %(default)s)")  # fmt: skip
     m = p.add_argument_group("metrics")
-    m.add_argument("--goodput", type=_slo_item, nargs="+", default=None, metavar="METRIC:MS",
+    m.add_argument("--goodput", type=goodput_arg, nargs="+", default=None, metavar="METRIC:MS",
                    help="SLOs, e.g. ttft:500 tpot:50 e2el:10000")  # fmt: skip
     m.add_argument("--gpu-count", type=_positive_int, default=None, help="GPUs serving a target")
     m.add_argument("--gpu-hourly-usd", type=_non_negative_float, default=None,
