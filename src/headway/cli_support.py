@@ -5,10 +5,12 @@ commands (`KEY=VALUE` parameters, `--goodput METRIC:MS`)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import logging
 import math
+import signal
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -67,3 +69,22 @@ def goodput_arg(text: str) -> tuple[str, float]:
     if not (math.isfinite(ms) and ms > 0):
         raise argparse.ArgumentTypeError(f"{name}: must be > 0 ms, got {raw!r}")
     return GOODPUT_KEYS[name], ms
+
+
+def stop_on_first_sigint(prog: str) -> asyncio.Event:
+    """Call from the running task: the first Ctrl-C sets the returned event (the command
+    stops issuing work and reports what it has), a second one cancels the task."""
+    loop = asyncio.get_running_loop()
+    stop_event = asyncio.Event()
+    task = asyncio.current_task()
+
+    def on_sigint() -> None:
+        if stop_event.is_set() and task is not None:
+            task.cancel()
+        else:
+            print(f"\n{prog}: stopping; Ctrl-C again to abort", file=sys.stderr)
+            stop_event.set()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    return stop_event

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
 import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -33,6 +32,7 @@ from rich.console import Console
 
 from headway.bench.api import BenchConfig, BenchTarget, run_bench, write_results
 from headway.bench.report import TextTable, print_summary, rich_table, write_report
+from headway.cli_support import stop_on_first_sigint
 from headway.gateway.cli import stop_serving
 from headway.gateway.config import GatewayConfigError, config_from_mapping
 from headway.gateway.server import Gateway
@@ -322,20 +322,7 @@ async def run_demo(
 async def _run_with_stop(args: argparse.Namespace, settings: DemoSettings, console: Console) -> int:
     """`run_demo` where the first Ctrl-C stops the measurement (partial results are
     still reported) and a second one aborts."""
-    loop = asyncio.get_running_loop()
-    stop_event = asyncio.Event()
-    task = asyncio.current_task()
-
-    def on_sigint() -> None:
-        if stop_event.is_set() and task is not None:
-            task.cancel()
-        else:
-            print("\nheadway demo: stopping; Ctrl-C again to abort", file=sys.stderr)
-            stop_event.set()
-
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-    return await run_demo(args, settings, console, stop_event)
+    return await run_demo(args, settings, console, stop_on_first_sigint("headway demo"))
 
 
 def run(args: argparse.Namespace) -> int:

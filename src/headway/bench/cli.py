@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import math
 import shlex
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -33,7 +31,7 @@ from headway.bench.api import (
 )
 from headway.bench.client import DEFAULT_TIMEOUT_S
 from headway.bench.runner import DEFAULT_MAX_SCHEDULING_LAG_MS, LoadLevel, WorkerError
-from headway.cli_support import goodput_arg, key_value_arg
+from headway.cli_support import goodput_arg, key_value_arg, stop_on_first_sigint
 from headway.core.serving_metrics import CostInputs, GoodputSlo
 
 EXIT_INTERRUPTED = 130
@@ -287,20 +285,7 @@ def _run_until_done(
     import uvloop
 
     async def wrapper() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        stop_event = asyncio.Event()
-        task = asyncio.current_task()
-
-        def on_sigint() -> None:
-            if stop_event.is_set() and task is not None:
-                task.cancel()
-            else:
-                print("\nheadway bench: stopping; Ctrl-C again to abort", file=sys.stderr)
-                stop_event.set()
-
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
-        return await main(stop_event)
+        return await main(stop_on_first_sigint("headway bench"))
 
     return uvloop.run(wrapper())
 

@@ -7,11 +7,11 @@ pools is checked once, with the first such pool's settings."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import aiohttp
 
+from headway.gateway.background import stop_tasks
 from headway.gateway.config import GatewayConfig, HealthCheckConfig
 from headway.gateway.outlier import OutlierDetector
 
@@ -43,15 +43,8 @@ class HealthChecker:
             self._tasks.append(asyncio.create_task(self._loop(url, cfg)))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await stop_tasks(self._tasks, self._session)
+        self._session = None
 
     async def _loop(self, url: str, cfg: HealthCheckConfig) -> None:
         while True:

@@ -38,7 +38,6 @@ by the engine's host.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -57,6 +56,7 @@ from headway.core.kv_events import (
     KvEventDecodeError,
     decode_batch,
 )
+from headway.gateway.background import stop_tasks
 from headway.gateway.config import CollectorsConfig, KvEventSource
 from headway.routing import KvBlockIndex
 
@@ -241,15 +241,8 @@ class KvEventSubscriber:
                 self._tasks.append(asyncio.create_task(self._run_discovery(url)))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await stop_tasks(self._tasks, self._session)
+        self._session = None
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None

@@ -23,7 +23,6 @@ keyed by it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from headway.gateway.background import stop_tasks
 from headway.gateway.config import CollectorsConfig, EngineKind
 from headway.gateway.engines import ADAPTERS, EngineAdapter, EngineMetrics, filter_page
 
@@ -105,15 +105,8 @@ class MetricsScraper:
             self._tasks.append(asyncio.create_task(self._loop(url, phase_s)))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await stop_tasks(self._tasks, self._session)
+        self._session = None
 
     async def _loop(self, url: str, phase_s: float = 0.0) -> None:
         interval = self.config.scrape_interval_s
