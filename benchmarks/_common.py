@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from headway.provenance import machine_facts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,16 +32,6 @@ def relative_path(arg: str) -> str:
         return arg
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def provenance(inputs: Sequence[str] = ()) -> dict[str, Any]:
     """Where a result came from. `inputs` are repo paths whose uncommitted changes would
     make the SHA a lie; they are listed under `git_dirty_inputs`."""
@@ -53,13 +43,7 @@ def provenance(inputs: Sequence[str] = ()) -> dict[str, Any]:
         ),
         "command": " ".join(["python", *[relative_path(a) for a in sys.argv]]),
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "cpu_model": _cpu_model(),
-        },
+        "machine": machine_facts(),
     }
 
 

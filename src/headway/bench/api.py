@@ -17,10 +17,7 @@ import asyncio
 import datetime
 import json
 import math
-import os
-import platform
 import shlex
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +51,7 @@ from headway.core.serving_metrics import (
     request_rows,
     summarize,
 )
+from headway.provenance import git_sha, machine_facts
 
 SCHEMA = "headway.bench/1"
 RESULTS_FILE = "results.json"
@@ -385,42 +383,10 @@ def point_result(level: LoadLevel, run: PointRun, config: BenchConfig) -> dict[s
 
 
 # -- metadata --------------------------------------------------------------------------
-def _git_sha() -> str | None:
-    """The SHA of the headway checkout this code runs from (None outside a repo)."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def machine_facts() -> dict[str, Any]:
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-    }
-
-
 def metadata(config: BenchConfig, params: Mapping[str, object]) -> dict[str, Any]:
     goodput = config.goodput
     return {
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "command": config.command or shlex.join(["headway", *sys.argv[1:]]),
         "machine": machine_facts(),
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -149,9 +149,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _metadata(args: argparse.Namespace, params: Any) -> dict[str, Any]:
-    from headway.bench.api import machine_facts
+    from headway.provenance import git_sha, machine_facts
 
     return {
+        "git_sha": git_sha(),
         "command": shlex.join(["headway", *sys.argv[1:]]),
         "machine": machine_facts(),
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
