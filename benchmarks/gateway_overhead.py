@@ -367,7 +367,10 @@ class Fleet:
             env = {**os.environ, "PYTHONPATH": str(src / "src")}
         gw = self._spawn(
             [*self.gateway_pin, sys.executable, "-m", "headway.cli", "serve", "--port", "0",
-             "--endpoints", self.urls["direct"], "--model", MODEL, "--ready-file", str(ready)],
+             "--endpoints", self.urls["direct"], "--model", MODEL, "--ready-file", str(ready),
+             # The relay's own cost: the same load-blind policy as the committed figures
+             # (a vLLM pool now defaults to kv-aware, which tokenizes every prompt).
+             "--profile", "round-robin"],
             "gateway.log",
             env,
         )  # fmt: skip
