@@ -55,6 +55,7 @@ from headway.routing import (
     build_handler,
 )
 from headway.routing.context import Headers
+from headway.routing.prefix.chunks import DEFAULT_CHUNK_CHARS, chunk_hashes
 
 
 class ClusterConfigError(ValueError):
@@ -240,6 +241,11 @@ class PromptEncoder:
         token_ids = self.token_ids(call)
         return token_ids, tuple(self._hasher.hash_all(token_ids))
 
+    def chunk_hashes(self, call: Call) -> tuple[int, ...]:
+        """The gateway's approximate prefix keys of the rendered prompt."""
+        messages = [{"role": m.role, "content": m.content} for m in call.messages]
+        return chunk_hashes(self._template.render(messages), DEFAULT_CHUNK_CHARS)
+
 
 class ClusterSimulation:
     """Run sessions through a routed fleet of engines in virtual time."""
@@ -355,7 +361,7 @@ class ClusterSimulation:
             num_prompt_tokens_est=len(token_ids),
             max_output_tokens=call.max_tokens,
             block_hashes=tuple(to_event_int(h) for h in hashes),
-            chunk_hashes=tuple(to_event_int(h) for h in hashes),
+            chunk_hashes=self._encoder.chunk_hashes(call),
             headers=headers,
             session_id=headers.get("x-session-id"),
         )

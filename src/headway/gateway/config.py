@@ -8,6 +8,7 @@ See docs/configuration.md for the file format and every default.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -25,6 +26,7 @@ from headway.routing import (
     build_handler,
     default_preset,
 )
+from headway.routing.prefix.chunks import DEFAULT_CHUNK_CHARS
 
 
 class GatewayConfigError(ValueError):
@@ -82,7 +84,7 @@ class PromptConfig:
 
     tokenizer: str | None = None  # a tokenizer.json; None: the shipped tokenizer
     hash_seed: str | None = None  # the engines' PYTHONHASHSEED (None: unset)
-    chunk_chars: int = 256  # approximate mode: text chunk length
+    chunk_chars: int = DEFAULT_CHUNK_CHARS  # approximate mode: text chunk length
     cache_entries: int = 4096  # LRU of prompts already read
     thread_min_bytes: int = 16384  # prompts at least this long are tokenized in a thread
     session_header: str | None = None  # a header naming the session, besides x-session-id
@@ -91,6 +93,33 @@ class PromptConfig:
 @dataclass(frozen=True)
 class ObservabilityConfig:
     route_header: bool = False  # x-headway-route on every response (else on x-headway-debug: 1)
+
+
+@dataclass(frozen=True)
+class AccessLogConfig:
+    """The per-request JSON access log (logger `headway.access`, docs/operations.md)."""
+
+    enabled: bool = True
+    path: str | None = None  # a file to append to; None or "-": stderr
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """The admin routes' own listener (docs/operations.md); `port` None: no admin port."""
+
+    host: str = "127.0.0.1"
+    port: int | None = None  # 0: a free port
+
+
+class DiscoveryKind(StrEnum):
+    """Where the endpoint lists come from (gateway/discovery.py)."""
+
+    STATIC = "static"  # the pools' `endpoints` in this file
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    kind: DiscoveryKind = DiscoveryKind.STATIC
 
 
 @dataclass(frozen=True)
@@ -168,6 +197,10 @@ class PoolConfig:
     kv_events: Mapping[str, KvEventSource] = field(default_factory=lambda: MappingProxyType({}))
     # whether KV events are expected (sources given, or discovery on a vLLM pool)
     has_kv_events: bool = False
+    # `openai` pools: where the upstream API key comes from (read at load, never logged)
+    api_key_env: str | None = None
+    api_key_file: str | None = None
+    api_key: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -216,6 +249,9 @@ class GatewayConfig:
     collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     observability: ObservabilityConfig = field(default_factory=ObservabilityConfig)
+    access_log: AccessLogConfig = field(default_factory=AccessLogConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def pool_for(self, model: str) -> PoolConfig | None:
         for pool in self.pools:
@@ -377,6 +413,8 @@ _POOL_KEYS = (
     "retry",
     "health_check",
     "lora_adapters",
+    "api_key_env",
+    "api_key_file",
 )
 
 
@@ -522,6 +560,7 @@ def _pool(raw: object, path: str, collectors: CollectorsConfig) -> PoolConfig:
     routing_raw = data.get("routing")
     if routing_raw is None:
         routing_raw = default_preset(has_kv_events)
+    api_key_env, api_key_file, api_key = _api_key(data, path, engine)
     return PoolConfig(
         model=model,
         endpoints=tuple(endpoints),
@@ -541,7 +580,41 @@ def _pool(raw: object, path: str, collectors: CollectorsConfig) -> PoolConfig:
         health_check=_health_check(data.get("health_check", {}), _join(path, "health_check")),
         kv_events=MappingProxyType(kv_sources),
         has_kv_events=has_kv_events,
+        api_key_env=api_key_env,
+        api_key_file=api_key_file,
+        api_key=api_key,
     )
+
+
+def _api_key(
+    data: Mapping[str, Any], path: str, engine: EngineKind
+) -> tuple[str | None, str | None, str | None]:
+    """An `openai` pool's upstream key: from the environment variable `api_key_env` or
+    the file `api_key_file` (first line). Errors name the variable or file, never the key."""
+    env_name = data.get("api_key_env")
+    file_name = data.get("api_key_file")
+    if env_name is None and file_name is None:
+        return None, None, None
+    where = _join(path, "api_key_env" if env_name is not None else "api_key_file")
+    if engine != EngineKind.OPENAI:
+        raise GatewayConfigError(where, "only for pools with engine: openai")
+    if env_name is not None and file_name is not None:
+        raise GatewayConfigError(where, "give api_key_env or api_key_file, not both")
+    if env_name is not None:
+        env_name = _str(env_name, where)
+        key = os.environ.get(env_name, "").strip()
+        if not key:
+            raise GatewayConfigError(where, f"the environment variable {env_name} is unset or empty")
+        return env_name, None, key
+    file_name = _str(file_name, where)
+    try:
+        lines = Path(file_name).read_text().splitlines()
+    except OSError as exc:
+        raise GatewayConfigError(where, f"cannot read {file_name}: {exc.strerror or exc}") from None
+    key = lines[0].strip() if lines else ""
+    if not key:
+        raise GatewayConfigError(where, f"{file_name} is empty")
+    return None, file_name, key
 
 
 def _bool(raw: object, path: str) -> bool:
@@ -612,14 +685,59 @@ def _observability(raw: object) -> ObservabilityConfig:
     )
 
 
+def _access_log(raw: object) -> AccessLogConfig:
+    path = "access_log"
+    data = _mapping(raw, path)
+    _keys(data, ("enabled", "path"), path)
+    file_path = data.get("path")
+    return AccessLogConfig(
+        enabled=_bool(data.get("enabled", True), _join(path, "enabled")),
+        path=None if file_path in (None, "-") else _str(file_path, _join(path, "path")),
+    )
+
+
+def _admin(raw: object) -> AdminConfig:
+    path = "admin"
+    data = _mapping(raw, path)
+    _keys(data, ("host", "port"), path)
+    port = data.get("port")
+    return AdminConfig(
+        host=_str(data.get("host", AdminConfig.host), _join(path, "host")),
+        port=None if port is None else _int(port, _join(path, "port"), 0, 65535),
+    )
+
+
+def _discovery(raw: object) -> DiscoveryConfig:
+    path = "discovery"
+    data = _mapping(raw, path)
+    _keys(data, ("kind",), path)
+    kind = data.get("kind", DiscoveryKind.STATIC.value)
+    try:
+        return DiscoveryConfig(kind=DiscoveryKind(kind))
+    except ValueError:
+        raise GatewayConfigError(
+            _join(path, "kind"), f"must be one of {[k.value for k in DiscoveryKind]}, got {kind!r}"
+        ) from None
+
+
+_TOP_KEYS = (
+    "pools",
+    "listen",
+    "limits",
+    "timeouts",
+    "collectors",
+    "prompt",
+    "observability",
+    "access_log",
+    "admin",
+    "discovery",
+)
+
+
 def config_from_mapping(raw: object) -> GatewayConfig:
     """Validate plain data (as loaded from YAML) into a `GatewayConfig`."""
     data = _mapping(raw, "")
-    _keys(
-        data,
-        ("pools", "listen", "limits", "timeouts", "collectors", "prompt", "observability"),
-        "",
-    )
+    _keys(data, _TOP_KEYS, "")
     collectors = _collectors(data.get("collectors", {}))
     if "pools" not in data:
         raise GatewayConfigError("pools", "field required")
@@ -686,6 +804,9 @@ def config_from_mapping(raw: object) -> GatewayConfig:
         collectors=collectors,
         prompt=_prompt(data.get("prompt", {})),
         observability=_observability(data.get("observability", {})),
+        access_log=_access_log(data.get("access_log", {})),
+        admin=_admin(data.get("admin", {})),
+        discovery=_discovery(data.get("discovery", {})),
     )
 
 

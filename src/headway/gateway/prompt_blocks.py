@@ -34,10 +34,11 @@ from typing import Any
 from headway.core.block_hash import BlockHasher, to_event_int
 from headway.core.tokenizer import ChatTemplate, ChatTemplateError, Tokenizer
 from headway.gateway.config import PromptConfig
+from headway.routing.prefix.chunks import chunk_hashes, id_chunk_hashes
 
-_ROOT = b"headway-chunk-root"
-_CHARS_PER_TOKEN = 4  # for chunking token-id prompts
 _MASK_64 = (1 << 64) - 1  # token ids are the client's: any int must hash, not raise
+
+_CHARS_PER_TOKEN = 4  # for chunking token-id prompts
 
 
 @dataclass(frozen=True)
@@ -89,35 +90,6 @@ def prompt_of(data: Mapping[str, Any], *, is_chat: bool) -> _Prompt | None:
     ):
         return _Prompt(None, tuple(prompt), salt)
     return None
-
-
-def chunk_hashes(text: str, chunk_chars: int, salt: str | None = None) -> tuple[int, ...]:
-    """Chained 64-bit hashes of the full `chunk_chars`-character chunks of `text`."""
-    parent = _root(salt)
-    out = []
-    for i in range(0, len(text) - chunk_chars + 1, chunk_chars):
-        parent = hashlib.blake2b(
-            parent + text[i : i + chunk_chars].encode("utf-8", "surrogatepass"), digest_size=8
-        ).digest()
-        out.append(int.from_bytes(parent, "big"))
-    return tuple(out)
-
-
-def id_chunk_hashes(
-    token_ids: Sequence[int], chunk_tokens: int, salt: str | None = None
-) -> tuple[int, ...]:
-    """Like `chunk_hashes`, over token ids."""
-    parent = _root(salt)
-    out = []
-    for i in range(0, len(token_ids) - chunk_tokens + 1, chunk_tokens):
-        body = b"".join((t & _MASK_64).to_bytes(8, "big") for t in token_ids[i : i + chunk_tokens])
-        parent = hashlib.blake2b(parent + body, digest_size=8).digest()
-        out.append(int.from_bytes(parent, "big"))
-    return tuple(out)
-
-
-def _root(salt: str | None) -> bytes:
-    return _ROOT if salt is None else _ROOT + b"\x00" + salt.encode("utf-8", "surrogatepass")
 
 
 def precise_block_hashes(
