@@ -11,9 +11,10 @@ big-endian.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
@@ -51,12 +52,56 @@ def normalize_event_hash(value: int | bytes) -> int:
     return value & MASK_64
 
 
+class BlockHashMemo:
+    """Remembers block digests by (parent digest, block tokens, extra keys).
+
+    Prompts that share a prefix (a system prompt, the turns of a conversation) share
+    their leading blocks' digests, so a gateway or simulator that hashes every prompt
+    finds most of them here (a dict lookup, ~5x cheaper than SHA-256 over CBOR).
+    Bounded: past `max_entries` the oldest entries go first. Safe to share between
+    threads in CPython (each dict operation is atomic; a lost eviction race only
+    delays an eviction).
+    """
+
+    __slots__ = ("_digests", "max_entries", "num_hits", "num_misses")
+
+    def __init__(self, max_entries: int = 65536) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries: must be >= 1, got {max_entries}")
+        self.max_entries = max_entries
+        self._digests: dict[tuple[bytes, tuple[int, ...], ExtraKeys], bytes] = {}
+        self.num_hits = 0
+        self.num_misses = 0
+
+    def digest(self, parent: bytes, token_ids: tuple[int, ...], extra_keys: ExtraKeys) -> bytes:
+        key = (parent, token_ids, extra_keys)
+        digest = self._digests.get(key)
+        if digest is not None:
+            self.num_hits += 1
+            return digest
+        self.num_misses += 1
+        digest = hash_block(parent, token_ids, extra_keys)
+        self._digests[key] = digest
+        if len(self._digests) > self.max_entries:
+            # Another thread may change the dict meanwhile: then evict next time.
+            with contextlib.suppress(RuntimeError, KeyError, StopIteration):
+                del self._digests[next(iter(self._digests))]
+        return digest
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+
 @dataclass(frozen=True)
 class BlockHasher:
-    """Hashes token sequences block by block, chained, for one block size and seed."""
+    """Hashes token sequences block by block, chained, for one block size and seed.
+
+    With a `memo`, digests of blocks seen before are looked up instead of recomputed.
+    """
 
     block_size: int
     seed: str | None = None
+    memo: BlockHashMemo | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -82,9 +127,15 @@ class BlockHasher:
         bs = self.block_size
         num_full = len(token_ids) // bs
         parent = digests[-1] if digests else self.root
+        memo = self.memo
         for i in range(len(digests), num_full):
             keys = _merge_keys(extra_keys, extra_keys_first_block if i == 0 else None)
-            parent = hash_block(parent, token_ids[i * bs : (i + 1) * bs], keys)
+            block = tuple(token_ids[i * bs : (i + 1) * bs])
+            parent = (
+                hash_block(parent, block, keys)
+                if memo is None
+                else memo.digest(parent, block, keys)
+            )
             digests.append(parent)
         return digests
 
