@@ -10,6 +10,7 @@ identical everywhere.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -88,3 +89,80 @@ class ChatTemplate:
         if add_generation_prompt:
             out.append(f"{START_HEADER}assistant{END_HEADER}\n\n")
         return "".join(out)
+
+
+class ChatEncoder:
+    """Chat messages -> the token ids of their rendered template, message by message.
+
+    Tokenizing a whole prompt costs more than anything else a gateway or a simulator
+    does with it, yet consecutive prompts mostly repeat earlier messages (a system
+    prompt, the turns of a conversation). So each message is encoded on its own (its
+    header, its content, its end-of-turn marker), cached by text, and the pieces
+    concatenated. That equals encoding the rendered prompt when the tokenizer's
+    pre-tokenizer splits at those boundaries (special tokens always split; a byte-level
+    BPE splits before a space-led word). It is checked, not assumed: the first
+    `num_checked` prompts, and every `check_every`-th after, are also encoded whole and
+    compared; one mismatch switches the encoder to whole-prompt encoding for good.
+
+    The piece cache is bounded (`max_pieces`, oldest first out).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        num_checked: int = 16,
+        check_every: int = 64,
+        max_pieces: int = 4096,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._template = ChatTemplate()
+        self._pieces: dict[str, tuple[int, ...]] = {}
+        self._max_pieces = max_pieces
+        self._num_checked = num_checked
+        self._check_every = max(1, check_every)
+        self._num_encoded = 0
+        self.is_piecewise = True
+
+    def _piece(self, text: str) -> tuple[int, ...]:
+        ids = self._pieces.get(text)
+        if ids is None:
+            ids = self._pieces[text] = tuple(self._tokenizer.encode(text))
+            if len(self._pieces) > self._max_pieces:
+                with contextlib.suppress(RuntimeError, KeyError, StopIteration):
+                    del self._pieces[next(iter(self._pieces))]
+        return ids
+
+    def render(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        return self._template.render(messages, add_generation_prompt)
+
+    def encode(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of `render(messages)`; raises ChatTemplateError like `render`."""
+        if not self.is_piecewise:
+            return self._tokenizer.encode(self.render(messages, add_generation_prompt))
+        if not messages:
+            raise ChatTemplateError("messages: must contain at least one message")
+        ids: list[int] = [*self._piece(BEGIN_OF_TEXT)]
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, Mapping):
+                raise ChatTemplateError(f"messages[{i}]: must be an object")
+            role = msg.get("role")
+            if not isinstance(role, str) or not role:
+                raise ChatTemplateError(f"messages[{i}].role: must be a non-empty string")
+            text = message_text(msg.get("content"), f"messages[{i}].content")
+            ids += self._piece(f"{START_HEADER}{role}{END_HEADER}\n\n")
+            ids += self._piece(text)
+            ids += self._piece(END_OF_TURN)
+        if add_generation_prompt:
+            ids += self._piece(f"{START_HEADER}assistant{END_HEADER}\n\n")
+        self._num_encoded += 1
+        if self._num_encoded <= self._num_checked or self._num_encoded % self._check_every == 0:
+            whole = self._tokenizer.encode(self.render(messages, add_generation_prompt))
+            if whole != ids:
+                self.is_piecewise = False
+                return whole
+        return ids

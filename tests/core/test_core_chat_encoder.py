@@ -1,0 +1,89 @@
+"""ChatEncoder: message-by-message encoding equals encoding the rendered prompt."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from headway.core.tokenizer import ChatEncoder, ChatTemplate, ChatTemplateError
+from headway.resources.tokenizer import default_tokenizer
+
+TOK = default_tokenizer()
+
+texts = st.text(
+    alphabet=st.sampled_from(list("abcdefghij XYZ.,!?'\n\t-_:;0123456789éü漢")), max_size=60
+)
+messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "user", "assistant", "tool"]), "content": texts}
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+def whole(msgs: Sequence[dict[str, str]], gen: bool = True) -> list[int]:
+    return TOK.encode(ChatTemplate().render(msgs, gen))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(msgs=messages, gen=st.booleans())
+def test_piecewise_equals_whole_prompt_for_the_shipped_tokenizer(
+    msgs: list[dict[str, str]], gen: bool
+) -> None:
+    # No checks: this is the claim the encoder relies on for the shipped tokenizer.
+    enc = ChatEncoder(TOK, num_checked=0, check_every=10**9)
+    assert enc.encode(msgs, gen) == whole(msgs, gen)
+    assert enc.is_piecewise
+
+
+class _Merging:
+    """A tokenizer whose tokens depend on context across message boundaries."""
+
+    vocab_size = 10
+    eos_token_id = 0
+
+    def encode(self, text: str) -> list[int]:
+        return [len(text)]  # one "token" per call: never additive
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return ""
+
+
+def test_a_non_additive_tokenizer_is_caught_and_whole_encoding_used() -> None:
+    enc = ChatEncoder(_Merging(), num_checked=1)
+    msgs = [{"role": "user", "content": "hello"}]
+    expected = [len(ChatTemplate().render(msgs))]
+    assert enc.encode(msgs) == expected
+    assert not enc.is_piecewise
+    assert enc.encode(msgs) == expected  # and stays in whole-prompt mode
+
+
+def test_periodic_checks_after_the_first_ones() -> None:
+    enc = ChatEncoder(_Merging(), num_checked=0, check_every=3)
+    msgs = [{"role": "user", "content": "hi"}]
+    enc.encode(msgs)
+    enc.encode(msgs)
+    assert enc.is_piecewise  # not checked yet: wrong answers are possible before ...
+    enc.encode(msgs)
+    assert not enc.is_piecewise  # ... the third prompt is checked and switches it off
+
+
+def test_pieces_cache_is_bounded() -> None:
+    enc = ChatEncoder(TOK, max_pieces=5)
+    for i in range(20):
+        enc.encode([{"role": "user", "content": f" question {i}"}])
+    assert len(enc._pieces) <= 5
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [[], [{"content": "x"}], ["not a message"], [{"role": "user", "content": 3}]],
+    ids=["empty", "no-role", "not-object", "bad-content"],
+)
+def test_bad_messages_raise_like_the_template(bad: list[object]) -> None:
+    with pytest.raises(ChatTemplateError):
+        ChatEncoder(TOK).encode(bad)  # type: ignore[arg-type]
