@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from headway.cluster.events import EventKind, EventQueue
-from headway.core.block_hash import BlockHasher, to_event_int
+from headway.core.block_hash import BlockHasher, BlockHashMemo, to_event_int
 from headway.core.catalog import Catalog
 from headway.core.engine import Engine, StepResult
 from headway.core.engine_factory import EngineSpec, ResolvedEngine, resolve_engine
@@ -37,14 +37,7 @@ from headway.core.kv_events import EventBatch
 from headway.core.sampler import DeterministicSampler
 from headway.core.sequence import EngineRequest
 from headway.core.serving_metrics import RequestRecord
-from headway.core.tokenizer import (
-    BEGIN_OF_TEXT,
-    END_HEADER,
-    END_OF_TURN,
-    START_HEADER,
-    ChatTemplate,
-    Tokenizer,
-)
+from headway.core.tokenizer import ChatEncoder, Tokenizer
 from headway.core.workloads import Call, Session
 from headway.routing import (
     EndpointSnapshot,
@@ -182,69 +175,31 @@ class ClusterRun:
 
 
 class PromptEncoder:
-    """Chat messages -> prompt token ids and block hashes.
+    """Chat messages -> prompt token ids, engine block hashes and the gateway's
+    approximate chunk keys.
 
-    The same Llama-3 template and tokenizer `headway sim` applies, so a prompt's tokens
-    (and block hashes) are those the live engine would see. Tokenizing whole prompts
-    costs more than the rest of a simulated request, so each message is encoded on its
-    own (its header, its content, its end-of-turn marker), cached by content, and the
-    pieces concatenated. That is exact when the tokenizer's pre-tokenizer splits at
-    those boundaries (it does for the shipped tokenizer and the workloads' text); the
-    first `num_checked` distinct prompts are also encoded whole and compared, and one
-    mismatch switches the encoder to whole-prompt encoding for the rest of the run.
+    The same Llama-3 template and tokenizer `headway sim` applies (through
+    `core.tokenizer.ChatEncoder`, which encodes message by message with a cache and
+    checks itself against whole-prompt encoding), so a prompt's tokens and block hashes
+    are those the live engine would see; shared prefixes hash through a `BlockHashMemo`.
     """
 
-    def __init__(
-        self,
-        tokenizer: Tokenizer,
-        block_size: int,
-        hash_seed: str | None,
-        num_checked: int = 16,
-    ) -> None:
-        self._tokenizer = tokenizer
-        self._template = ChatTemplate()
-        self._hasher = BlockHasher(block_size, hash_seed)
-        self._pieces: dict[str, tuple[int, ...]] = {}
-        self._num_left_to_check = num_checked
-        self.is_piecewise = True
+    def __init__(self, tokenizer: Tokenizer, block_size: int, hash_seed: str | None) -> None:
+        self._chat = ChatEncoder(tokenizer)
+        self._hasher = BlockHasher(block_size, hash_seed, memo=BlockHashMemo())
 
-    def _piece(self, text: str) -> tuple[int, ...]:
-        ids = self._pieces.get(text)
-        if ids is None:
-            ids = self._pieces[text] = tuple(self._tokenizer.encode(text))
-        return ids
-
-    def _whole(self, call: Call) -> tuple[int, ...]:
-        messages = [{"role": m.role, "content": m.content} for m in call.messages]
-        return tuple(self._tokenizer.encode(self._template.render(messages)))
-
-    def token_ids(self, call: Call) -> tuple[int, ...]:
-        if not self.is_piecewise:
-            return self._whole(call)
-        ids: list[int] = [*self._piece(BEGIN_OF_TEXT)]
-        for m in call.messages:
-            ids += self._piece(f"{START_HEADER}{m.role}{END_HEADER}\n\n")
-            ids += self._piece(m.content)
-            ids += self._piece(END_OF_TURN)
-        ids += self._piece(f"{START_HEADER}assistant{END_HEADER}\n\n")
-        out = tuple(ids)
-        if self._num_left_to_check > 0:
-            self._num_left_to_check -= 1
-            whole = self._whole(call)
-            if whole != out:
-                self.is_piecewise = False
-                return whole
-        return out
+    @staticmethod
+    def _messages(call: Call) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in call.messages]
 
     def encode(self, call: Call) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
         """The prompt's token ids and the engine's block hashes of its full blocks."""
-        token_ids = self.token_ids(call)
+        token_ids = tuple(self._chat.encode(self._messages(call)))
         return token_ids, tuple(self._hasher.hash_all(token_ids))
 
     def chunk_hashes(self, call: Call) -> tuple[int, ...]:
         """The gateway's approximate prefix keys of the rendered prompt."""
-        messages = [{"role": m.role, "content": m.content} for m in call.messages]
-        return chunk_hashes(self._template.render(messages), DEFAULT_CHUNK_CHARS)
+        return chunk_hashes(self._chat.render(self._messages(call)), DEFAULT_CHUNK_CHARS)
 
 
 class ClusterSimulation:
