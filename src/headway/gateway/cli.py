@@ -27,7 +27,9 @@ from urllib.request import urlopen
 from aiohttp import web
 
 from headway.cli_support import run_main, setup_logging
+from headway.gateway.accounting import setup_access_log
 from headway.gateway.config import (
+    AccessLogConfig,
     EngineKind,
     GatewayConfig,
     GatewayConfigError,
@@ -79,6 +81,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="quick form: longest wait in the admission queue (default 30)")  # fmt: skip
     p.add_argument("--ready-file", type=Path, default=None,
                    help="write the bound address as JSON here once serving")  # fmt: skip
+    p.add_argument("--access-log", default=None, metavar="PATH|-",
+                   help="JSON access log, one line per request: a file, or - for stderr "
+                   "(default: the config's access_log, else stderr)")  # fmt: skip
+    p.add_argument("--no-access-log", action="store_true", help="no access log")
     p.add_argument("--log-level", default="WARNING")
 
 
@@ -227,7 +233,21 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
     limits = config.limits
     if args.max_body_bytes is not None:
         limits = LimitsConfig(max_body_bytes=args.max_body_bytes)
-    return replace(config, listen=listen, limits=limits), embedded
+    return replace(
+        config, listen=listen, limits=limits, access_log=_access_log_override(args, config)
+    ), embedded
+
+
+def _access_log_override(args: argparse.Namespace, config: GatewayConfig) -> AccessLogConfig:
+    if args.no_access_log:
+        if args.access_log is not None:
+            raise CliError("--no-access-log: cannot be combined with --access-log")
+        return AccessLogConfig(enabled=False)
+    if args.access_log is None:
+        return config.access_log
+    if not args.access_log.strip():
+        raise CliError("--access-log: give a file path, or - for stderr")
+    return AccessLogConfig(enabled=True, path=None if args.access_log == "-" else args.access_log)
 
 
 async def _start_embedded(
@@ -279,6 +299,7 @@ async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool)
     try:
         if embedded:
             fleet, config = await _start_embedded(args, config)
+        setup_access_log(config.access_log)
         gateway = Gateway(config)
         runner = web.AppRunner(
             gateway.make_app(),

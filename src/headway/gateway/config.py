@@ -604,7 +604,9 @@ def _api_key(
         env_name = _str(env_name, where)
         key = os.environ.get(env_name, "").strip()
         if not key:
-            raise GatewayConfigError(where, f"the environment variable {env_name} is unset or empty")
+            raise GatewayConfigError(
+                where, f"the environment variable {env_name} is unset or empty"
+            )
         return env_name, None, key
     file_name = _str(file_name, where)
     try:

@@ -3,11 +3,20 @@ share a process, as in tests)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+if TYPE_CHECKING:
+    from headway.gateway.accounting import RequestRecord
+
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Per-token times: decode steps run in milliseconds to tens of them (vLLM's ITL
+# buckets start at 10 ms; a fast small model goes below).
+_TOKEN_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
+    0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5,
+)  # fmt: skip
 
 
 class GatewayMetrics:
@@ -39,21 +48,44 @@ class GatewayMetrics:
         self.ttft = Histogram(
             "headway_gateway_ttft_seconds",
             "Streamed requests: time from arrival to the first byte relayed to the client.",
-            ("model",),
+            ("model", "endpoint"),
             buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.tpot = Histogram(
+            "headway_gateway_tpot_seconds",
+            "Streamed requests with > 1 completion token: (e2e - TTFT) / (completion_tokens - 1).",
+            ("model", "endpoint"),
+            buckets=_TOKEN_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            "headway_gateway_inter_token_latency_seconds",
+            "Streamed requests: gaps between successive chunks relayed to the client "
+            "(one per chunk after the first; a chunk usually carries one token).",
+            ("model", "endpoint"),
+            buckets=_TOKEN_BUCKETS_S,
             registry=self.registry,
         )
         self.e2e = Histogram(
             "headway_gateway_e2e_seconds",
             "Time from arrival to the end of the response.",
-            ("model",),
+            ("model", "endpoint"),
             buckets=_LATENCY_BUCKETS_S,
             registry=self.registry,
         )
         self.tokens = Counter(
             "headway_gateway_tokens",
-            "Tokens by kind (prompt, completion), from upstream usage.",
+            "Tokens by kind (prompt, cached, completion), from upstream usage "
+            "(cached: prompt_tokens_details.cached_tokens, a part of prompt).",
             ("model", "kind"),
+            registry=self.registry,
+        )
+        self.outcomes = Counter(
+            "headway_gateway_request_outcomes",
+            "Completion requests by outcome (ok, stream_error, client_error, rejected, "
+            "no_endpoint, upstream_error, cancelled, error), as in the access log.",
+            ("model", "outcome"),
             registry=self.registry,
         )
 
@@ -129,10 +161,13 @@ class GatewayMetrics:
         # Labelled children bound once, not looked up per request (`labels()` locks
         # and builds a key each call); the label values are a small, fixed set.
         self._request_children: dict[tuple[str, str, int], Any] = {}
-        self._e2e_children: dict[str, Any] = {}
+        self._outcome_children: dict[tuple[str, str], Any] = {}
+        # (model, endpoint) -> (ttft, tpot, itl, e2e) children
+        self._latency_children: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
 
-    def request_done(self, model: str, endpoint: str, status: int, e2e_s: float) -> None:
-        """Count a finished completion request and observe its end-to-end time."""
+    def request_done(self, record: RequestRecord) -> None:
+        """Count a finished completion request and observe its latencies."""
+        model, endpoint, status = record.pool, record.endpoint, record.status
         key = (model, endpoint, status)
         counter = self._request_children.get(key)
         if counter is None:
@@ -140,10 +175,32 @@ class GatewayMetrics:
                 model, endpoint, str(status)
             )
         counter.inc()
-        histogram = self._e2e_children.get(model)
-        if histogram is None:
-            histogram = self._e2e_children[model] = self.e2e.labels(model)
-        histogram.observe(e2e_s)
+        okey = (model, record.outcome)
+        outcome = self._outcome_children.get(okey)
+        if outcome is None:
+            outcome = self._outcome_children[okey] = self.outcomes.labels(*okey)
+        outcome.inc()
+        lkey = (model, endpoint)
+        children = self._latency_children.get(lkey)
+        if children is None:
+            children = self._latency_children[lkey] = (
+                self.ttft.labels(*lkey),
+                self.tpot.labels(*lkey),
+                self.itl.labels(*lkey),
+                self.e2e.labels(*lkey),
+            )
+        ttft, tpot, itl, e2e = children
+        e2e_s = record.e2e_s
+        if e2e_s is not None:
+            e2e.observe(e2e_s)
+        ttft_s = record.ttft_s
+        if ttft_s is not None:
+            ttft.observe(ttft_s)
+        tpot_s = record.tpot_s
+        if tpot_s is not None:
+            tpot.observe(tpot_s)
+        for gap_s in record.chunk_gaps_s:
+            itl.observe(gap_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from headway.gateway.accounting import TENANT_HEADERS, AccessLog, RequestRecord, outcome_of
 from headway.gateway.admission import Admission, NoEndpoint, Rejected, Slot
 from headway.gateway.config import EngineKind, GatewayConfig, KvEventSource, PoolConfig
 from headway.gateway.health import HealthChecker
@@ -159,6 +160,7 @@ class Gateway:
             connect_timeout_s=config.timeouts.connect_s
         )
         self.started_at = int(time.time())
+        self.access_log = AccessLog(config.access_log)
         self._handlers: set[asyncio.Task[Any]] = set()  # completion handlers running
 
     async def drain(self, timeout_s: float) -> int:
@@ -320,16 +322,23 @@ class Gateway:
         total_deadline = arrived_at + total_s if total_s else None
         request_id = request.headers.get(REQUEST_ID) or os.urandom(16).hex()
         reply_headers = {REQUEST_ID: request_id}
-        model_label, endpoint_label = "", ""
+        rec = RequestRecord(request_id, "chat" if is_chat else "completions", arrived_at)
+        rec.tenant = _tenant(request)
+        rec.session = self._session_id(request)
+        # A reload swaps these; a request keeps the ones it started with.
+        router, admission = self.router, self.admission
         status = 500
+        is_complete = True
         slot: Slot | None = None
         try:
             body = await _read_body(request, self.config.limits.max_body_bytes)
             req = parse_completion(body, is_chat=is_chat)
-            pool = self.router.pool_for(req.model)
+            rec.model = req.model
+            rec.is_stream = req.is_stream
+            pool = router.pool_for(req.model)
             if pool is None:
                 raise ApiError(404, f"The model `{req.model}` does not exist.", "model")
-            model_label = pool.model
+            rec.pool = pool.model
             info = await self._prompt_info(pool, req, is_chat)
             num_prompt_tokens = info.num_prompt_tokens
             if num_prompt_tokens is None:
@@ -343,7 +352,8 @@ class Gateway:
                 block_hashes=info.block_hashes,
                 chunk_hashes=info.chunk_hashes,
                 headers=_routing_headers(request),
-                session_id=self._session_id(request),
+                session_id=rec.session,
+                tenant=rec.tenant,
                 lora_adapter=req.model if req.model in pool.lora_adapters else None,
             )
             # In-flight token load: prompt + the most it may generate.
@@ -352,16 +362,17 @@ class Gateway:
                 request.headers.get(DEBUG_HEADER) == "1"
             )
             try:
-                slot = await self.admission.admit(pool, ctx, num_tokens)
+                slot = await admission.admit(pool, ctx, num_tokens)
             except NoEndpoint:
                 raise ApiError(503, f"no endpoint available for model `{pool.model}`") from None
-            endpoint_label = slot.route.endpoint
-            budget = self.retry_budgets[slot.route.pool.model]
+            rec.endpoint = slot.route.endpoint
+            rec.pool = slot.route.pool.model
+            budget = self._retry_budget(slot.route.pool)
             budget.request()
             tried = {slot.route.endpoint}
             while True:
                 route = slot.route
-                endpoint_label = route.endpoint
+                rec.endpoint = route.endpoint
                 # The first attempt's TTFT counts from arrival (time queued included),
                 # a retry's from its own start.
                 attempt = _Attempt(arrived_at if len(tried) == 1 else time.monotonic())
@@ -374,9 +385,11 @@ class Gateway:
                         request_id,
                         arrived_at,
                         attempt,
+                        rec,
                         _route_header(route) if want_route else None,
                     )
                     status = resp.status
+                    is_complete = attempt.outcome != "failure"
                     return resp
                 except _AttemptFailed as exc:
                     attempt.outcome = "failure"
@@ -387,7 +400,7 @@ class Gateway:
                 if len(tried) < route.pool.retry.max_attempts and (
                     total_deadline is None or time.monotonic() < total_deadline
                 ):
-                    retry = self.admission.admit_now(route.pool, ctx, num_tokens, frozenset(tried))
+                    retry = admission.admit_now(route.pool, ctx, num_tokens, frozenset(tried))
                     if retry is not None and not budget.try_retry():
                         self.outliers.neutral(retry.route.endpoint)
                         retry.release()
@@ -402,15 +415,19 @@ class Gateway:
                     route.endpoint,
                 )
                 self.metrics.retries.labels(route.pool.model, failed.reason).inc()
+                rec.num_retries += 1
+                rec.retry_reasons.append(failed.reason)
                 slot.release()
                 slot = retry
                 tried.add(slot.route.endpoint)
         except Rejected as exc:
             status = 429
+            rec.error = exc.reason
             headers = {**reply_headers, "Retry-After": str(exc.retry_after_s)}
             return error_response(429, str(exc), headers=headers)
         except ApiError as exc:
             status = exc.status
+            rec.error = exc.message
             return error_response(exc.status, exc.message, exc.param, headers=reply_headers)
         except _ClientGone as exc:
             status = 499  # the client went away mid-stream
@@ -421,9 +438,11 @@ class Gateway:
         finally:
             if slot is not None:
                 slot.release()  # hands the slot to the head of the queue, if any
-            self.metrics.request_done(
-                model_label, endpoint_label, status, time.monotonic() - arrived_at
-            )
+            rec.finished_at = time.monotonic()
+            rec.status = status
+            rec.outcome = outcome_of(status, is_complete)
+            self.metrics.request_done(rec)
+            self.access_log.emit(rec)
 
     async def _prompt_info(
         self, pool: PoolConfig, req: CompletionRequest, is_chat: bool
@@ -442,6 +461,12 @@ class Gateway:
         except Exception:  # routing inputs are best effort; the engine validates prompts
             log.warning("could not read the prompt for routing", exc_info=True)
             return _NO_PROMPT
+
+    def _retry_budget(self, pool: PoolConfig) -> RetryBudget:
+        budget = self.retry_budgets.get(pool.model)
+        if budget is None:  # a pool added by a reload
+            budget = self.retry_budgets[pool.model] = RetryBudget(pool.retry)
+        return budget
 
     def _session_id(self, request: web.Request) -> str | None:
         configured = self.config.prompt.session_header
@@ -472,6 +497,7 @@ class Gateway:
         request_id: str,
         arrived_at: float,
         attempt: _Attempt,
+        rec: RequestRecord,
         route_header: str | None = None,
     ) -> web.StreamResponse:
         timeouts = self.config.timeouts
@@ -522,6 +548,7 @@ class Gateway:
                     request_id,
                     arrived_at,
                     first_deadline,
+                    rec,
                     route_header,
                 )
                 attempt.outcome = "success" if is_complete else "failure"
@@ -540,7 +567,7 @@ class Gateway:
             is_complete = True
             attempt.outcome = "success"
             if upstream.status == 200:
-                self._count_tokens(route, _usage_of(data))
+                self._count_tokens(route, _usage_of(data), rec)
             return web.Response(
                 status=upstream.status,
                 body=data,
@@ -559,6 +586,7 @@ class Gateway:
         request_id: str,
         arrived_at: float,
         first_deadline: float | None,
+        rec: RequestRecord,
         route_header: str | None = None,
     ) -> tuple[web.StreamResponse, bool]:
         """Relay SSE bytes as they come; True with the response when the upstream
@@ -571,14 +599,15 @@ class Gateway:
         )
         sse = SseRelayFilter(strip_usage=req.must_strip_usage)
         deadline = first_deadline
-        is_first = True
+        last_at = 0.0
+        gaps = rec.chunk_gaps_s
         is_counted = False
         error: tuple[int, str] | None = None
         while True:
             try:
                 chunk = await _until(deadline, upstream.read_chunk())
             except _UpstreamTimeout:
-                what = "the first token" if is_first else "the next chunk"
+                what = "the next chunk" if last_at else "the first token"
                 error = (504, f"upstream {route.endpoint} timed out waiting for {what}")
                 break
             except UpstreamReadError as exc:
@@ -592,26 +621,27 @@ class Gateway:
             if sse.is_done and not is_counted:
                 # Count before the last bytes go out, so a client that reads /metrics
                 # right after its stream ended sees its tokens.
-                self._count_tokens(route, sse.usage)
+                self._count_tokens(route, sse.usage, rec)
                 is_counted = True
+            now = time.monotonic()
             if out:
                 if not resp.prepared:
                     await self._start_stream(request, resp)
-                if is_first:
-                    self.metrics.ttft.labels(route.pool.model).observe(
-                        time.monotonic() - arrived_at
-                    )
-                    is_first = False
+                if last_at:
+                    gaps.append(now - last_at)
+                else:
+                    rec.first_byte_at = now
+                last_at = now
                 try:
                     await resp.write(out)
                 except ConnectionError:
                     raise _ClientGone(resp) from None
             if timeouts.idle_s:
-                deadline = _earliest(total_deadline, time.monotonic() + timeouts.idle_s)
+                deadline = _earliest(total_deadline, now + timeouts.idle_s)
             else:
                 deadline = total_deadline
         if not is_counted:
-            self._count_tokens(route, sse.usage)
+            self._count_tokens(route, sse.usage, rec)
         if error is not None and not resp.prepared:
             reason = "timeout" if error[0] == 504 else "read_error"
             raise _AttemptFailed(ApiError(*error), reason)
@@ -650,18 +680,23 @@ class Gateway:
             pass
         return data[:200].decode(errors="replace") or "(no body)"
 
-    def _count_tokens(self, route: Route, usage: Mapping[str, Any] | None) -> None:
+    def _count_tokens(
+        self, route: Route, usage: Mapping[str, Any] | None, rec: RequestRecord
+    ) -> None:
         if not usage:
             return
+        rec.set_usage(usage)
         model = route.pool.model
-        for kind in ("prompt", "completion"):
-            value = usage.get(f"{kind}_tokens")
-            if isinstance(value, int) and value > 0:
+        for kind, value in (
+            ("prompt", rec.num_prompt_tokens),
+            ("cached", rec.num_cached_tokens),
+            ("completion", rec.num_completion_tokens),
+        ):
+            if value:
                 self.metrics.tokens.labels(model, kind).inc(value)
-        details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        cached = rec.num_cached_tokens
         predicted = route.predicted_cached_tokens
-        if predicted is None or not isinstance(cached, int) or isinstance(cached, bool):
+        if predicted is None or cached is None:
             return
         # A drifting KV-event index shows up as these two counters parting ways.
         self.metrics.predicted_cached_tokens.labels(model).inc(predicted)
@@ -690,6 +725,14 @@ async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamRe
 
 
 _NO_HEADERS = Headers()
+
+
+def _tenant(request: web.Request) -> str | None:
+    for name in TENANT_HEADERS:
+        value = request.headers.get(name)
+        if value:
+            return value
+    return None
 
 
 def _routing_headers(request: web.Request) -> Headers:

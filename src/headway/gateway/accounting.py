@@ -1,0 +1,204 @@
+"""Per-request accounting: one `RequestRecord` per completion request, filled in as
+the request goes, written as one JSON line to the `headway.access` logger when the
+request ends, and fed to the Prometheus histograms (metrics.py).
+
+Invariants:
+* Exactly one record per completion request, emitted once, in the handler's
+  `finally` (success, error, rejection, client gone alike).
+* A record holds no request or response body and no header other than the request
+  id, tenant and session: never an API key (the client's `Authorization` is not
+  read, an upstream key is never put in one).
+* Token counts come from the upstream's `usage` (None when it sent none); latencies
+  are measured by the gateway: TTFT to the first relayed byte of a stream, e2e to
+  the end of the handler, TPOT = (e2e - TTFT) / (completion_tokens - 1) as in
+  core.serving_metrics (streams with more than one completion token only).
+* Per relayed chunk only a timestamp difference is appended (`chunk_gaps_s`); the
+  inter-token histogram is fed from it once, when the request ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from headway.gateway.config import AccessLogConfig
+
+ACCESS_LOGGER = "headway.access"
+# Request headers naming a tenant, first match wins (llm-d's fairness id, both spellings).
+TENANT_HEADERS = (
+    "x-tenant-id",
+    "x-llm-d-inference-fairness-id",
+    "x-gateway-inference-fairness-id",
+)
+_MS_PER_S = 1000.0
+
+log = logging.getLogger(ACCESS_LOGGER)
+
+
+class RequestRecord:
+    """What the gateway knows about one request; see the module invariants."""
+
+    __slots__ = (
+        "api",
+        "arrived_at",
+        "arrived_wall_s",
+        "chunk_gaps_s",
+        "endpoint",
+        "error",
+        "finished_at",
+        "first_byte_at",
+        "is_stream",
+        "model",
+        "num_cached_tokens",
+        "num_completion_tokens",
+        "num_prompt_tokens",
+        "num_retries",
+        "outcome",
+        "pool",
+        "request_id",
+        "retry_reasons",
+        "session",
+        "status",
+        "tenant",
+    )
+
+    def __init__(self, request_id: str, api: str, arrived_at: float) -> None:
+        self.request_id = request_id
+        self.api = api  # "chat" (/v1/chat/completions) or "completions"
+        self.model = ""  # as the client named it
+        self.pool = ""  # the pool that served it
+        self.endpoint = ""  # the last upstream tried
+        self.tenant: str | None = None
+        self.session: str | None = None
+        self.is_stream = False
+        self.status = 500
+        self.outcome = "error"
+        self.error: str | None = None
+        self.num_prompt_tokens: int | None = None
+        self.num_cached_tokens: int | None = None
+        self.num_completion_tokens: int | None = None
+        self.arrived_at = arrived_at  # time.monotonic()
+        self.arrived_wall_s = time.time()
+        self.first_byte_at: float | None = None
+        self.finished_at: float | None = None
+        self.num_retries = 0
+        self.retry_reasons: list[str] = []
+        self.chunk_gaps_s: list[float] = []
+
+    def set_usage(self, usage: Mapping[str, Any] | None) -> None:
+        """Token counts from an OpenAI `usage` object (what the upstream reported)."""
+        if not usage:
+            return
+        self.num_prompt_tokens = _count(usage.get("prompt_tokens"))
+        self.num_completion_tokens = _count(usage.get("completion_tokens"))
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, Mapping):
+            self.num_cached_tokens = _count(details.get("cached_tokens"))
+
+    @property
+    def ttft_s(self) -> float | None:
+        if self.first_byte_at is None or not self.is_stream:
+            return None
+        return self.first_byte_at - self.arrived_at
+
+    @property
+    def e2e_s(self) -> float | None:
+        return None if self.finished_at is None else self.finished_at - self.arrived_at
+
+    @property
+    def tpot_s(self) -> float | None:
+        ttft, e2e, n = self.ttft_s, self.e2e_s, self.num_completion_tokens
+        if ttft is None or e2e is None or n is None or n < 2:
+            return None
+        return (e2e - ttft) / (n - 1)
+
+    def to_json(self) -> dict[str, Any]:
+        """The access-log line's fields (latencies in milliseconds)."""
+        return {
+            "ts": round(self.arrived_wall_s, 3),
+            "request_id": self.request_id,
+            "api": self.api,
+            "model": self.model,
+            "pool": self.pool,
+            "endpoint": self.endpoint,
+            "tenant": self.tenant,
+            "session": self.session,
+            "stream": self.is_stream,
+            "status": self.status,
+            "outcome": self.outcome,
+            "error": self.error,
+            "prompt_tokens": self.num_prompt_tokens,
+            "cached_tokens": self.num_cached_tokens,
+            "completion_tokens": self.num_completion_tokens,
+            "ttft_ms": _ms(self.ttft_s),
+            "tpot_ms": _ms(self.tpot_s),
+            "e2e_ms": _ms(self.e2e_s),
+            "retries": self.num_retries,
+            "retry_reasons": self.retry_reasons,
+        }
+
+
+def outcome_of(status: int, is_stream_complete: bool = True) -> str:
+    """The record's `outcome` for an HTTP status sent to the client."""
+    if status == 499:
+        return "cancelled"  # the client went away
+    if status == 429:
+        return "rejected"  # admission: queue full or wait ran out
+    if status < 400:
+        return "ok" if is_stream_complete else "stream_error"
+    if status < 500:
+        return "client_error"
+    if status == 503:
+        return "no_endpoint"
+    return "upstream_error" if status in (502, 504) else "error"
+
+
+class AccessLog:
+    """Writes records as JSON lines to the `headway.access` logger (when enabled)."""
+
+    def __init__(self, config: AccessLogConfig) -> None:
+        self.is_enabled = config.enabled
+        self._encoder = msgspec.json.Encoder()
+
+    def emit(self, record: RequestRecord) -> None:
+        if not self.is_enabled or not log.isEnabledFor(logging.INFO):
+            return
+        log.info(self._encoder.encode(record.to_json()).decode())
+
+
+def setup_access_log(config: AccessLogConfig) -> logging.Handler | None:
+    """Point the `headway.access` logger at stderr or `config.path` (one bare JSON line
+    per record, not propagated to the root logger); returns the handler added."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    if not config.enabled:
+        logger.propagate = False
+        logger.setLevel(logging.CRITICAL + 1)
+        return None
+    added: logging.Handler
+    if config.path is None:
+        added = logging.StreamHandler(sys.stderr)
+    else:
+        Path(config.path).parent.mkdir(parents=True, exist_ok=True)
+        added = logging.FileHandler(config.path, encoding="utf-8")
+    added.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(added)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return added
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _ms(value_s: float | None) -> float | None:
+    return None if value_s is None else round(value_s * _MS_PER_S, 3)

@@ -1,0 +1,223 @@
+"""Per-request accounting: the JSON access log (one line per request, never a key
+or a body) and the Prometheus latency histograms / token and outcome counters, over
+a real `headway sim` fleet."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import MODEL, Fleets
+from gateway_harness import InProcessGateway, closed_port_url, pool
+from sim_harness import families, poll, post
+
+from headway.gateway.accounting import ACCESS_LOGGER, RequestRecord, outcome_of
+from headway.gateway.config import AccessLogConfig, GatewayConfigError, config_from_mapping
+
+SECRET = "sk-test-NEVER-LOG-ME-1234"
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines]
+
+
+@pytest.fixture
+def access_lines() -> Iterator[_Lines]:
+    logger = logging.getLogger(ACCESS_LOGGER)
+    handler = _Lines()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+@pytest.fixture(scope="module")
+def gw(fleets: Fleets) -> Iterator[InProcessGateway]:
+    # One dead endpoint first: round-robin sends every other request there, and the
+    # gateway retries it on the healthy one (a record with retries=1).
+    g = InProcessGateway(
+        {
+            "pools": [
+                pool(
+                    MODEL,
+                    [closed_port_url(), fleets.main.urls[0]],
+                    routing="round-robin",
+                    outlier={"consecutive_failures": 1000},
+                    retry={"budget_min_retries": 1000},
+                )
+            ]
+        }
+    ).start()
+    yield g
+    g.stop()
+
+
+def _one(lines: _Lines, request_id: str) -> dict[str, Any]:
+    found = poll(
+        lambda: [r for r in lines.records() if r["request_id"] == request_id],
+        lambda rs: len(rs) >= 1,
+        what=f"access record {request_id}",
+    )
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_streamed_request_record(gw: InProcessGateway, access_lines: _Lines) -> None:
+    body = {"model": MODEL, "prompt": "hello " * 20, "max_tokens": 6, "ignore_eos": True, "stream": True}  # fmt: skip
+    headers = {
+        "x-request-id": "req-stream-1",
+        "x-tenant-id": "acme",
+        "x-session-id": "sess-9",
+        "Authorization": f"Bearer {SECRET}",
+    }
+    resp = post(gw.url, "/v1/completions", body, headers=headers)
+    assert resp.status == 200 and b"[DONE]" in resp.body
+    rec = _one(access_lines, "req-stream-1")
+    assert (rec["model"], rec["pool"], rec["api"]) == (MODEL, MODEL, "completions")
+    assert (rec["tenant"], rec["session"], rec["stream"]) == ("acme", "sess-9", True)
+    assert (rec["status"], rec["outcome"]) == (200, "ok")
+    assert rec["endpoint"] == gw.config.pools[0].endpoints[1]  # the healthy one
+    assert rec["completion_tokens"] == 6 and rec["prompt_tokens"] > 0
+    assert rec["ttft_ms"] > 0 and rec["tpot_ms"] > 0 and rec["e2e_ms"] >= rec["ttft_ms"]
+    assert rec["retries"] == len(rec["retry_reasons"])
+    assert all(r == "connect_error" for r in rec["retry_reasons"])
+    assert SECRET not in "".join(access_lines.lines)
+    assert "hello" not in "".join(access_lines.lines)  # no bodies
+
+
+def test_generated_request_id_matches_response(gw: InProcessGateway, access_lines: _Lines) -> None:
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 3}
+    resp = post(gw.url, "/v1/completions", body)
+    assert resp.status == 200
+    request_id = resp.headers["x-request-id"]
+    assert len(request_id) == 32
+    rec = _one(access_lines, request_id)
+    assert rec["stream"] is False and rec["ttft_ms"] is None and rec["tpot_ms"] is None
+    assert rec["completion_tokens"] == 3 and rec["e2e_ms"] > 0
+
+
+def test_retry_is_recorded(gw: InProcessGateway, access_lines: _Lines) -> None:
+    ids = [f"req-retry-{i}" for i in range(2)]  # round-robin: one of two hits the dead one
+    for request_id in ids:
+        body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
+        assert post(gw.url, "/v1/completions", body, headers={"x-request-id": request_id}).status == 200  # fmt: skip
+    recs = [_one(access_lines, i) for i in ids]
+    assert all(r["retries"] in (0, 1) for r in recs) and any(r["retries"] for r in recs)
+    for retried in (r for r in recs if r["retries"]):
+        assert retried["retry_reasons"] == ["connect_error"] and retried["outcome"] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "outcome"),
+    [
+        ({"model": "nope", "prompt": "x"}, 404, "client_error"),
+        ({"model": MODEL}, 400, "client_error"),
+    ],
+    ids=["unknown-model", "no-prompt"],
+)
+def test_error_records(
+    gw: InProcessGateway, access_lines: _Lines, body: dict[str, Any], status: int, outcome: str
+) -> None:
+    request_id = f"req-err-{status}"
+    resp = post(gw.url, "/v1/completions", body, headers={"x-request-id": request_id})
+    assert resp.status == status
+    rec = _one(access_lines, request_id)
+    assert (rec["status"], rec["outcome"]) == (status, outcome)
+    assert rec["error"]
+
+
+def test_metrics_histograms_by_model_and_endpoint(gw: InProcessGateway) -> None:
+    body = {"model": MODEL, "prompt": "y", "max_tokens": 5, "ignore_eos": True, "stream": True}
+    assert post(gw.url, "/v1/completions", body).status == 200
+    fams = families(gw.url)
+    healthy = gw.config.pools[0].endpoints[1]
+    for name in (
+        "headway_gateway_ttft_seconds",
+        "headway_gateway_tpot_seconds",
+        "headway_gateway_inter_token_latency_seconds",
+        "headway_gateway_e2e_seconds",
+    ):
+        counts = [
+            s.value
+            for s in fams[name].samples
+            if s.name == name + "_count" and s.labels == {"model": MODEL, "endpoint": healthy}
+        ]
+        assert counts and counts[0] >= 1, name
+    tokens = {
+        s.labels["kind"]: s.value
+        for s in fams["headway_gateway_tokens"].samples
+        if s.name == "headway_gateway_tokens_total"
+    }
+    assert tokens["completion"] >= 5 and tokens["prompt"] >= 1
+    outcomes = {
+        s.labels["outcome"]: s.value
+        for s in fams["headway_gateway_request_outcomes"].samples
+        if s.name == "headway_gateway_request_outcomes_total"
+    }
+    assert outcomes["ok"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("status", "is_complete", "outcome"),
+    [
+        (200, True, "ok"),
+        (200, False, "stream_error"),
+        (400, True, "client_error"),
+        (429, True, "rejected"),
+        (499, True, "cancelled"),
+        (502, True, "upstream_error"),
+        (503, True, "no_endpoint"),
+        (504, True, "upstream_error"),
+        (500, True, "error"),
+    ],
+    ids=["ok", "stream-error", "400", "429", "499", "502", "503", "504", "500"],
+)
+def test_outcome_of(status: int, is_complete: bool, outcome: str) -> None:
+    assert outcome_of(status, is_complete) == outcome
+
+
+@pytest.mark.parametrize(
+    ("tokens", "tpot_s"),
+    [(None, None), (1, None), (2, 0.5), (5, 0.125)],
+    ids=["no-usage", "one-token", "two", "five"],
+)
+def test_tpot_formula(tokens: int | None, tpot_s: float | None) -> None:
+    rec = RequestRecord("r", "chat", arrived_at=10.0)
+    rec.is_stream = True
+    rec.first_byte_at, rec.finished_at = 10.5, 11.0
+    rec.num_completion_tokens = tokens
+    assert rec.tpot_s == tpot_s
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({}, AccessLogConfig()),
+        ({"path": "-"}, AccessLogConfig(path=None)),
+        ({"path": "/tmp/a.log", "enabled": False}, AccessLogConfig(False, "/tmp/a.log")),
+    ],
+    ids=["default-stderr", "dash-stderr", "file-off"],
+)
+def test_access_log_config(raw: dict[str, Any], expected: AccessLogConfig) -> None:
+    cfg = config_from_mapping({"pools": [{"model": "m"}], "access_log": raw})
+    assert cfg.access_log == expected
+
+
+def test_access_log_config_error_names_field() -> None:
+    with pytest.raises(GatewayConfigError, match=r"^access_log\.enabled: must be true or false"):
+        config_from_mapping({"pools": [{"model": "m"}], "access_log": {"enabled": "yes"}})
