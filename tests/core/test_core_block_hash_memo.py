@@ -36,3 +36,20 @@ def test_shared_prefix_blocks_are_looked_up() -> None:
 def test_memo_size_must_be_positive(bad: int) -> None:
     with pytest.raises(ValueError, match="max_entries"):
         BlockHashMemo(bad)
+
+
+@settings(max_examples=60, deadline=None)
+@given(first=tokens, more=tokens, block_size=st.sampled_from([1, 4, 16]))
+def test_extending_from_the_unhashed_tail_equals_hashing_everything(
+    first: list[int], more: list[int], block_size: int
+) -> None:
+    hasher = BlockHasher(block_size)
+    digests = hasher.hash_all(first)
+    offset = len(digests) * block_size
+    hasher.extend(digests, (first + more)[offset:], token_offset=offset)
+    assert digests == hasher.hash_all(first + more)
+
+
+def test_an_offset_past_the_hashed_blocks_is_refused() -> None:
+    with pytest.raises(ValueError, match="token_offset"):
+        BlockHasher(4).extend([], [1, 2, 3, 4], token_offset=4)

@@ -19,6 +19,7 @@ from headway.core.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
 from headway.core.sampler import DeterministicSampler
 from headway.core.scheduler import SchedulerConfig
 from headway.core.sequence import EngineRequest, FinishReason
+from headway.core.sequence import Sequence as EngineSeq
 from headway.resources.catalog import builtin_catalog
 
 EOS = 2
@@ -709,3 +710,15 @@ def test_random_workloads_keep_invariants_and_finish(w: Workload) -> None:
         assert rid in r.reasons, f"{rid} neither finished nor aborted"
         assert r.tokens[rid] == expected_tokens(s, er)
         assert len(r.tokens[rid]) <= er.max_tokens
+
+
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [(0, 3), (1, 5), (5, 7), (2, 2), (0, 7)],
+    ids=["prompt", "across", "output", "empty", "all"],
+)
+def test_tokens_between_matches_slicing_the_whole_sequence(start: int, end: int) -> None:
+    seq = EngineSeq(EngineRequest("r", (10, 11, 12, 13, 14), max_tokens=4), 0)
+    seq.append_output(20)
+    seq.append_output(21)
+    assert seq.tokens_between(start, end) == seq.token_ids()[start:end]

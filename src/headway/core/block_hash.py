@@ -117,20 +117,29 @@ class BlockHasher:
         token_ids: Sequence[int],
         extra_keys_first_block: ExtraKeys = None,
         extra_keys: ExtraKeys = None,
+        token_offset: int = 0,
     ) -> list[bytes]:
         """Append the digests of every newly full block of `token_ids` to `digests`.
 
         `digests` holds the hashes already computed for the first len(digests) blocks,
         so growing sequences are hashed incrementally. `extra_keys_first_block` applies
         to block 0 only (vLLM's cache salt); `extra_keys` to every block (LoRA).
+        `token_offset`: `token_ids` starts at this token of the sequence (at most
+        len(digests) * block_size), so a caller can pass only the unhashed tail.
         """
         bs = self.block_size
-        num_full = len(token_ids) // bs
+        if token_offset > len(digests) * bs:
+            raise ValueError(
+                f"token_offset: {token_offset} skips tokens of unhashed blocks "
+                f"({len(digests)} blocks of {bs} hashed)"
+            )
+        num_full = (token_offset + len(token_ids)) // bs
         parent = digests[-1] if digests else self.root
         memo = self.memo
         for i in range(len(digests), num_full):
             keys = _merge_keys(extra_keys, extra_keys_first_block if i == 0 else None)
-            block = tuple(token_ids[i * bs : (i + 1) * bs])
+            start = i * bs - token_offset
+            block = tuple(token_ids[start : start + bs])
             parent = (
                 hash_block(parent, block, keys)
                 if memo is None

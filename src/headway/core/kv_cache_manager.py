@@ -36,13 +36,16 @@ class KvCacheManager:
     def update_hashes(self, seq: Sequence) -> None:
         """Hash any newly full blocks of the sequence's tokens (prompt and output)."""
         bs = self.block_size
-        if seq.num_tokens // bs <= len(seq.block_hashes):
+        num_full = seq.num_tokens // bs
+        done = len(seq.block_hashes)
+        if num_full <= done:
             return
         self.hasher.extend(
             seq.block_hashes,
-            seq.token_ids(),
+            seq.tokens_between(done * bs, num_full * bs),
             extra_keys_first_block=seq.hash_keys_first_block,
             extra_keys=seq.hash_keys_every_block,
+            token_offset=done * bs,
         )
 
     def computed_prefix(self, seq: Sequence) -> ComputedPrefix:
@@ -94,7 +97,7 @@ class KvCacheManager:
         if num_full <= start:
             return
         bs = self.block_size
-        tokens = seq.token_ids()[start * bs : num_full * bs]
+        tokens = seq.tokens_between(start * bs, num_full * bs)
         parent = seq.block_hashes[start - 1] if start > 0 else None
         req = seq.request
         self.pool.cache_blocks(

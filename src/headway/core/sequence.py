@@ -86,6 +86,16 @@ class Sequence:
     def token_ids(self) -> list[int]:
         return [*self.request.prompt_token_ids, *self.output_token_ids]
 
+    def tokens_between(self, start: int, end: int) -> list[int]:
+        """Tokens [start, end) of prompt + output, without copying the whole sequence."""
+        prompt = self.request.prompt_token_ids
+        n = len(prompt)
+        if end <= n:
+            return list(prompt[start:end])
+        if start >= n:
+            return self.output_token_ids[start - n : end - n]
+        return [*prompt[start:], *self.output_token_ids[: end - n]]
+
     @property
     def hash_keys_every_block(self) -> tuple[Any, ...] | None:
         """vLLM's tagged extra hash keys for every block: the LoRA adapter."""
