@@ -17,7 +17,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from headway.core.block_hash import BlockHasher
+from headway.core.block_hash import BlockHasher, BlockHashMemo
 from headway.core.block_pool import BlockPool
 from headway.core.costmodel import SeqWork, StepCost
 from headway.core.kv_cache_manager import KvCacheManager
@@ -104,15 +104,23 @@ class Engine:
     """Continuous-batching engine over a paged prefix cache."""
 
     def __init__(
-        self, config: EngineConfig, step_cost: StepCostFn, sampler: DeterministicSampler
+        self,
+        config: EngineConfig,
+        step_cost: StepCostFn,
+        sampler: DeterministicSampler,
+        hash_memo: BlockHashMemo | None = None,
     ) -> None:
+        """`hash_memo`: block digests shared with other engines of the same block size
+        and hash seed (a simulated fleet hashes each shared prefix once)."""
         self.config = config
         self._step_cost = step_cost
         self.sampler = sampler
         self.pool = BlockPool(
             config.num_gpu_blocks, config.block_size, config.enable_prefix_caching
         )
-        self.kv = KvCacheManager(self.pool, BlockHasher(config.block_size, config.hash_seed))
+        self.kv = KvCacheManager(
+            self.pool, BlockHasher(config.block_size, config.hash_seed, memo=hash_memo)
+        )
         self.scheduler = Scheduler(config.scheduler, self.kv)
         self.counters = EngineCounters()
         self._seqs: dict[str, Sequence] = {}

@@ -16,6 +16,7 @@ from typing import Any
 import zmq.asyncio
 from aiohttp import web
 
+from headway.core.block_hash import BlockHashMemo
 from headway.core.costmodel import CostModel
 from headway.core.engine import Engine
 from headway.core.engine_factory import EngineSpec, EngineSpecError, resolve_engine
@@ -129,6 +130,8 @@ class Fleet:
             load_tokenizer(cfg.tokenizer) if cfg.tokenizer else default_tokenizer()
         )
         vocab = tok.output_vocab()
+        # Replicas share block size and seed: a prefix sent to several is hashed once.
+        hash_memo = BlockHashMemo()
         template = ChatTemplate()
         if cfg.kv_events is not None:
             self._zmq = zmq.asyncio.Context()
@@ -137,7 +140,7 @@ class Fleet:
             sampler = DeterministicSampler(
                 vocab, tok.eos_token_id, seed=cfg.seed, mean_output_tokens=cfg.mean_output_tokens
             )
-            engine = Engine(engine_config, cost_model.step_cost, sampler)
+            engine = Engine(engine_config, cost_model.step_cost, sampler, hash_memo)
             publisher, sources = self._publisher(i)
             faults = cfg.faults
             if cfg.fault_replicas is not None and i not in cfg.fault_replicas:
