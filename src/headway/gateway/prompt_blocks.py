@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from headway.core.block_hash import BlockHasher, to_event_int
-from headway.core.tokenizer import ChatTemplate, ChatTemplateError, Tokenizer
+from headway.core.block_hash import BlockHasher, BlockHashMemo, to_event_int
+from headway.core.tokenizer import ChatEncoder, ChatTemplate, ChatTemplateError, Tokenizer
 from headway.gateway.config import PromptConfig
 from headway.routing.prefix.chunks import chunk_hashes, id_chunk_hashes
 
@@ -56,6 +56,9 @@ class _Prompt:
     text: str | None
     token_ids: tuple[int, ...] | None
     salt: str | None
+    # Chat prompts: the messages `text` was rendered from, tokenized message by message.
+    messages: Sequence[Mapping[str, Any]] | None = None
+    add_generation_prompt: bool = True
 
 
 _EMPTY = PromptInfo(None, (), (), 0)
@@ -77,7 +80,7 @@ def prompt_of(data: Mapping[str, Any], *, is_chat: bool) -> _Prompt | None:
             )
         except ChatTemplateError:
             return None
-        return _Prompt(text, None, salt)
+        return _Prompt(text, None, salt, messages, add_generation_prompt is not False)
     prompt = data.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]
@@ -93,17 +96,47 @@ def prompt_of(data: Mapping[str, Any], *, is_chat: bool) -> _Prompt | None:
 
 
 def precise_block_hashes(
-    token_ids: Sequence[int], block_size: int, seed: str | None, salt: str | None = None
+    token_ids: Sequence[int],
+    block_size: int,
+    seed: str | None,
+    salt: str | None = None,
+    memo: BlockHashMemo | None = None,
 ) -> tuple[int, ...]:
     """vLLM's event hashes of the prompt's blocks that can be cache hits: the full
     blocks of all prompt tokens but the last."""
     num_blocks = max(0, len(token_ids) - 1) // block_size
     if num_blocks == 0:
         return ()
-    hasher = BlockHasher(block_size, seed)
+    hasher = BlockHasher(block_size, seed, memo=memo)
     first = (("cache_salt", salt),) if salt else None
     digests = hasher.extend([], token_ids[: num_blocks * block_size], extra_keys_first_block=first)
     return tuple(to_event_int(d) for d in digests)
+
+
+class _GilFreeEncoder:
+    """The tokenizer, encoding through `encode_batch` where it has one: the `tokenizers`
+    library holds the GIL through `encode` but releases it in `encode_batch`, and only
+    the latter lets the event loop run while a worker thread tokenizes."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._batch = getattr(tokenizer, "encode_batch", None)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.vocab_size
+
+    @property
+    def eos_token_id(self) -> int:
+        return self._tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        if self._batch is not None:
+            return list(self._batch([text])[0])
+        return self._tokenizer.encode(text)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(token_ids)
 
 
 class PromptReader:
@@ -115,6 +148,12 @@ class PromptReader:
         self.tokenizer = tokenizer
         self._cache: OrderedDict[bytes, PromptInfo] = OrderedDict()
         self._executor: ThreadPoolExecutor | None = None
+        # Consecutive prompts repeat earlier messages and prefixes: tokenize message by
+        # message (checked against whole-prompt tokenization) and look up the digests
+        # of blocks hashed before.
+        self._encoder = _GilFreeEncoder(tokenizer)
+        self._chat = ChatEncoder(self._encoder)
+        self._memo = BlockHashMemo()
         self.num_cache_hits = 0
         self.num_threaded = 0
 
@@ -170,20 +209,19 @@ class PromptReader:
             num_chars = _CHARS_PER_TOKEN * len(prompt.token_ids or ())
         if not tokenize:
             return PromptInfo(None, (), chunks, num_chars)
+        ids: Sequence[int]
         if prompt.token_ids is not None:
-            ids: Sequence[int] = prompt.token_ids
+            ids = prompt.token_ids
+        elif prompt.messages is not None:
+            ids = self._chat.encode(prompt.messages, prompt.add_generation_prompt)
         else:
             assert prompt.text is not None
-            # The `tokenizers` library holds the GIL through `encode` but releases it
-            # in `encode_batch`: only the latter lets the event loop run meanwhile.
-            encode_batch = getattr(self.tokenizer, "encode_batch", None)
-            if encode_batch is not None:
-                ids = encode_batch([prompt.text])[0]
-            else:
-                ids = self.tokenizer.encode(prompt.text)
+            ids = self._encoder.encode(prompt.text)
         blocks: tuple[int, ...] = ()
         if block_size:
-            blocks = precise_block_hashes(ids, block_size, self.config.hash_seed, prompt.salt)
+            blocks = precise_block_hashes(
+                ids, block_size, self.config.hash_seed, prompt.salt, self._memo
+            )
         return PromptInfo(len(ids), blocks, chunks, num_chars)
 
     @staticmethod
