@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sim"))
 
 from sim_harness import scrape
 
+from headway.gateway.admin import make_admin_app
 from headway.gateway.cli import stop_serving
 from headway.gateway.config import GatewayConfig, config_from_mapping
 from headway.gateway.server import Gateway
@@ -34,12 +35,14 @@ READY_DEADLINE_S = 20.0
 class InProcessGateway:
     """A gateway serving from a background thread's event loop."""
 
-    def __init__(self, config: GatewayConfig | dict[str, Any]) -> None:
+    def __init__(self, config: GatewayConfig | dict[str, Any], *, admin: bool = False) -> None:
         if isinstance(config, dict):
             config = config_from_mapping(config)
         self.config = config
         self.gateway = Gateway(config)
         self.url = ""
+        self.admin_url = ""  # with admin=True: the admin routes' own port
+        self._with_admin = admin
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -73,11 +76,20 @@ class InProcessGateway:
         await site.start()
         port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
         self.url = f"http://127.0.0.1:{port}"
+        admin_runner = None
+        if self._with_admin:
+            admin_runner = web.AppRunner(make_admin_app(self.gateway), shutdown_timeout=1.0)
+            await admin_runner.setup()
+            await web.TCPSite(admin_runner, "127.0.0.1", 0).start()
+            admin_port = next(a[1] for a in admin_runner.addresses if isinstance(a, tuple))
+            self.admin_url = f"http://127.0.0.1:{admin_port}"
         self._ready.set()
         try:
             await self._stop.wait()
         finally:
             await stop_serving(runner, self.gateway, self.config.timeouts.drain_s)
+            if admin_runner is not None:
+                await admin_runner.cleanup()
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:

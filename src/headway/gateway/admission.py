@@ -15,6 +15,9 @@ Invariants:
   timeout) is out of the queue at once; a slot handed to a waiter that was cancelled
   before it ran is released again (and handed on).
 * Queues are bounded: `max_queue` entries per pool, never more.
+* A reload (`handover`) moves every waiter to the new admission's queue of the same
+  pool, in order (a pool that is gone fails its waiters with `NoEndpoint`); slots
+  granted by the old admission, when released, also serve the new queues.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class _Waiter:
     ctx: RequestContext
     num_tokens: int
     future: asyncio.Future[Slot]
+    queue_model: str = ""  # the pool whose queue holds it (moves on a reload)
+    queue: collections.deque[_Waiter] | None = None
 
 
 class Admission:
@@ -103,6 +108,33 @@ class Admission:
                 self._pools_of.setdefault(url, []).append(p.model)
         for p in config.pools:
             metrics.queued.labels(p.model).set(0)
+        self._successor: Admission | None = None
+
+    def handover(self, new: Admission) -> None:
+        """Move the queued requests to `new` (a reload) and have slots released here
+        serve `new`'s queues from now on."""
+        self._successor = new
+        for model, queue in self._queues.items():
+            target = new._queues.get(model)
+            while queue:
+                waiter = queue.popleft()
+                self._metrics.queued.labels(model).dec()
+                if waiter.future.done():
+                    continue
+                pool = new._pools.get(waiter.pool.model)
+                if target is None or pool is None:
+                    waiter.future.set_exception(NoEndpoint())
+                    continue
+                waiter.pool = pool
+                waiter.queue, waiter.queue_model = target, model
+                target.append(waiter)
+                self._metrics.queued.labels(model).inc()
+        new.dispatch_all()
+
+    def dispatch_all(self) -> None:
+        """Serve every queue's head while slots are free (after an uncordon or reload)."""
+        for model in self._queues:
+            self._dispatch(model)
 
     def num_queued(self, model: str | None = None) -> int:
         if model is not None:
@@ -146,7 +178,14 @@ class Admission:
         if len(queue) >= limits.max_queue:
             self._metrics.rejected.labels(queue_pool.model, "queue_full").inc()
             raise Rejected(queue_pool, "queue_full")
-        waiter = _Waiter(pool, ctx, num_tokens, asyncio.get_running_loop().create_future())
+        waiter = _Waiter(
+            pool,
+            ctx,
+            num_tokens,
+            asyncio.get_running_loop().create_future(),
+            queue_pool.model,
+            queue,
+        )
         queue.append(waiter)
         self._metrics.queued.labels(queue_pool.model).inc()
         self._dispatch(queue_pool.model)  # serves the head first, if a slot is free
@@ -168,11 +207,12 @@ class Admission:
             if not waiter.future.done():
                 waiter.future.cancel()
             try:
-                queue.remove(waiter)
+                if waiter.queue is not None:  # moved by a reload: leave that queue
+                    waiter.queue.remove(waiter)
             except ValueError:
                 pass  # already popped by the dispatcher
             else:
-                self._metrics.queued.labels(queue_pool.model).dec()
+                self._metrics.queued.labels(waiter.queue_model).dec()
 
     def _grant(self, route: Route, num_tokens: int) -> Slot:
         lease = self._tracker.acquire(route.endpoint, num_tokens)
@@ -181,8 +221,13 @@ class Admission:
 
     def _released(self, endpoint: str) -> None:
         self._metrics.in_flight.dec()
+        self._freed(endpoint)
+
+    def _freed(self, endpoint: str) -> None:
         for model in self._pools_of.get(endpoint, ()):
             self._dispatch(model)
+        if self._successor is not None:
+            self._successor._freed(endpoint)
 
     def _dispatch(self, model: str) -> None:
         """Hand free slots to the head of `model`'s queue, in order, while any."""

@@ -8,7 +8,9 @@
                              # (KV events on, routed with the kv-aware preset)
 
 SIGTERM / SIGINT drain: stop accepting, let in-flight requests finish for up to
-`timeouts.drain_s`, then cancel them.
+`timeouts.drain_s`, then cancel them. SIGHUP re-reads the --config file (pools,
+endpoints, profiles) without dropping requests; `--admin-port` serves the admin
+routes (admin.py). See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import replace
@@ -28,8 +31,10 @@ from aiohttp import web
 
 from headway.cli_support import run_main, setup_logging
 from headway.gateway.accounting import setup_access_log
+from headway.gateway.admin import ReloadError, make_admin_app, reload_gateway
 from headway.gateway.config import (
     AccessLogConfig,
+    AdminConfig,
     EngineKind,
     GatewayConfig,
     GatewayConfigError,
@@ -73,6 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--port", type=int, default=None, help="listen port (default 8080; 0 = ephemeral)"
     )
     p.add_argument("--max-body-bytes", type=int, default=None)
+    p.add_argument("--admin-port", type=int, default=None, metavar="PORT",
+                   help="serve the admin routes (cordon, drain, reload) on this port, "
+                   "on --admin-host (default 127.0.0.1); 0 = ephemeral")  # fmt: skip
+    p.add_argument("--admin-host", default=None, help="admin listen address (default 127.0.0.1)")
     p.add_argument("--max-in-flight-per-endpoint", type=int, default=None, metavar="N",
                    help="quick form: in-flight cap per endpoint (default 256)")  # fmt: skip
     p.add_argument("--max-queue", type=int, default=None, metavar="N",
@@ -226,6 +235,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
         # Filled in once the embedded fleet is up and its ports are known.
         config = GatewayConfig(pools=())
         embedded = True
+    if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
+        raise CliError(f"--admin-port: must be in [0, 65535], got {args.admin_port}")
+    return apply_overrides(args, config), embedded
+
+
+def apply_overrides(args: argparse.Namespace, config: GatewayConfig) -> GatewayConfig:
+    """The config with the flags that override the file's values applied."""
     listen = ListenConfig(
         host=args.host or config.listen.host,
         port=args.port if args.port is not None else config.listen.port,
@@ -233,9 +249,17 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
     limits = config.limits
     if args.max_body_bytes is not None:
         limits = LimitsConfig(max_body_bytes=args.max_body_bytes)
+    admin = AdminConfig(
+        host=args.admin_host or config.admin.host,
+        port=args.admin_port if args.admin_port is not None else config.admin.port,
+    )
     return replace(
-        config, listen=listen, limits=limits, access_log=_access_log_override(args, config)
-    ), embedded
+        config,
+        listen=listen,
+        limits=limits,
+        admin=admin,
+        access_log=_access_log_override(args, config),
+    )
 
 
 def _access_log_override(args: argparse.Namespace, config: GatewayConfig) -> AccessLogConfig:
@@ -295,12 +319,16 @@ async def _start_embedded(
 async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool) -> None:
     fleet = None
     runner: web.AppRunner | None = None
+    admin_runner: web.AppRunner | None = None
     gateway: Gateway | None = None
     try:
         if embedded:
             fleet, config = await _start_embedded(args, config)
         setup_access_log(config.access_log)
         gateway = Gateway(config)
+        if args.config is not None:
+            path = args.config
+            gateway.config_loader = lambda: apply_overrides(args, load_config(path))
         runner = web.AppRunner(
             gateway.make_app(),
             handler_cancellation=True,
@@ -313,6 +341,18 @@ async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool)
         port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
         host = config.listen.host
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+        admin_url = None
+        if config.admin.port is not None:
+            admin_runner = web.AppRunner(
+                make_admin_app(gateway), access_log=None, shutdown_timeout=_CLOSE_TIMEOUT_S
+            )
+            await admin_runner.setup()
+            await web.TCPSite(
+                admin_runner, config.admin.host, config.admin.port, reuse_address=True
+            ).start()
+            admin_port = next(a[1] for a in admin_runner.addresses if isinstance(a, tuple))
+            admin_host = config.admin.host
+            admin_url = f"http://{'127.0.0.1' if admin_host in ('0.0.0.0', '') else admin_host}:{admin_port}"  # fmt: skip
         info = {
             "url": url,
             "host": host,
@@ -328,6 +368,8 @@ async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool)
                 for p in config.pools
             ],
             "embedded_fleet": embedded,
+            "admin_url": admin_url,
+            "pid": os.getpid(),
         }
         if args.ready_file is not None:
             tmp = args.ready_file.with_suffix(".tmp")
@@ -337,18 +379,43 @@ async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool)
             f"headway gateway on {url}" + (" (embedded simulated fleet)" if embedded else ""),
             flush=True,
         )
+        if admin_url is not None:
+            print(f"  admin routes on {admin_url}/admin/", flush=True)
         for p in config.pools:
             print(f"  model {p.model}: {', '.join(p.endpoints) or '(no endpoints)'}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_sighup() -> None:
+            assert gateway is not None
+            task = asyncio.create_task(_reload_on_signal(gateway))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         await stop.wait()
     finally:
+        if admin_runner is not None:
+            for admin_site in list(admin_runner.sites):
+                await admin_site.stop()
         if runner is not None:
             await stop_serving(runner, gateway, config.timeouts.drain_s)
+        if admin_runner is not None:
+            await admin_runner.cleanup()
         if fleet is not None:
             await fleet.stop()
+
+
+async def _reload_on_signal(gateway: Gateway) -> None:
+    try:
+        await reload_gateway(gateway)
+    except ReloadError as exc:
+        log.error("SIGHUP: reload rejected: %s", exc.message)
+    except Exception:
+        log.exception("SIGHUP: reload failed; the running config keeps serving")
 
 
 async def stop_serving(runner: web.AppRunner, gateway: Gateway | None, drain_s: float) -> None:

@@ -21,6 +21,7 @@ one ejects it again with the next back-off. Every routed attempt ends in exactly
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -48,6 +49,26 @@ class OutlierDetector:
                 if url not in self._states:
                     self._states[url] = _EndpointState(pool.outlier)
                     metrics.ejected.labels(url).set(0)
+
+    def reconfigure(self, config: GatewayConfig) -> None:
+        """A reload: endpoints still listed keep their state (with their first pool's
+        new settings), new ones start active, removed ones are forgotten."""
+        listed: set[str] = set()
+        for pool in config.pools:
+            for url in pool.endpoints:
+                if url in listed:
+                    continue
+                listed.add(url)
+                st = self._states.get(url)
+                if st is None:
+                    self._states[url] = _EndpointState(pool.outlier)
+                    self._metrics.ejected.labels(url).set(0)
+                else:
+                    st.config = pool.outlier
+        for url in [u for u in self._states if u not in listed]:
+            del self._states[url]
+            with contextlib.suppress(KeyError):
+                self._metrics.ejected.remove(url)
 
     def is_blocked(self, url: str, now: float | None = None) -> bool:
         """True while the endpoint must not get new requests: in its back-off, or

@@ -13,6 +13,10 @@ every endpoint of a pool is at its cap the answer is `Full`: the request waits i
 that pool's admission queue (it does not spill over to the fallback, which is for a
 pool with nothing to offer, not a busy one).
 
+Cordoned endpoints (the admin port, docs/operations.md) are left out entirely: they
+get no new request, and a pool whose endpoints are all cordoned counts as having
+none (its fallback, else 503). Requests already on them finish.
+
 Snapshots combine three collectors: the in-flight tracker (exact, this process), the
 metrics scraper (engine queue, running, KV usage, LoRA, cache geometry; with
 `is_metrics_stale` once scrapes fail) and the outlier detector. A snapshot is reused
@@ -23,7 +27,7 @@ all scraped values).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -69,8 +73,10 @@ class PoolRouter:
         outliers: OutlierDetector | None = None,
         scraper: MetricsScraper | None = None,
         kv_index: KvBlockIndex | None = None,
+        cordoned: Set[str] = frozenset(),
     ) -> None:
         self.pool = pool
+        self._cordoned = cordoned
         self._tracker = tracker
         self._outliers = outliers
         self._scraper = scraper
@@ -83,22 +89,47 @@ class PoolRouter:
         # url -> ((num_requests, num_tokens, is_ejected, scrape version), the snapshot)
         self._snapshot_cache: dict[str, tuple[tuple[int, int, bool, int], EndpointSnapshot]] = {}
 
+    def can_serve(
+        self,
+        pool: PoolConfig,
+        outliers: OutlierDetector | None,
+        scraper: MetricsScraper | None,
+        kv_index: KvBlockIndex | None,
+        cordoned: Set[str],
+    ) -> bool:
+        """Whether this router can go on serving `pool` with these collaborators."""
+        return (
+            pool == self.pool
+            and outliers is self._outliers
+            and scraper is self._scraper
+            and (kv_index if pool.has_kv_events else None) is self.kv_index
+            and cordoned is self._cordoned
+        )
+
     @property
     def profile_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self._handler.profiles)
 
+    def available(self) -> tuple[str, ...]:
+        """The pool's endpoints that are not cordoned."""
+        cordoned = self._cordoned
+        if not cordoned:
+            return self.pool.endpoints
+        return tuple(u for u in self.pool.endpoints if u not in cordoned)
+
     def snapshots(self, exclude: frozenset[str] = frozenset()) -> list[EndpointSnapshot]:
-        """Every endpoint below its in-flight cap and not in `exclude`."""
+        """Every endpoint not cordoned, below its in-flight cap and not in `exclude`."""
         cap = self.pool.max_in_flight_per_endpoint
         outliers = self._outliers
         blocked: set[str] = set()
         now = time.monotonic()
+        endpoints = self.available()
         if outliers is not None:
-            blocked = {u for u in self.pool.endpoints if outliers.is_blocked(u, now)}
-            if len(blocked) == len(self.pool.endpoints):
+            blocked = {u for u in endpoints if outliers.is_blocked(u, now)}
+            if len(blocked) == len(endpoints):
                 blocked = set()  # fail open: every endpoint is out
         out = []
-        for url in self.pool.endpoints:
+        for url in endpoints:
             if url in exclude:
                 continue
             load = self._tracker.load(url)
@@ -176,6 +207,8 @@ class Router:
         scraper: MetricsScraper | None = None,
         kv_index: KvBlockIndex | None = None,
         block_size_of: Callable[[str], int | None] | None = None,
+        cordoned: Set[str] = frozenset(),
+        previous: Router | None = None,
     ) -> None:
         self.config = config
         self._outliers = outliers
@@ -187,10 +220,16 @@ class Router:
             for p in config.pools:
                 for url in p.endpoints:
                     kv_index.mark_stale(url)
-        self._pools = {
-            p.model: PoolRouter(p, tracker, seed + i, outliers, scraper, kv_index)
-            for i, p in enumerate(config.pools)
-        }
+        self._pools: dict[str, PoolRouter] = {}
+        for i, p in enumerate(config.pools):
+            old = previous._pools.get(p.model) if previous is not None else None
+            if old is not None and old.can_serve(p, outliers, scraper, kv_index, cordoned):
+                # A reload that left the pool alone keeps its plugins' state (indexes).
+                self._pools[p.model] = old
+            else:
+                self._pools[p.model] = PoolRouter(
+                    p, tracker, seed + i, outliers, scraper, kv_index, cordoned
+                )
         self._by_name = {name: p.model for p in config.pools for name in p.names}
 
     def pool_for(self, model: str) -> PoolConfig | None:
@@ -222,8 +261,9 @@ class Router:
             seen.add(current.model)
             router = self._pools[current.model]
             snapshots = router.snapshots(exclude)
-            if not snapshots and current.endpoints:
-                if exclude and all(u in exclude for u in current.endpoints):
+            available = router.available()
+            if not snapshots and available:
+                if exclude and all(u in exclude for u in available):
                     return None
                 return Full(current)
             pool_ctx = ctx if ctx.model == current.model else _with_model(ctx, current.model)

@@ -93,6 +93,14 @@ class MetricsScraper:
     def stale_after_s(self) -> float:
         return self.config.stale_after_intervals * self.config.scrape_interval_s
 
+    def adopt(self, old: MetricsScraper) -> None:
+        """A reload: keep `old`'s last values for endpoints scraped by both with the
+        same engine kind (routing keeps seeing them until the next scrape)."""
+        for url, state in self._states.items():
+            previous = old._states.get(url)
+            if previous is not None and previous.adapter is state.adapter:
+                self._states[url] = previous
+
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
         if not self._states or self._tasks:

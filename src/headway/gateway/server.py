@@ -24,7 +24,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import msgspec
@@ -78,6 +79,9 @@ _DROP_RESPONSE_HEADERS = frozenset(
         REQUEST_ID,
     }
 )
+_DRAIN_POLL_S = 0.02
+# Config sections a reload cannot change (they need a restart).
+RESTART_FIELDS = ("listen", "admin", "prompt", "collectors", "access_log", "discovery", "limits")
 _MAX_UPSTREAM_ERROR_BYTES = 64 * 1024
 _MAX_UPSTREAM_BODY_BYTES = 256 * 1024 * 1024
 
@@ -124,27 +128,10 @@ class Gateway:
         self.outliers = OutlierDetector(config, self.metrics)
         self.health_checker = HealthChecker(config, self.outliers)
         self.retry_budgets = {p.model: RetryBudget(p.retry) for p in config.pools}
-        self.scraper = MetricsScraper(
-            _scrape_targets(config),
-            config.collectors,
-            on_stale_change=lambda url, stale: self.metrics.metrics_stale.labels(url).set(stale),
-        )
-        self.kv_index: KvBlockIndex | None = None
-        self.kv_subscriber: KvEventSubscriber | None = None
-        if any(p.has_kv_events for p in config.pools):
-            self.kv_index = KvBlockIndex()
-            sources, discover, without = _kv_sources(config)
-            self.kv_subscriber = KvEventSubscriber(
-                self.kv_index,
-                config.collectors,
-                sources=sources,
-                discover=discover,
-                without_source=without,
-                on_stale_change=lambda url, stale: self.metrics.kv_index_stale.labels(url).set(
-                    stale
-                ),
-                on_batch=self._count_kv_batch,
-            )
+        self.scraper = self._make_scraper(config)
+        self.kv_index, self.kv_subscriber = self._make_kv(config)
+        # Endpoints cordoned on the admin port: no new requests (shared with the routers).
+        self.cordoned: set[str] = set()
         self.router = Router(
             config,
             self.tracker,
@@ -152,6 +139,7 @@ class Gateway:
             scraper=self.scraper,
             kv_index=self.kv_index,
             block_size_of=self._block_size_of,
+            cordoned=self.cordoned,
         )
         self.prompts: PromptReader | None = None  # built at startup (loads the tokenizer)
         self._kv_batch_children: dict[str, tuple[Any, Any]] = {}
@@ -162,6 +150,136 @@ class Gateway:
         self.started_at = int(time.time())
         self.access_log = AccessLog(config.access_log)
         self._handlers: set[asyncio.Task[Any]] = set()  # completion handlers running
+        self._is_started = False
+        self._reload_lock = asyncio.Lock()
+        # Reads the config file again for a reload (set by `headway serve --config`).
+        self.config_loader: Callable[[], GatewayConfig] | None = None
+
+    def _make_scraper(self, config: GatewayConfig) -> MetricsScraper:
+        return MetricsScraper(
+            _scrape_targets(config),
+            config.collectors,
+            on_stale_change=lambda url, stale: self.metrics.metrics_stale.labels(url).set(stale),
+        )
+
+    def _make_kv(
+        self, config: GatewayConfig
+    ) -> tuple[KvBlockIndex | None, KvEventSubscriber | None]:
+        if not any(p.has_kv_events for p in config.pools):
+            return None, None
+        index = KvBlockIndex()
+        sources, discover, without = _kv_sources(config)
+        subscriber = KvEventSubscriber(
+            index,
+            config.collectors,
+            sources=sources,
+            discover=discover,
+            without_source=without,
+            on_stale_change=lambda url, stale: self.metrics.kv_index_stale.labels(url).set(stale),
+            on_batch=self._count_kv_batch,
+        )
+        return index, subscriber
+
+    # -- operations (admin port, SIGHUP; docs/operations.md) -----------------------
+    def endpoint_urls(self) -> list[str]:
+        return list(dict.fromkeys(u for p in self.config.pools for u in p.endpoints))
+
+    def endpoint_states(self) -> list[dict[str, Any]]:
+        """Every endpoint's state as `GET /admin/endpoints` shows it."""
+        out = []
+        for url in self.endpoint_urls():
+            load = self.tracker.load(url)
+            is_cordoned = url in self.cordoned
+            is_ejected = self.outliers.is_ejected(url)
+            view = self.scraper.view(url)
+            out.append(
+                {
+                    "url": url,
+                    "pools": [p.model for p in self.config.pools if url in p.endpoints],
+                    "state": "cordoned" if is_cordoned else "ejected" if is_ejected else "healthy",
+                    "is_cordoned": is_cordoned,
+                    "is_ejected": is_ejected,
+                    "num_in_flight": load.num_requests,
+                    "num_in_flight_tokens": load.num_tokens,
+                    "is_metrics_stale": None if view is None else view.is_stale,
+                }
+            )
+        return out
+
+    def cordon(self, url: str) -> None:
+        """No new requests for `url`; those on it finish."""
+        self.cordoned.add(url)
+
+    def uncordon(self, url: str) -> None:
+        self.cordoned.discard(url)
+        self.admission.dispatch_all()  # queued requests may use it now
+
+    async def drain_endpoint(self, url: str, timeout_s: float) -> bool:
+        """Cordon `url` and wait until nothing is in flight on it; False when
+        `timeout_s` ran out first (it stays cordoned either way)."""
+        self.cordon(url)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.tracker.load(url).num_requests > 0:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_DRAIN_POLL_S)
+        return True
+
+    async def reload(self, new: GatewayConfig) -> list[str]:
+        """Swap in `new` pools (endpoints, profiles, limits) without dropping anything
+        in flight: requests keep the router they started with; queued ones move to the
+        new admission queues. Sections that need a restart keep their running values;
+        their names are returned."""
+        async with self._reload_lock:
+            kept = [f for f in RESTART_FIELDS if getattr(new, f) != getattr(self.config, f)]
+            new = replace(new, **{f: getattr(self.config, f) for f in RESTART_FIELDS})
+            old = self.config
+            old_scraper, old_kv = self.scraper, self.kv_subscriber
+            old_health = self.health_checker
+            self.outliers.reconfigure(new)
+            self.health_checker = HealthChecker(new, self.outliers)
+            if _scrape_targets(new) != _scrape_targets(old):
+                self.scraper = self._make_scraper(new)
+                self.scraper.adopt(old_scraper)
+            if _kv_sources(new) != _kv_sources(old):
+                # A new index: precise-prefix matches approximately until it syncs.
+                self.kv_index, self.kv_subscriber = self._make_kv(new)
+            urls = {u for p in new.pools for u in p.endpoints}
+            self.cordoned.intersection_update(urls)
+            router = Router(
+                new,
+                self.tracker,
+                outliers=self.outliers,
+                scraper=self.scraper,
+                kv_index=self.kv_index,
+                block_size_of=self._block_size_of,
+                cordoned=self.cordoned,
+                previous=self.router,
+            )
+            admission = Admission(new, router, self.tracker, self.metrics)
+            self.config, self.router = new, router
+            old_admission, self.admission = self.admission, admission
+            old_admission.handover(admission)
+            # The swap is done; now stop what was replaced and start the new parts.
+            if self._is_started:
+                await old_health.stop()
+                self.health_checker.start()
+                if self.scraper is not old_scraper:
+                    await old_scraper.stop()
+                    self.scraper.start()
+                if self.kv_subscriber is not old_kv:
+                    if old_kv is not None:
+                        await old_kv.stop()
+                    if self.kv_subscriber is not None:
+                        self.kv_subscriber.start()
+            log.warning(
+                "config reloaded: %d pool(s), %d endpoint(s)%s",
+                len(new.pools),
+                len(urls),
+                f"; kept running values of {', '.join(kept)} (restart to change)" if kept else "",
+            )
+            return kept
 
     async def drain(self, timeout_s: float) -> int:
         """Wait up to `timeout_s` for running completions to finish, then cancel the
@@ -197,6 +315,7 @@ class Gateway:
         self.scraper.start()
         if self.kv_subscriber is not None:
             self.kv_subscriber.start()
+        self._is_started = True
 
     async def _close_transport(self, app: web.Application) -> None:
         await self.health_checker.stop()
