@@ -113,6 +113,10 @@ ERRORS = {
         "pools[0].routing",
         "KV-event index",
     ),
+    "admin-port": ({**cfg(), "admin": {"port": 70000}}, "admin.port", "in [0, 65535]"),
+    "admin-unknown": ({**cfg(), "admin": {"bind": "x"}}, "admin.bind", "unknown field"),
+    "discovery-kind": ({**cfg(), "discovery": {"kind": "consul"}}, "discovery.kind", "one of"),
+    "access-log-path": ({**cfg(), "access_log": {"path": ""}}, "access_log.path", "non-empty"),
     "collectors-unknown": (
         {**cfg(), "collectors": {"interval": 1}},
         "collectors.interval",
@@ -322,6 +326,13 @@ BAD_FLAGS = {
     "max-queue-embedded": (["--max-queue", "-2"], "--max-queue"),
     "max-queue-with-config": (["--config", "x.yaml", "--max-queue", "3"], "--max-queue"),
     "unknown-flag": (["--bogus"], "--bogus"),
+    "workers-zero": (["--endpoints", EP, "--model", "m", "--workers", "0"], "--workers"),
+    "workers-embedded": (["--workers", "2"], "--workers"),
+    "admin-port-range": (["--endpoints", EP, "--model", "m", "--admin-port", "-1"], "--admin-port"),
+    "access-log-both": (
+        ["--endpoints", EP, "--model", "m", "--access-log", "-", "--no-access-log"],
+        "--no-access-log",
+    ),
 }
 
 

@@ -162,14 +162,17 @@ def outcome_of(status: int, is_stream_complete: bool = True) -> str:
 class AccessLog:
     """Writes records as JSON lines to the `headway.access` logger (when enabled)."""
 
-    def __init__(self, config: AccessLogConfig) -> None:
+    def __init__(self, config: AccessLogConfig, worker: int | None = None) -> None:
         self.is_enabled = config.enabled
+        self.worker = worker  # the process's index under `--workers`, else None
         self._encoder = msgspec.json.Encoder()
 
     def emit(self, record: RequestRecord) -> None:
         if not self.is_enabled or not log.isEnabledFor(logging.INFO):
             return
-        log.info(self._encoder.encode(record.to_json()).decode())
+        fields = record.to_json()
+        fields["worker"] = self.worker
+        log.info(self._encoder.encode(fields).decode())
 
 
 def setup_access_log(config: AccessLogConfig) -> logging.Handler | None:

@@ -46,6 +46,7 @@ from headway.gateway.config import (
     validate_endpoint,
 )
 from headway.gateway.server import Gateway
+from headway.gateway.workers import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--port", type=int, default=None, help="listen port (default 8080; 0 = ephemeral)"
     )
     p.add_argument("--max-body-bytes", type=int, default=None)
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="N gateway processes sharing the port (SO_REUSEPORT), each with "
+                   "its own state (docs/operations.md); default 1")  # fmt: skip
     p.add_argument("--admin-port", type=int, default=None, metavar="PORT",
                    help="serve the admin routes (cordon, drain, reload) on this port, "
                    "on --admin-host (default 127.0.0.1); 0 = ephemeral")  # fmt: skip
@@ -235,6 +239,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
         # Filled in once the embedded fleet is up and its ports are known.
         config = GatewayConfig(pools=())
         embedded = True
+    if args.workers < 1:
+        raise CliError(f"--workers: must be >= 1, got {args.workers}")
+    if args.workers > 1 and embedded:
+        raise CliError("--workers: needs --endpoints or --config (not the embedded fleet)")
     if args.admin_port is not None and not 0 <= args.admin_port <= 65535:
         raise CliError(f"--admin-port: must be in [0, 65535], got {args.admin_port}")
     return apply_overrides(args, config), embedded
@@ -316,7 +324,11 @@ async def _start_embedded(
     return fleet, replace(config, pools=(pool,))
 
 
-async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool) -> None:
+async def serve(
+    args: argparse.Namespace, config: GatewayConfig, embedded: bool, worker: int | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT; `worker`: this process's index under `--workers`
+    (the port is then shared with SO_REUSEPORT)."""
     fleet = None
     runner: web.AppRunner | None = None
     admin_runner: web.AppRunner | None = None
@@ -325,7 +337,7 @@ async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool)
         if embedded:
             fleet, config = await _start_embedded(args, config)
         setup_access_log(config.access_log)
-        gateway = Gateway(config)
+        gateway = Gateway(config, worker=worker)
         if args.config is not None:
             path = args.config
             gateway.config_loader = lambda: apply_overrides(args, load_config(path))
@@ -336,7 +348,13 @@ async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool)
             shutdown_timeout=_CLOSE_TIMEOUT_S,
         )
         await runner.setup()
-        site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            config.listen.host,
+            config.listen.port,
+            reuse_address=True,
+            reuse_port=True if worker is not None else None,
+        )
         await site.start()
         port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
         host = config.listen.host
@@ -370,19 +388,23 @@ async def serve(args: argparse.Namespace, config: GatewayConfig, embedded: bool)
             "embedded_fleet": embedded,
             "admin_url": admin_url,
             "pid": os.getpid(),
+            "worker": worker,
         }
         if args.ready_file is not None:
             tmp = args.ready_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(info))
             tmp.replace(args.ready_file)
-        print(
-            f"headway gateway on {url}" + (" (embedded simulated fleet)" if embedded else ""),
-            flush=True,
-        )
-        if admin_url is not None:
-            print(f"  admin routes on {admin_url}/admin/", flush=True)
-        for p in config.pools:
-            print(f"  model {p.model}: {', '.join(p.endpoints) or '(no endpoints)'}", flush=True)
+        if worker is None:  # the supervisor announces workers
+            print(
+                f"headway gateway on {url}" + (" (embedded simulated fleet)" if embedded else ""),
+                flush=True,
+            )
+            if admin_url is not None:
+                print(f"  admin routes on {admin_url}/admin/", flush=True)
+            for p in config.pools:
+                print(
+                    f"  model {p.model}: {', '.join(p.endpoints) or '(no endpoints)'}", flush=True
+                )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -438,4 +460,15 @@ def run(args: argparse.Namespace) -> int:
     except CliError as exc:
         print(f"headway serve: error: {exc}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+
+        def worker_main(worker_config: GatewayConfig, index: int, ready: Path) -> int:
+            args.ready_file = ready
+            return run_main("headway serve", serve(args, worker_config, False, index), (OSError,))
+
+        try:
+            return Supervisor(config, args.workers, worker_main, args.ready_file).run()
+        except OSError as exc:
+            print(f"headway serve: error: {exc}", file=sys.stderr)
+            return 2
     return run_main("headway serve", serve(args, config, embedded), (OSError,))

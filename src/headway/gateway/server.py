@@ -121,7 +121,9 @@ class _ClientGone(Exception):
 class Gateway:
     """The gateway's state: config, router, in-flight tracker, metrics, transport."""
 
-    def __init__(self, config: GatewayConfig, transport: Transport | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, transport: Transport | None = None, worker: int | None = None
+    ) -> None:
         self.config = config
         self.tracker = InFlightTracker()
         self.metrics = GatewayMetrics()
@@ -148,7 +150,7 @@ class Gateway:
             connect_timeout_s=config.timeouts.connect_s
         )
         self.started_at = int(time.time())
-        self.access_log = AccessLog(config.access_log)
+        self.access_log = AccessLog(config.access_log, worker)
         self._handlers: set[asyncio.Task[Any]] = set()  # completion handlers running
         self._is_started = False
         self._reload_lock = asyncio.Lock()
