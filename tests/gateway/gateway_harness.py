@@ -35,11 +35,13 @@ READY_DEADLINE_S = 20.0
 class InProcessGateway:
     """A gateway serving from a background thread's event loop."""
 
-    def __init__(self, config: GatewayConfig | dict[str, Any], *, admin: bool = False) -> None:
+    def __init__(
+        self, config: GatewayConfig | dict[str, Any], *, admin: bool = False, **gateway_kw: Any
+    ) -> None:
         if isinstance(config, dict):
             config = config_from_mapping(config)
         self.config = config
-        self.gateway = Gateway(config)
+        self.gateway = Gateway(config, **gateway_kw)
         self.url = ""
         self.admin_url = ""  # with admin=True: the admin routes' own port
         self._with_admin = admin

@@ -33,7 +33,14 @@ from aiohttp import web
 
 from headway.gateway.accounting import TENANT_HEADERS, AccessLog, RequestRecord, outcome_of
 from headway.gateway.admission import Admission, NoEndpoint, Rejected, Slot
+from headway.gateway.background import stop_tasks
 from headway.gateway.config import EngineKind, GatewayConfig, KvEventSource, PoolConfig
+from headway.gateway.discovery import (
+    DiscoveredEndpoint,
+    DiscoveryProvider,
+    apply_endpoints,
+    make_discovery,
+)
 from headway.gateway.health import HealthChecker
 from headway.gateway.kv_subscriber import KvEventSubscriber
 from headway.gateway.metrics import GatewayMetrics
@@ -122,9 +129,17 @@ class Gateway:
     """The gateway's state: config, router, in-flight tracker, metrics, transport."""
 
     def __init__(
-        self, config: GatewayConfig, transport: Transport | None = None, worker: int | None = None
+        self,
+        config: GatewayConfig,
+        transport: Transport | None = None,
+        worker: int | None = None,
+        discovery: DiscoveryProvider | None = None,
     ) -> None:
         self.config = config
+        self.discovery = discovery if discovery is not None else make_discovery(config)
+        # The provider's last answer, when it is polled (applied on top of reloads).
+        self._discovered: list[DiscoveredEndpoint] | None = None
+        self._discovery_task: asyncio.Task[None] | None = None
         self.tracker = InFlightTracker()
         self.metrics = GatewayMetrics()
         self.outliers = OutlierDetector(config, self.metrics)
@@ -233,6 +248,8 @@ class Gateway:
         in flight: requests keep the router they started with; queued ones move to the
         new admission queues. Sections that need a restart keep their running values;
         their names are returned."""
+        if self._discovered is not None:  # endpoints come from the provider, not the file
+            new = apply_endpoints(new, self._discovered)
         async with self._reload_lock:
             kept = [f for f in RESTART_FIELDS if getattr(new, f) != getattr(self.config, f)]
             new = replace(new, **{f: getattr(self.config, f) for f in RESTART_FIELDS})
@@ -317,9 +334,30 @@ class Gateway:
         self.scraper.start()
         if self.kv_subscriber is not None:
             self.kv_subscriber.start()
+        if self.discovery.poll_interval_s is not None:
+            self._discovery_task = asyncio.create_task(self._poll_discovery())
         self._is_started = True
 
+    async def _poll_discovery(self) -> None:
+        """Apply the provider's endpoint list whenever it changes (as a reload)."""
+        interval_s = self.discovery.poll_interval_s
+        assert interval_s is not None
+        while True:
+            try:
+                found = await self.discovery.endpoints()
+                if found != self._discovered:
+                    new = apply_endpoints(self.config, found)
+                    self._discovered = found
+                    await self.reload(new)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the last good list; try again next interval
+                log.exception("endpoint discovery failed; keeping the current endpoints")
+            await asyncio.sleep(interval_s)
+
     async def _close_transport(self, app: web.Application) -> None:
+        if self._discovery_task is not None:
+            await stop_tasks([self._discovery_task], None)
         await self.health_checker.stop()
         await self.scraper.stop()
         if self.kv_subscriber is not None:
