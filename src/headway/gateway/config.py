@@ -200,7 +200,8 @@ class PoolConfig:
     # `openai` pools: where the upstream API key comes from (read at load, never logged)
     api_key_env: str | None = None
     api_key_file: str | None = None
-    api_key: str | None = field(default=None, repr=False, compare=False)
+    # compared (a rotated key makes a reload rebuild the pool), never in repr
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -551,6 +552,12 @@ def _pool(raw: object, path: str, collectors: CollectorsConfig) -> PoolConfig:
             _join(path, "engine"),
             f"must be one of {[e.value for e in EngineKind]}, got {engine_raw!r}",
         ) from None
+    if engine == EngineKind.OPENAI and kv_sources:
+        url = next(iter(kv_sources))
+        raise GatewayConfigError(
+            _join(_join(ep_path, endpoints.index(url)), "kv_events"),
+            "hosted openai endpoints publish no KV events",
+        )
     fallback = data.get("fallback")
     if fallback is not None:
         fallback = _str(fallback, _join(path, "fallback"))

@@ -411,8 +411,13 @@ class Gateway:
 
     async def reset_prefix_cache(self, request: web.Request) -> web.Response:
         """vLLM's dev route, fanned out: `POST /reset_prefix_cache` on every endpoint of
-        every pool; 200 when all succeeded, else 502 naming the ones that failed."""
-        urls = list(dict.fromkeys(u for p in self.config.pools for u in p.endpoints))
+        every pool (not hosted `openai` ones); 200 when all succeeded, else 502 naming
+        the ones that failed."""
+        urls = list(
+            dict.fromkeys(
+                u for p in self.config.pools if p.engine != EngineKind.OPENAI for u in p.endpoints
+            )
+        )
         results = await asyncio.gather(*(self._reset_one(u) for u in urls))
         failed = {u: r for u, r in zip(urls, results, strict=True) if r is not None}
         body = {
@@ -670,6 +675,9 @@ class Gateway:
             value = request.headers.get(name)
             if value is not None:
                 headers[name] = value
+        api_key = route.pool.api_key
+        if api_key is not None:  # hosted `openai` pools; the client's own key is never sent
+            headers["Authorization"] = f"Bearer {api_key}"
         url = route.endpoint + request.path
         payload = upstream_body(body, req, route.pool.upstream_model(req.model))
         upstream: UpstreamResponse | None = None
@@ -690,7 +698,7 @@ class Gateway:
                     ApiError(504, f"upstream {route.endpoint} did not answer in time"), "timeout"
                 ) from None
             if upstream.status >= 500:
-                detail = await self._error_detail(upstream, total_deadline)
+                detail = _redact(await self._error_detail(upstream, total_deadline), api_key)
                 raise _AttemptFailed(
                     ApiError(
                         502, f"upstream {route.endpoint} answered {upstream.status}: {detail}"
@@ -727,6 +735,9 @@ class Gateway:
             attempt.outcome = "success"
             if upstream.status == 200:
                 self._count_tokens(route, _usage_of(data), rec)
+            elif api_key is not None and api_key.encode() in data:
+                # A provider's 401 may quote the key it got; the client never sees it.
+                data = data.replace(api_key.encode(), _REDACTED.encode())
             return web.Response(
                 status=upstream.status,
                 body=data,
@@ -884,6 +895,13 @@ async def _errors_middleware(request: web.Request, handler: Any) -> web.StreamRe
 
 
 _NO_HEADERS = Headers()
+
+
+_REDACTED = "[redacted]"
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, _REDACTED) if secret else text
 
 
 def _tenant(request: web.Request) -> str | None:
