@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint unit bench-smoke clean
+.PHONY: venv demo test lint unit bench-smoke test-engines clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,13 @@ unit: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test: lint unit
+
+# The `engine` tier: real engines (vLLM CPU) behind the gateway. Installs vLLM into a
+# cached venv and writes the tiny model under ~/.cache/headway (docs/real-engines.md).
+test-engines: venv
+	$(BIN)/python scripts/engines/headway_engines.py install-vllm
+	$(BIN)/python scripts/engines/headway_engines.py make-model
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m engine tests/engines
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

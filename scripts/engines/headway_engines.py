@@ -195,7 +195,7 @@ def install_vllm() -> None:
         req_file.write_text("\n".join(reqs) + "\n")
         _run([*pip, "-r", req_file, f"torch=={TORCH_VERSION}"])
         with contextlib.suppress(subprocess.CalledProcessError):
-            _run([py, "-m", "pip", "uninstall", "-q", "-y", *_SKIPPED_REQS[2:]])
+            _run([py, "-m", "pip", "uninstall", "-q", "-y", *_SKIPPED_REQS[1:]])
     site = next((venv / "lib").glob("python3*/site-packages"))
     _register_vllm_dist(site)
     if not vllm_is_installed():
@@ -304,6 +304,183 @@ def make_model(model_dir: Path, seed: int) -> Path:
     return model_dir
 
 
+# ----------------------------------------------------------------------- llama.cpp
+
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # its sdist vendors llama.cpp (and gguf-py)
+
+
+def llamacpp_dir() -> Path:
+    return cache_dir() / "llamacpp"
+
+
+def llamacpp_source() -> Path:
+    return llamacpp_dir() / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}" / "vendor" / "llama.cpp"
+
+
+def llama_server_bin() -> Path:
+    return llamacpp_dir() / "build" / "bin" / "llama-server"
+
+
+def build_llamacpp(jobs: int = 2) -> Path:
+    """Build `llama-server` from the llama-cpp-python sdist (~6 min on 2 cores; cached).
+
+    Only the server target, with the web UI, OpenSSL and curl off so the build
+    downloads nothing."""
+    binary = llama_server_bin()
+    if binary.exists():
+        log(f"llama-server already built: {binary}")
+        return binary
+    root = llamacpp_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    sdist = root / f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}.tar.gz"
+    if not sdist.exists():
+        pkg = f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
+        pip_download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps"]
+        _run([*pip_download, "--no-binary", ":all:", "-d", root, pkg])
+    if not llamacpp_source().exists():
+        import tarfile
+
+        with tarfile.open(sdist) as tf:
+            tf.extractall(root, filter="data")
+    build = root / "build"
+    flags = [
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DLLAMA_BUILD_UI=OFF",
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
+        "-DLLAMA_OPENSSL=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",
+    ]
+    _run(["cmake", "-S", llamacpp_source(), "-B", build, *flags])
+    _run(["cmake", "--build", build, "--target", "llama-server", f"-j{jobs}"])
+    return binary
+
+
+def _permute_qk(weights: Any, n_head: int) -> Any:
+    """HF's rotary layout -> GGUF's (as llama.cpp's convert_hf_to_gguf does)."""
+    return (
+        weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weights.shape)
+    )
+
+
+def make_gguf(model_dir: Path) -> Path:
+    """`model.gguf` (F32) in `model_dir` from the same weights and tokenizer, written
+    with the gguf-py that llama.cpp vendors; the BPE declares pre-tokenizer `gpt-2`
+    (the shipped tokenizer's ByteLevel regex is GPT-2's)."""
+    out = model_dir / "model.gguf"
+    stamp = json.loads((model_dir / "headway-model.json").read_text())
+    if out.exists() and stamp.get("gguf") == stamp["fingerprint"]:
+        log(f"GGUF up to date: {out}")
+        return out
+    try:
+        import numpy as np
+        from safetensors.numpy import load_file
+    except ImportError:
+        _run([vllm_python(), __file__, "make-gguf", "--dir", model_dir])
+        return out
+    sys.path.insert(0, str(llamacpp_source() / "gguf-py"))
+    import gguf
+
+    shape = MODEL_SHAPE
+    n_head, n_kv = shape["num_attention_heads"], shape["num_key_value_heads"]
+    tensors = load_file(str(model_dir / "model.safetensors"))
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    vocab: dict[str, int] = dict(tok["model"]["vocab"])
+    for added in tok["added_tokens"]:
+        vocab[added["content"]] = added["id"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    special = {a["id"] for a in tok["added_tokens"] if a.get("special")}
+    types = [
+        gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+        for i in range(len(tokens))
+    ]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    tmp = out.with_suffix(".tmp")
+    w = gguf.GGUFWriter(str(tmp), "llama")
+    w.add_name(MODEL_NAME)
+    w.add_context_length(shape["max_position_embeddings"])
+    w.add_embedding_length(shape["hidden_size"])
+    w.add_block_count(shape["num_hidden_layers"])
+    w.add_feed_forward_length(shape["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(shape["hidden_size"] // n_head)
+    w.add_rope_freq_base(shape["rope_theta"])
+    w.add_layer_norm_rms_eps(shape["rms_norm_eps"])
+    w.add_vocab_size(len(tokens))
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(4)
+    w.add_add_bos_token(True)
+    w.add_chat_template(CHAT_TEMPLATE)
+    names = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
+    w.add_tensor("token_embd.weight", tensors["model.embed_tokens.weight"].astype(np.float32))
+    for layer in range(shape["num_hidden_layers"]):
+        for hf, gg in names.items():
+            t = tensors[f"model.layers.{layer}.{hf}.weight"].astype(np.float32)
+            if gg == "attn_q":
+                t = _permute_qk(t, n_head)
+            elif gg == "attn_k":
+                t = _permute_qk(t, n_kv)
+            w.add_tensor(f"blk.{layer}.{gg}.weight", t)
+    w.add_tensor("output_norm.weight", tensors["model.norm.weight"].astype(np.float32))
+    w.add_tensor("output.weight", tensors["lm_head.weight"].astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.rename(out)
+    stamp["gguf"] = stamp["fingerprint"]
+    (model_dir / "headway-model.json").write_text(json.dumps(stamp) + "\n")
+    log(f"GGUF written: {out}")
+    return out
+
+
+def llamacpp_command(gguf_path: Path, port: int, *, slots: int, ctx_size: int) -> list[str]:
+    """`llama-server` with metrics, /slots and prompt caching; nothing downloaded."""
+    return [
+        str(llama_server_bin()),
+        "--model",
+        str(gguf_path),
+        "--alias",
+        MODEL_NAME,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--offline",
+        "--no-webui",
+        "--metrics",
+        "--slots",
+        "--parallel",
+        str(slots),
+        "--ctx-size",
+        str(ctx_size),
+        "--cache-prompt",
+        "--threads",
+        "1",
+    ]
+
+
 # ------------------------------------------------------------------------ replicas
 
 
@@ -330,6 +507,7 @@ class ReplicaSet:
     block_size: int
     hash_seed: str
     replicas: list[Replica] = field(default_factory=list)
+    engine: str = "vllm"  # or "llamacpp"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
@@ -491,6 +669,40 @@ def start_vllm(
     return rs
 
 
+def start_llamacpp(
+    gguf_path: Path,
+    num_replicas: int,
+    log_dir: Path,
+    *,
+    slots: int = 4,
+    ctx_size: int = 8192,
+    ready_timeout_s: float = 60.0,
+) -> ReplicaSet:
+    """Start `num_replicas` llama-server processes (one thread each) and wait until
+    each answers `/health`. `ctx_size` is shared by the slots."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rs = ReplicaSet(str(gguf_path.parent), MODEL_NAME, 0, "", engine="llamacpp")
+    for i, port in enumerate(free_ports(num_replicas)):
+        log_path = log_dir / f"llamacpp-{i}.log"
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                llamacpp_command(gguf_path, port, slots=slots, ctx_size=ctx_size),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        rs.replicas.append(
+            Replica(i, proc.pid, port, 0, 0, f"http://127.0.0.1:{port}", str(log_path), None)
+        )
+    try:
+        wait_ready(rs, ready_timeout_s)
+    except BaseException:
+        stop(rs)
+        raise
+    return rs
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -521,13 +733,13 @@ def wait_ready(rs: ReplicaSet, timeout_s: float) -> None:
         for r in list(pending):
             if not _alive(r.pid):
                 tail = Path(r.log_path).read_text(errors="replace")[-4000:]
-                raise RuntimeError(f"vLLM replica {r.index} exited before ready:\n{tail}")
+                raise RuntimeError(f"{rs.engine} replica {r.index} exited before ready:\n{tail}")
             if http_ok(r.url + "/health") and http_ok(r.url + "/v1/models"):
-                log(f"replica {r.index} ready at {r.url} (kv events tcp://127.0.0.1:{r.kv_port})")
+                log(f"{rs.engine} replica {r.index} ready at {r.url}")
                 pending.remove(r)
         if pending and time.monotonic() > deadline:
             raise RuntimeError(
-                f"vLLM replicas {[r.index for r in pending]} not ready after {timeout_s} s"
+                f"{rs.engine} replicas {[r.index for r in pending]} not ready after {timeout_s} s"
             )
         if pending:
             time.sleep(0.5)
@@ -568,6 +780,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     sv.add_argument("--num-gpu-blocks", type=int, default=None)
     sv.add_argument("--kv-cache-gib", type=int, default=1)
     sv.add_argument("--no-pin", action="store_true")
+    bl = sub.add_parser("build-llamacpp", help="build llama-server from the llama-cpp-python sdist")
+    bl.add_argument("--jobs", type=int, default=2)
+    mg = sub.add_parser("make-gguf", help="write model.gguf next to the HF model")
+    mg.add_argument("--dir", type=Path, default=None)
+    sl = sub.add_parser("start-llamacpp", help="start llama-server replicas, wait until ready")
+    sl.add_argument("--replicas", type=int, default=2)
+    sl.add_argument("--model-dir", type=Path, default=None)
+    sl.add_argument("--state-file", type=Path, required=True)
+    sl.add_argument("--log-dir", type=Path, default=None)
+    sl.add_argument("--slots", type=int, default=4)
+    sl.add_argument("--ctx-size", type=int, default=8192)
     st = sub.add_parser("stop", help="stop the replicas of a state file by PID")
     st.add_argument("--state-file", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -592,6 +815,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_gpu_blocks=args.num_gpu_blocks,
             kv_cache_gib=args.kv_cache_gib,
             pin=not args.no_pin,
+        )
+        args.state_file.write_text(rs.to_json())
+        print(rs.to_json(), end="")
+        return 0
+    if args.command == "build-llamacpp":
+        build_llamacpp(args.jobs)
+        return 0
+    if args.command == "make-gguf":
+        make_gguf(args.dir or default_model_dir())
+        return 0
+    if args.command == "start-llamacpp":
+        gguf_path = make_gguf(args.model_dir or default_model_dir())
+        rs = start_llamacpp(
+            gguf_path,
+            args.replicas,
+            args.log_dir or args.state_file.parent,
+            slots=args.slots,
+            ctx_size=args.ctx_size,
         )
         args.state_file.write_text(rs.to_json())
         print(rs.to_json(), end="")
