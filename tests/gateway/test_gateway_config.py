@@ -283,14 +283,16 @@ def test_null_timeout_disables_it() -> None:
     assert config.timeouts.idle_s is None
 
 
-def test_documented_example_loads(tmp_path: Path) -> None:
+def test_documented_example_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-doc-example")  # the example's openai pool
     blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), re.S)
     assert blocks, "docs/configuration.md has no yaml example"
     path = tmp_path / "gateway.yaml"
     path.write_text(blocks[0])
     config = load_config(path)
     assert len(config.pools) >= 2
-    assert {p.engine for p in config.pools} >= {EngineKind.VLLM}
+    assert {p.engine for p in config.pools} >= {EngineKind.VLLM, EngineKind.OPENAI}
+    assert [p.api_key for p in config.pools if p.engine == EngineKind.OPENAI] == ["sk-doc-example"]
 
 
 def test_load_config_errors(tmp_path: Path) -> None:

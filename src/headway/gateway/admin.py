@@ -44,10 +44,9 @@ async def reload_gateway(gateway: Gateway) -> list[str]:
     if gateway.config_loader is None:
         raise ReloadError(409, "no config file to reload: the gateway was not started with --config")  # fmt: skip
     try:
-        config = gateway.config_loader()
+        return await gateway.reload(gateway.config_loader())
     except GatewayConfigError as exc:
         raise ReloadError(400, f"config rejected, the running one keeps serving: {exc}", exc.path or None) from None  # fmt: skip
-    return await gateway.reload(config)
 
 
 def make_admin_app(gateway: Gateway) -> web.Application:
