@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from conftest import MODEL, Fleets
 from gateway_harness import InProcessGateway, closed_port_url, pool
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from sim_harness import families, poll, post
 
 from headway.gateway.accounting import ACCESS_LOGGER, RequestRecord, outcome_of
 from headway.gateway.config import AccessLogConfig, GatewayConfigError, config_from_mapping
+from headway.gateway.metrics import GapHistogram
 
 SECRET = "sk-test-NEVER-LOG-ME-1234"
 
@@ -221,3 +223,23 @@ def test_access_log_config(raw: dict[str, Any], expected: AccessLogConfig) -> No
 def test_access_log_config_error_names_field() -> None:
     with pytest.raises(GatewayConfigError, match=r"^access_log\.enabled: must be true or false"):
         config_from_mapping({"pools": [{"model": "m"}], "access_log": {"enabled": "yes"}})
+
+
+def test_gap_histogram_buckets_like_prometheus() -> None:
+    values = [0.0005, 0.001, 0.0011, 0.012, 0.05, 5.0]
+    bounds = (0.001, 0.01, 0.05, 1.0)
+    ours_registry, ref_registry = CollectorRegistry(), CollectorRegistry()
+    ours = GapHistogram("gaps", "doc", ("model",), bounds)
+    ours_registry.register(ours)
+    ours.add(("m",), values[:2])
+    ours.add(("m",), values[2:])
+    ref = Histogram("gaps", "doc", ("model",), buckets=bounds, registry=ref_registry)
+    for v in values:
+        ref.labels("m").observe(v)
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return [x for x in text.splitlines() if x.startswith("gaps_") and "_created" not in x]
+
+    assert samples(ours_registry) == samples(ref_registry)
+    assert 'gaps_bucket{le="0.001",model="m"} 2.0' in samples(ours_registry)

@@ -172,7 +172,10 @@ class AccessLog:
             return
         fields = record.to_json()
         fields["worker"] = self.worker
-        log.info(self._encoder.encode(fields).decode())
+        line = self._encoder.encode(fields).decode()
+        # makeRecord + handle: what `log.info` does, without looking up the caller's
+        # frame (a third of its cost, and meaningless for an access log).
+        log.handle(log.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, line, None, None))
 
 
 def setup_access_log(config: AccessLogConfig) -> logging.Handler | None:

@@ -3,9 +3,14 @@ share a process, as in tests)."""
 
 from __future__ import annotations
 
+import bisect
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from headway.gateway.accounting import RequestRecord
@@ -59,14 +64,14 @@ class GatewayMetrics:
             buckets=_TOKEN_BUCKETS_S,
             registry=self.registry,
         )
-        self.itl = Histogram(
+        self.itl = GapHistogram(
             "headway_gateway_inter_token_latency_seconds",
             "Streamed requests: gaps between successive chunks relayed to the client "
             "(one per chunk after the first; a chunk usually carries one token).",
             ("model", "endpoint"),
-            buckets=_TOKEN_BUCKETS_S,
-            registry=self.registry,
+            _TOKEN_BUCKETS_S,
         )
+        self.registry.register(self.itl)
         self.e2e = Histogram(
             "headway_gateway_e2e_seconds",
             "Time from arrival to the end of the response.",
@@ -162,8 +167,8 @@ class GatewayMetrics:
         # and builds a key each call); the label values are a small, fixed set.
         self._request_children: dict[tuple[str, str, int], Any] = {}
         self._outcome_children: dict[tuple[str, str], Any] = {}
-        # (model, endpoint) -> (ttft, tpot, itl, e2e) children
-        self._latency_children: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+        # (model, endpoint) -> (ttft, tpot, e2e) children
+        self._latency_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
 
     def request_done(self, record: RequestRecord) -> None:
         """Count a finished completion request and observe its latencies."""
@@ -186,10 +191,9 @@ class GatewayMetrics:
             children = self._latency_children[lkey] = (
                 self.ttft.labels(*lkey),
                 self.tpot.labels(*lkey),
-                self.itl.labels(*lkey),
                 self.e2e.labels(*lkey),
             )
-        ttft, tpot, itl, e2e = children
+        ttft, tpot, e2e = children
         e2e_s = record.e2e_s
         if e2e_s is not None:
             e2e.observe(e2e_s)
@@ -199,8 +203,48 @@ class GatewayMetrics:
         tpot_s = record.tpot_s
         if tpot_s is not None:
             tpot.observe(tpot_s)
-        for gap_s in record.chunk_gaps_s:
-            itl.observe(gap_s)
+        if record.chunk_gaps_s:
+            self.itl.add(lkey, record.chunk_gaps_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class GapHistogram:
+    """A Prometheus histogram fed a whole request's inter-chunk gaps at once: bucket
+    counts are kept here and exported through a collector. (Observing each gap
+    through `Histogram.observe` costs ~1.3 us, a bisect ~0.2 us; a stream has one gap
+    per chunk.) Single-threaded use, like the rest of the gateway's event loop."""
+
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str], buckets: Iterable[float]
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = tuple(labels)
+        self.bounds = tuple(float(b) for b in buckets)
+        self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        # label values -> (count per bucket, not cumulative; last = above every bound), sum
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def add(self, label_values: tuple[str, ...], values: Iterable[float]) -> None:
+        series = self._series.get(label_values)
+        if series is None:
+            series = self._series[label_values] = ([0] * (len(self.bounds) + 1), [0.0])
+        counts, total = series
+        bounds, find = self.bounds, bisect.bisect_left  # bucket `le` holds values <= le
+        for value in values:
+            counts[find(bounds, value)] += 1
+            total[0] += value
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for label_values, (counts, total) in self._series.items():
+            cumulative = itertools.accumulate(counts)
+            family.add_metric(
+                list(label_values), list(zip(self._les, cumulative, strict=True)), total[0]
+            )
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
