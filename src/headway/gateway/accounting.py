@@ -175,7 +175,7 @@ class AccessLog:
         line = self._encoder.encode(fields).decode()
         # makeRecord + handle: what `log.info` does, without looking up the caller's
         # frame (a third of its cost, and meaningless for an access log).
-        log.handle(log.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, line, None, None))
+        log.handle(log.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, line, (), None))
 
 
 def setup_access_log(config: AccessLogConfig) -> logging.Handler | None:
