@@ -180,9 +180,19 @@ def test_reload_moves_queued_requests(fleets: Fleets) -> None:
             lambda n: n == 1,
             what="one queued",
         )
+        # A third request arrives while the second waits; both move on the reload.
+        third, third_out = _in_thread(_routed_to, gw.url, 2)
+        poll(
+            lambda: scrape(gw.url).get("headway_gateway_queued_requests", 0.0),
+            lambda n: n == 2,
+            what="two queued",
+        )
         holder["config"] = {"pools": [{**one, "endpoints": [a, b]}]}
         assert post(gw.admin_url, "/admin/reload").status == 200
         queued.join(10)
+        third.join(10)
+        assert third_out["value"] == b
+        assert scrape(gw.url)["headway_gateway_queued_requests"] == 0
         assert queued_out["value"] == b  # served by the new endpoint, not after the long one
         assert long.is_alive() or long_out["value"] == a
         long.join(20)

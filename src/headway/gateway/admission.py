@@ -118,7 +118,6 @@ class Admission:
             target = new._queues.get(model)
             while queue:
                 waiter = queue.popleft()
-                self._metrics.queued.labels(model).dec()
                 if waiter.future.done():
                     continue
                 pool = new._pools.get(waiter.pool.model)
@@ -128,7 +127,8 @@ class Admission:
                 waiter.pool = pool
                 waiter.queue, waiter.queue_model = target, model
                 target.append(waiter)
-                self._metrics.queued.labels(model).inc()
+            # Both admissions share the gauge: it now counts the new queue.
+            self._metrics.queued.labels(model).set(len(target) if target is not None else 0)
         new.dispatch_all()
 
     def dispatch_all(self) -> None:
