@@ -341,6 +341,21 @@ async def serve(
         if args.config is not None:
             path = args.config
             gateway.config_loader = lambda: apply_overrides(args, load_config(path))
+        # Before anything can announce readiness: a signal sent as soon as the ready
+        # file exists (a supervisor's SIGHUP or SIGTERM) must find the handlers.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_sighup() -> None:
+            assert gateway is not None
+            task = asyncio.create_task(_reload_on_signal(gateway))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         runner = web.AppRunner(
             gateway.make_app(),
             handler_cancellation=True,
@@ -405,19 +420,6 @@ async def serve(
                 print(
                     f"  model {p.model}: {', '.join(p.endpoints) or '(no endpoints)'}", flush=True
                 )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        reloads: set[asyncio.Task[None]] = set()
-
-        def on_sighup() -> None:
-            assert gateway is not None
-            task = asyncio.create_task(_reload_on_signal(gateway))
-            reloads.add(task)
-            task.add_done_callback(reloads.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         await stop.wait()
     finally:
         if admin_runner is not None:
