@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -158,6 +159,18 @@ def start_serve(tmp_dir: Path, *args: str) -> ServeProcess:
     return ServeProcess(proc, json.loads(ready.read_text()), err)
 
 
+def self_signed_cert(tmp_dir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (the `openssl` command line makes them)."""
+    cert, key = tmp_dir / "cert.pem", tmp_dir / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
 def closed_port_url() -> str:
     """A URL on 127.0.0.1 where nothing listens (bound, then released)."""
     with socket.socket() as s:
@@ -180,8 +193,9 @@ class ThreadedUpstream:
     """A test upstream: an aiohttp app served from its own thread and event loop on an
     ephemeral 127.0.0.1 port. Subclasses add routes in `add_routes`."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = ""
+        self._ssl_context = ssl_context  # set: serve HTTPS
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -201,10 +215,11 @@ class ThreadedUpstream:
         self.add_routes(app)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._ssl_context)
         await site.start()
         port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-        self.url = f"http://127.0.0.1:{port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{port}"
         self._ready.set()
         await self._stop.wait()
         await runner.cleanup()

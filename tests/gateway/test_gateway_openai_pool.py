@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from gateway_harness import InProcessGateway, ThreadedUpstream
+from gateway_harness import InProcessGateway, ThreadedUpstream, self_signed_cert, start_serve
 from sim_harness import get, post
 
 from headway.gateway.accounting import ACCESS_LOGGER
@@ -27,8 +29,8 @@ class HostedProvider(ThreadedUpstream):
     """Answers like a hosted API: 401 quoting the key it got unless it is `KEY`
     (some providers echo it), 500 quoting it for requests with `user: boom`."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(ssl_context)
         self.authorizations: list[str | None] = []
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -187,3 +189,30 @@ def test_empty_key_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "key").write_text("\n")
     with pytest.raises(GatewayConfigError, match=r"^pools\[0\]\.api_key_file: .* is empty"):
         config_from_mapping({"pools": [_pool("https://x", api_key_file=str(tmp_path / "key"))]})
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_https_provider_from_a_real_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    provider = HostedProvider(tls).start()
+    try:
+        assert provider.url.startswith("https://")
+        config = tmp_path / "gateway.yaml"
+        config.write_text(json.dumps({"pools": [_pool(provider.url, api_key_env=ENV)]}))
+        monkeypatch.setenv(ENV, KEY)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the gateway trusts the test's CA
+        gw = start_serve(tmp_path, "--config", str(config), "--log-level", "DEBUG")
+        try:
+            resp = post(gw.url, "/v1/completions", {"model": MODEL, "prompt": "x", "stream": True})
+            assert resp.status == 200 and b"[DONE]" in resp.body
+            assert provider.authorizations[-1] == f"Bearer {KEY}"
+        finally:
+            assert gw.stop() == 0, gw.stderr()
+        err = gw.stderr()  # the access log (stderr by default) and DEBUG logs
+        assert '"status":200' in err and KEY not in err
+    finally:
+        provider.stop()
