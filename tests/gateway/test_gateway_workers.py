@@ -3,6 +3,7 @@ its own admin port; the parent forwards SIGHUP and SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +30,13 @@ def _is_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def _served_by(url: str, access: Path, skip: int) -> set[int]:
+    """Send one request on a new connection; the workers that logged lines after `skip`."""
+    with contextlib.suppress(OSError):  # the killed worker's accept queue is reset
+        post(url, "/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 1})
+    return {json.loads(x)["worker"] for x in access.read_text().splitlines()[skip:]}
 
 
 def test_two_workers_share_the_port(fleets: Fleets, tmp_path: Path) -> None:
@@ -58,6 +66,16 @@ def test_two_workers_share_the_port(fleets: Fleets, tmp_path: Path) -> None:
         gw.proc.send_signal(signal.SIGHUP)
         for w in workers:
             poll(lambda w=w: _endpoints(w["admin_url"]), lambda s: s == {a, b}, what="reload")
+        # A worker that dies is started again (same index, so its log lines say 0).
+        os.kill(workers[0]["pid"], signal.SIGKILL)
+        poll(lambda: _is_gone(workers[0]["pid"]), bool, what="worker 0 killed")
+        num_before = len(access.read_text().splitlines())
+        poll(
+            lambda: _served_by(gw.url, access, num_before),
+            lambda served: 0 in served,
+            deadline_s=20,
+            what="worker 0 serving again",
+        )
     finally:
         assert gw.stop() == 0, gw.stderr()
     for w in workers:

@@ -175,6 +175,10 @@ class RetryBudget:
         self._requests = 0
         self._retries = 0
 
+    @property
+    def config(self) -> RetryConfig:
+        return self._config
+
     def _bucket(self) -> list[int]:
         now = int(time.monotonic())
         while self._buckets and self._buckets[0][0] <= now - self._window:

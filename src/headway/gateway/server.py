@@ -14,6 +14,14 @@ detector (outlier.py). An attempt that fails before anything reached the client
 byte) is retried on the next-best endpoint not tried yet, up to the pool's
 `retry.max_attempts` and while its retry budget allows; the retry takes a free slot
 at once or not at all. Once a byte reached the client nothing is retried.
+
+Reload (`Gateway.reload`: SIGHUP, the admin port, a polled discovery provider): the
+new router and admission are built, then swapped in at once; a request uses the
+router and admission it started with to its end (its slot goes back where it came
+from, and from there also serves the new queues); queued requests move to the new
+queues in order (admission.py). State keyed by endpoint URL (in-flight tracker,
+outlier state, scraped metrics, cordons) carries over for endpoints still listed.
+Each request ends in exactly one accounting record (accounting.py).
 """
 
 from __future__ import annotations
@@ -266,6 +274,13 @@ class Gateway:
                 self.kv_index, self.kv_subscriber = self._make_kv(new)
             urls = {u for p in new.pools for u in p.endpoints}
             self.cordoned.intersection_update(urls)
+            self.retry_budgets = {
+                p.model: budget
+                if (budget := self.retry_budgets.get(p.model)) is not None
+                and budget.config == p.retry
+                else RetryBudget(p.retry)
+                for p in new.pools
+            }
             router = Router(
                 new,
                 self.tracker,
