@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import MODEL, Fleets
+from conftest import MODEL, Fleets, KvFleets
 from gateway_harness import InProcessGateway, pool, start_serve
 from sim_harness import Response, get, poll, post, scrape
 
@@ -233,3 +233,30 @@ def test_sighup_reloads_real_process(fleets: Fleets, tmp_path: Path) -> None:
     finally:
         assert gw.stop() == 0, gw.stderr()
     assert "Traceback" not in gw.stderr()
+
+
+def test_reload_with_kv_events(kv_fleets: KvFleets) -> None:
+    """A new KV-event source set gets a new, synced index; an unchanged one is kept."""
+    m0, m1 = kv_fleets.map.urls
+    holder = {"config": {"pools": [{"model": MODEL, "endpoints": [m0]}]}}  # discovered
+    gw = InProcessGateway(holder["config"], admin=True).start()
+    gw.gateway.config_loader = lambda: _loader(holder)
+    try:
+        first = gw.gateway.kv_subscriber
+        assert first is not None
+        poll(lambda: first.is_synced(m0), bool, what="m0 synced")
+        holder["config"] = {"pools": [{"model": MODEL, "endpoints": [m0, m1]}]}
+        assert post(gw.admin_url, "/admin/reload").status == 200
+        second = gw.gateway.kv_subscriber
+        assert second is not None and second is not first
+        poll(lambda: [second.is_synced(u) for u in (m0, m1)], all, what="both synced")
+        assert gw.gateway.router.pool_router(MODEL).kv_index is gw.gateway.kv_index
+        # Same endpoints, another profile: the subscriber and its index stay.
+        holder["config"] = {"pools": [{"model": MODEL, "endpoints": [m0, m1], "routing": "least-request"}]}  # fmt: skip
+        assert post(gw.admin_url, "/admin/reload").status == 200
+        assert gw.gateway.kv_subscriber is second
+        assert gw.gateway.router.pool_router(MODEL).profile_names == ("least-request",)
+        body = {"model": MODEL, "prompt": "hello there", "max_tokens": 2}
+        assert post(gw.url, "/v1/completions", body).status == 200
+    finally:
+        gw.stop()
