@@ -243,3 +243,37 @@ def test_gap_histogram_buckets_like_prometheus() -> None:
 
     assert samples(ours_registry) == samples(ref_registry)
     assert 'gaps_bucket{le="0.001",model="m"} 2.0' in samples(ours_registry)
+
+
+@pytest.fixture(scope="module")
+def faulty_gw(fleets: Fleets) -> Iterator[InProcessGateway]:
+    g = InProcessGateway(
+        {
+            "pools": [
+                pool("drop-model", fleets.drop.urls, retry={"max_attempts": 1}),
+                pool("hang-model", fleets.hang.urls),
+            ]
+        }
+    ).start()
+    yield g
+    g.stop()
+
+
+def test_stream_broken_mid_way_is_a_stream_error(
+    faulty_gw: InProcessGateway, access_lines: _Lines
+) -> None:
+    body = {"model": "drop-model", "prompt": "x", "max_tokens": 20, "ignore_eos": True, "stream": True}  # fmt: skip
+    resp = post(faulty_gw.url, "/v1/completions", body, headers={"x-request-id": "req-drop"})
+    assert resp.status == 200 and b'"error"' in resp.body  # the SSE error event
+    rec = _one(access_lines, "req-drop")
+    assert (rec["status"], rec["outcome"]) == (200, "stream_error")
+    assert rec["ttft_ms"] is not None
+
+
+def test_client_gone_is_cancelled(faulty_gw: InProcessGateway, access_lines: _Lines) -> None:
+    body = {"model": "hang-model", "prompt": "x", "max_tokens": 5}
+    with pytest.raises(TimeoutError):
+        post(faulty_gw.url, "/v1/completions", body, headers={"x-request-id": "req-gone"}, timeout_s=0.3)  # fmt: skip
+    rec = _one(access_lines, "req-gone")
+    assert (rec["status"], rec["outcome"]) == (499, "cancelled")
+    assert rec["e2e_ms"] >= 250
