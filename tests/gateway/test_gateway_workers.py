@@ -66,6 +66,7 @@ def test_two_workers_share_the_port(fleets: Fleets, tmp_path: Path) -> None:
         gw.proc.send_signal(signal.SIGHUP)
         for w in workers:
             poll(lambda w=w: _endpoints(w["admin_url"]), lambda s: s == {a, b}, what="reload")
+        assert "kept running values" not in gw.stderr()  # nothing but the pools changed
         # A worker that dies is started again (same index, so its log lines say 0).
         os.kill(workers[0]["pid"], signal.SIGKILL)
         poll(lambda: _is_gone(workers[0]["pid"]), bool, what="worker 0 killed")

@@ -466,6 +466,9 @@ def run(args: argparse.Namespace) -> int:
 
         def worker_main(worker_config: GatewayConfig, index: int, ready: Path) -> int:
             args.ready_file = ready
+            # What this worker binds, so that a reload's overrides match what runs.
+            args.port = worker_config.listen.port
+            args.admin_port = worker_config.admin.port
             return run_main("headway serve", serve(args, worker_config, False, index), (OSError,))
 
         try:
