@@ -28,11 +28,14 @@ unit: venv
 
 test: lint unit
 
-# The `engine` tier: real engines (vLLM CPU) behind the gateway. Installs vLLM into a
-# cached venv and writes the tiny model under ~/.cache/headway (docs/real-engines.md).
+# The `engine` tier: real engines (vLLM CPU, llama.cpp) behind the gateway. Installs
+# vLLM into a cached venv, builds llama-server and writes the tiny model, all under
+# ~/.cache/headway and reused on the next run (docs/real-engines.md).
 test-engines: venv
 	$(BIN)/python scripts/engines/headway_engines.py install-vllm
+	$(BIN)/python scripts/engines/headway_engines.py build-llamacpp
 	$(BIN)/python scripts/engines/headway_engines.py make-model
+	$(BIN)/python scripts/engines/headway_engines.py make-gguf
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m engine tests/engines
 
 clean:

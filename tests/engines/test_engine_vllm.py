@@ -46,7 +46,7 @@ from headway.core.tokenizer import ChatTemplate
 from headway.gateway.prompt_blocks import precise_block_hashes
 from headway.resources.tokenizer import load_tokenizer
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]  # start-up ~1 min
 
 MODEL = he.MODEL_NAME
 ROUTE_HEADER = "x-headway-route"
