@@ -47,6 +47,9 @@ async def reload_gateway(gateway: Gateway) -> list[str]:
         return await gateway.reload(gateway.config_loader())
     except GatewayConfigError as exc:
         raise ReloadError(400, f"config rejected, the running one keeps serving: {exc}", exc.path or None) from None  # fmt: skip
+    except (OSError, ValueError) as exc:  # e.g. the tokenizer or routing refused it
+        log.exception("reload failed")
+        raise ReloadError(500, f"reload failed, the running config keeps serving: {exc}") from None
 
 
 def make_admin_app(gateway: Gateway) -> web.Application:

@@ -264,14 +264,29 @@ class Gateway:
             old = self.config
             old_scraper, old_kv = self.scraper, self.kv_subscriber
             old_health = self.health_checker
-            self.outliers.reconfigure(new)
-            self.health_checker = HealthChecker(new, self.outliers)
+            # First build what may fail, touching nothing that serves: a failure here
+            # leaves the running config as it was.
+            scraper, kv_index, kv_subscriber = old_scraper, self.kv_index, old_kv
             if _scrape_targets(new) != _scrape_targets(old):
-                self.scraper = self._make_scraper(new)
-                self.scraper.adopt(old_scraper)
+                scraper = self._make_scraper(new)
+                scraper.adopt(old_scraper)
             if _kv_sources(new) != _kv_sources(old):
                 # A new index: precise-prefix matches approximately until it syncs.
-                self.kv_index, self.kv_subscriber = self._make_kv(new)
+                kv_index, kv_subscriber = self._make_kv(new)
+            router = Router(
+                new,
+                self.tracker,
+                outliers=self.outliers,
+                scraper=scraper,
+                kv_index=kv_index,
+                block_size_of=self._block_size_of,
+                cordoned=self.cordoned,
+                previous=self.router,
+            )
+            health_checker = HealthChecker(new, self.outliers)
+            admission = Admission(new, router, self.tracker, self.metrics)
+            # Then swap, with no await in between.
+            self.outliers.reconfigure(new)
             urls = {u for p in new.pools for u in p.endpoints}
             self.cordoned.intersection_update(urls)
             self.retry_budgets = {
@@ -281,17 +296,8 @@ class Gateway:
                 else RetryBudget(p.retry)
                 for p in new.pools
             }
-            router = Router(
-                new,
-                self.tracker,
-                outliers=self.outliers,
-                scraper=self.scraper,
-                kv_index=self.kv_index,
-                block_size_of=self._block_size_of,
-                cordoned=self.cordoned,
-                previous=self.router,
-            )
-            admission = Admission(new, router, self.tracker, self.metrics)
+            self.scraper, self.kv_index, self.kv_subscriber = scraper, kv_index, kv_subscriber
+            self.health_checker = health_checker
             self.config, self.router = new, router
             old_admission, self.admission = self.admission, admission
             old_admission.handover(admission)
