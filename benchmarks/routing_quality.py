@@ -944,7 +944,7 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"--arms: unknown {sorted(unknown)}")
         arms = [a for a in arms if a.label in wanted]
-    ladder = LADDER if not args.quick and not args.tiny else (1.0, 1.5, 2.0, 3.0)
+    ladder: tuple[float, ...] = LADDER if not args.quick and not args.tiny else (1.0, 1.5, 2.0, 3.0)
     if args.ladder is not None:
         ladder = tuple(float(x) for x in args.ladder.split(","))
         if list(ladder[: len(FIXED)]) != list(FIXED) or list(ladder) != sorted(ladder):
