@@ -15,6 +15,7 @@ from gateway_harness import InProcessGateway, closed_port_url, pool
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from sim_harness import families, poll, post
 
+from headway.gateway import server
 from headway.gateway.accounting import ACCESS_LOGGER, RequestRecord, outcome_of
 from headway.gateway.config import AccessLogConfig, GatewayConfigError, config_from_mapping
 from headway.gateway.metrics import GapHistogram
@@ -277,3 +278,26 @@ def test_client_gone_is_cancelled(faulty_gw: InProcessGateway, access_lines: _Li
     rec = _one(access_lines, "req-gone")
     assert (rec["status"], rec["outcome"]) == (499, "cancelled")
     assert rec["e2e_ms"] >= 250
+
+
+def _itl_count(url: str, endpoint: str) -> float:
+    fam = families(url)["headway_gateway_inter_token_latency_seconds"]
+    return sum(
+        s.value
+        for s in fam.samples
+        if s.name.endswith("_count") and s.labels == {"model": MODEL, "endpoint": endpoint}
+    )
+
+
+def test_long_stream_gaps_flushed_early_counted_once(
+    gw: InProcessGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server, "_MAX_PENDING_GAPS", 2)
+    healthy = gw.config.pools[0].endpoints[1]
+    before = _itl_count(gw.url, healthy)
+    body = {"model": MODEL, "prompt": "z", "max_tokens": 20, "ignore_eos": True, "stream": True}
+    assert post(gw.url, "/v1/completions", body).status == 200
+    added = poll(lambda: _itl_count(gw.url, healthy) - before, lambda n: n >= 3, what="gaps")
+    # At most one gap between two of the <= 22 events (20 tokens, usage, [DONE]): a
+    # flushed list counted again would exceed it.
+    assert added <= 21

@@ -13,7 +13,8 @@ Invariants:
   the end of the handler, TPOT = (e2e - TTFT) / (completion_tokens - 1) as in
   core.serving_metrics (streams with more than one completion token only).
 * Per relayed chunk only a timestamp difference is appended (`chunk_gaps_s`); the
-  inter-token histogram is fed from it once, when the request ends.
+  inter-token histogram is fed from it when the request ends, or earlier in batches
+  of 512 on a long stream (the list stays bounded; each gap is counted once).
 """
 
 from __future__ import annotations

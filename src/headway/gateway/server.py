@@ -95,6 +95,9 @@ _DROP_RESPONSE_HEADERS = frozenset(
     }
 )
 _DRAIN_POLL_S = 0.02
+# A stream's inter-chunk gaps wait for the end of the request in a list of at most
+# this many (then they go to the histogram early).
+_MAX_PENDING_GAPS = 512
 # Config sections a reload cannot change (they need a restart).
 RESTART_FIELDS = ("listen", "admin", "prompt", "collectors", "access_log", "discovery", "limits")
 _MAX_UPSTREAM_ERROR_BYTES = 64 * 1024
@@ -820,6 +823,9 @@ class Gateway:
                     await self._start_stream(request, resp)
                 if last_at:
                     gaps.append(now - last_at)
+                    if len(gaps) >= _MAX_PENDING_GAPS:  # bounded memory on long streams
+                        self.metrics.itl.add((route.pool.model, route.endpoint), gaps)
+                        gaps.clear()
                 else:
                     rec.first_byte_at = now
                 last_at = now
