@@ -350,8 +350,11 @@ class ClusterModel:
         self.vocab = tokenizer.word_token_ids()  # type: ignore[attr-defined]
         self.workload = scenario.workload(text_factory(tokenizer), 1.0)
 
-    def staircase(self, preset: str, rungs: Sequence[Rung]) -> list[dict[str, Any]]:
-        """Every rung of the staircase (no early stop), one figure set per rung."""
+    def staircase(
+        self, routing: str | Mapping[str, Any], rungs: Sequence[Rung]
+    ) -> list[dict[str, Any]]:
+        """Every rung of the staircase (no early stop), one figure set per rung;
+        `routing` is a preset name or a routing config (docs/policies.md)."""
         from headway.cluster.simulation import ClusterConfig, ClusterSimulation, ReplicaGroup
         from headway.core.engine_factory import EngineSpec
 
@@ -366,7 +369,7 @@ class ClusterModel:
         )
         config = ClusterConfig(
             groups=(ReplicaGroup(engine, sc.num_replicas),),
-            routing={"preset": preset},
+            routing={"preset": routing} if isinstance(routing, str) else routing,
             scrape_interval_s=0.25 * sc.time_scale,
             kv_event_delay_s=0.005 * sc.time_scale,
             seed=sc.seed,
@@ -910,8 +913,15 @@ def main() -> None:
                     help="skip the searches: round-robin's knee (sessions/s, model time)")  # fmt: skip
     ap.add_argument("--no-sim-crosscheck", action="store_true",
                     help="skip the cluster simulation of the presets' staircases")  # fmt: skip
+    ap.add_argument("--sim-weights", default=None, metavar="JSON",
+                    help='simulation only: {"name": [["precise-prefix", 2], ...], ...} '
+                    "scorer lists (after healthy, serves-model, saturation) up the ladder "
+                    "at --rr-knee")  # fmt: skip
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    if args.sim_weights is not None:
+        sim_weights(args)
+        return
     from headway.resources.tokenizer import default_tokenizer
 
     # A plain kill must still stop the simulator and the router (the finally below).
@@ -1062,6 +1072,38 @@ def main() -> None:
         },
         inputs=["benchmarks/routing_quality.py", "src/headway"],
     )
+
+
+def sim_weights(args: argparse.Namespace) -> None:
+    """Cluster-simulation staircases of custom kv-aware weightings (no live fleet)."""
+    from headway.resources.tokenizer import default_tokenizer
+
+    if args.rr_knee is None:
+        raise SystemExit("--sim-weights: needs --rr-knee")
+    scenario = SCENARIOS["tiny" if args.tiny else "quick" if args.quick else "full"]
+    ladder = tuple(float(x) for x in args.ladder.split(",")) if args.ladder else LADDER
+    rungs = scenario.rungs([m * args.rr_knee for m in ladder])
+    cluster = ClusterModel(scenario, default_tokenizer())
+    out: dict[str, Any] = {}
+    for name, scorers in json.loads(args.sim_weights).items():
+        profile = {
+            "filters": ["healthy", "serves-model", "saturation"],
+            "scorers": [{"type": t, "weight": w} for t, w in scorers],
+        }
+        res = cluster.staircase({"profiles": {"weights": profile}}, rungs)
+        knee = knee_of(res, ladder)
+        out[name] = {"profile": profile, **knee, "rungs": res}
+        cells = ", ".join(
+            f"{m:g}x {r['slo_attainment']:.3f} p90 {_f(r['ttft_p90_all_ms'])} ms"
+            for m, r in zip(ladder, res, strict=True)
+        )
+        print(f"{name}: knee {knee['knee_multiple']}x; {cells}", flush=True)
+    write_result(
+        args.out,
+        {"benchmark": "routing_quality_sim_weights", "rr_knee": args.rr_knee,
+         "ladder": list(ladder), "scenario": asdict(scenario), "weights": out},
+        inputs=["benchmarks/routing_quality.py", "src/headway"],
+    )  # fmt: skip
 
 
 def print_summary(

@@ -183,3 +183,25 @@ def test_routing_quality_tiny(tmp_path: Path) -> None:
         "kv_aware_beats_prefix_approx",
     }
     assert "target kv_aware_knee_ge_2x_round_robin" in proc.stdout
+
+
+def test_routing_quality_sim_weights(tmp_path: Path) -> None:
+    out = tmp_path / "w.json"
+    weights = {"2:1:1": [["precise-prefix", 2], ["token-load", 1], ["least-request", 1]]}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--rr-knee", "6", "--ladder", "1,1.5",
+         "--sim-weights", json.dumps(weights), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    result = doc["weights"]["2:1:1"]
+    assert [s["type"] for s in result["profile"]["scorers"]] == [
+        "precise-prefix",
+        "token-load",
+        "least-request",
+    ]
+    assert [r["rate_sessions_per_s"] for r in result["rungs"]] == [6.0, 9.0]
+    assert all(r["num_measured"] > 0 for r in result["rungs"])
