@@ -60,7 +60,7 @@ _SKIPPED_REQS = ("torch", "torchaudio", "torchvision", "torchcodec", "triton")
 DEFAULT_SEED = 1234
 DEFAULT_HASH_SEED = "0"
 DEFAULT_BLOCK_SIZE = 32
-DEFAULT_MAX_MODEL_LEN = 2048
+DEFAULT_MAX_MODEL_LEN = 4096
 MODEL_NAME = "tiny-llama"
 READY_TIMEOUT_S = 240.0
 
