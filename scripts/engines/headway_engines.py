@@ -583,8 +583,11 @@ def vllm_command(
     return cmd + list(extra)
 
 
-def replica_env(cpu: int | None, hash_seed: str, kv_cache_gib: int) -> dict[str, str]:
+def replica_env(
+    cpu: int | None, hash_seed: str, kv_cache_gib: int, extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(extra_env or {})
     env["PYTHONHASHSEED"] = hash_seed
     env["VLLM_HOST_IP"] = "127.0.0.1"
     env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
@@ -614,6 +617,7 @@ def start_vllm(
     pin: bool = True,
     ready_timeout_s: float = READY_TIMEOUT_S,
     extra: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> ReplicaSet:
     """Start `num_replicas` vLLM servers in parallel and wait until each answers
     `/health`; on failure everything started is stopped again."""
@@ -646,7 +650,7 @@ def start_vllm(
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=replica_env(cpu, hash_seed, kv_cache_gib),
+                env=replica_env(cpu, hash_seed, kv_cache_gib, extra_env),
                 start_new_session=True,  # its own process group: stop() kills the tree
             )
         rs.replicas.append(
@@ -780,6 +784,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sv.add_argument("--num-gpu-blocks", type=int, default=None)
     sv.add_argument("--kv-cache-gib", type=int, default=1)
     sv.add_argument("--no-pin", action="store_true")
+    sv.add_argument(
+        "--dev-mode", action="store_true", help="VLLM_SERVER_DEV_MODE=1 (/reset_prefix_cache)"
+    )
     bl = sub.add_parser("build-llamacpp", help="build llama-server from the llama-cpp-python sdist")
     bl.add_argument("--jobs", type=int, default=2)
     mg = sub.add_parser("make-gguf", help="write model.gguf next to the HF model")
@@ -815,6 +822,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_gpu_blocks=args.num_gpu_blocks,
             kv_cache_gib=args.kv_cache_gib,
             pin=not args.no_pin,
+            extra_env={"VLLM_SERVER_DEV_MODE": "1"} if args.dev_mode else None,
         )
         args.state_file.write_text(rs.to_json())
         print(rs.to_json(), end="")
