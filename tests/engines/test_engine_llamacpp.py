@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
 
 MODEL = he.MODEL_NAME
 ROUTE_HEADER = "x-headway-route"
+NO_EOS = {"ignore_eos": True}  # random weights may sample EOS early; llama-server honours it
 METRICS_PROFILE = {
     "profiles": {
         "metrics": {
@@ -125,6 +126,7 @@ def test_engine_llamacpp_openai_client_through_gateway(llama: LlamaStack, stream
             model=MODEL,
             messages=messages,  # type: ignore[arg-type]
             max_tokens=8,
+            extra_body=NO_EOS,
         )
         reply = raw.parse()
         assert _route(raw.headers.get(ROUTE_HEADER))["endpoint"] in llama.urls
@@ -135,6 +137,7 @@ def test_engine_llamacpp_openai_client_through_gateway(llama: LlamaStack, stream
             model=MODEL,
             messages=messages,  # type: ignore[arg-type]
             max_tokens=8,
+            extra_body=NO_EOS,
             stream=True,
         )
     )
