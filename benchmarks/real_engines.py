@@ -90,6 +90,27 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: fl
     raise RuntimeError(f"{what} not ready at {url} after {timeout_s} s")
 
 
+def _wait_kv_index_live(base: str, timeout_s: float = 20) -> None:
+    """Until the gateway has discovered and subscribed to every replica's KV events
+    (`headway_gateway_kv_index_stale` 0 for each)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(base + "/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+        values = [
+            s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == "headway_gateway_kv_index_stale"
+        ]
+        if values and all(v == 0 for v in values):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{base}: KV index not live after {timeout_s} s")
+
+
 def peer_routers() -> dict[str, str]:
     out = subprocess.run(
         ["bash", str(REPO / "scripts" / "install_peer_routers.sh"), "--check"],
@@ -126,8 +147,7 @@ def start_router(
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         _wait_http(base + "/v1/models", proc, "headway serve")
-        if arm.policy == "kv-aware":
-            time.sleep(1.0)  # KV-event discovery and subscription (docs/collectors.md)
+        _wait_kv_index_live(base)
         return proc, base
     port, prom = _free_port(), _free_port()
     base = f"http://127.0.0.1:{port}"
