@@ -147,7 +147,8 @@ def start_router(
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         _wait_http(base + "/v1/models", proc, "headway serve")
-        _wait_kv_index_live(base)
+        if arm.policy == "kv-aware":
+            _wait_kv_index_live(base)
         return proc, base
     port, prom = _free_port(), _free_port()
     base = f"http://127.0.0.1:{port}"
