@@ -627,6 +627,11 @@ def start_vllm(
         raise SystemExit(
             f"--block-size: vLLM's CPU backend needs a multiple of 32, got {block_size}"
         )
+    if num_gpu_blocks is not None and num_gpu_blocks * block_size < max_model_len:
+        raise SystemExit(
+            f"--num-gpu-blocks: {num_gpu_blocks} blocks of {block_size} tokens cannot hold one "
+            f"request of --max-model-len {max_model_len} (vLLM refuses to start)"
+        )
     log_dir.mkdir(parents=True, exist_ok=True)
     ports = free_ports(3 * num_replicas)
     num_cores = os.cpu_count() or 1
