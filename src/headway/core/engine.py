@@ -284,10 +284,11 @@ class Engine:
         )
 
     def _sample(self, seq: Sequence) -> int:
-        pos = seq.num_output_tokens
-        natural = self._natural_len.get(seq.request_id)
-        if natural is not None and pos + 1 >= natural:
-            return self.sampler.eos_token_id
+        pos = len(seq.output_token_ids)
+        if not seq.request.ignore_eos:
+            natural = self._natural_len.get(seq.request.request_id)
+            if natural is not None and pos + 1 >= natural:
+                return self.sampler.eos_token_id
         return self.sampler.token_at(seq.sample_key, pos)
 
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
@@ -296,7 +297,7 @@ class Engine:
             return FinishReason.STOP
         if token in req.stop_token_ids:
             return FinishReason.STOP
-        if seq.num_output_tokens >= req.max_tokens:
+        if len(seq.output_token_ids) >= req.max_tokens:
             return FinishReason.LENGTH
         if seq.num_tokens >= self.config.max_model_len:
             return FinishReason.LENGTH

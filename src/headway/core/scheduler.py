@@ -110,15 +110,20 @@ class Scheduler:
         scheduled_running: list[Sequence] = []
 
         # 1. Running sequences.
+        bs = self.kv.block_size
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = self._chunk(seq.num_tokens - seq.num_computed_tokens, budget)
+            remaining = seq.num_tokens - seq.num_computed_tokens
+            # A decode (one token) needs no chunking: budget > 0 here.
+            num_new = 1 if remaining == 1 else self._chunk(remaining, budget)
             if num_new <= 0:
                 i += 1
                 continue
             allocated = True
-            while not self.kv.allocate(seq, num_new, _NO_PREFIX):
+            # The common decode step fits the last block: no allocation to attempt.
+            fits = seq.num_computed_tokens + num_new <= len(seq.block_ids) * bs
+            while not fits and not self.kv.allocate(seq, num_new, _NO_PREFIX):
                 victim = self.running.pop()  # most recently admitted
                 self._preempt(victim)
                 out.preempted.append(victim)
