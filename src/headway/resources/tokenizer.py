@@ -6,6 +6,7 @@ The shipped tokenizer (`data/tokenizer.json`) is trained by the project itself w
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources as importlib_resources
@@ -89,3 +90,37 @@ def default_tokenizer() -> HfTokenizer:
     ref = importlib_resources.files("headway.resources").joinpath("data/tokenizer.json")
     with importlib_resources.as_file(ref) as p:
         return load_tokenizer(p)
+
+
+class SharedEncodeCache(HfTokenizer):
+    """`tokenizer` with its `encode` results remembered by text (LRU, `max_entries`).
+
+    The simulator's replicas share one: a router that asks every replica to render or
+    tokenize the same prompt (vllm-router's cache-aware policies call
+    `/v1/chat/completions/render` on all of them per request), and the request that
+    then arrives at one of them, cost one tokenization instead of one per replica.
+    Short texts are not cached (encoding them is cheaper than remembering them).
+    """
+
+    def __init__(
+        self, tokenizer: HfTokenizer, max_entries: int = 1024, min_chars: int = 256
+    ) -> None:
+        super().__init__(tokenizer._impl, tokenizer.source)
+        self._cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._max_entries = max_entries
+        self._min_chars = min_chars
+        self.num_hits = 0
+
+    def encode(self, text: str) -> list[int]:
+        if len(text) < self._min_chars:
+            return super().encode(text)
+        ids = self._cache.get(text)
+        if ids is not None:
+            self._cache.move_to_end(text)
+            self.num_hits += 1
+            return list(ids)
+        ids = super().encode(text)
+        self._cache[text] = ids
+        if len(self._cache) > self._max_entries:
+            self._cache.popitem(last=False)
+        return list(ids)

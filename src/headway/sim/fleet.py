@@ -23,7 +23,12 @@ from headway.core.engine_factory import EngineSpec, EngineSpecError, resolve_eng
 from headway.core.sampler import DeterministicSampler
 from headway.core.tokenizer import ChatTemplate
 from headway.resources.catalog import load_catalog
-from headway.resources.tokenizer import HfTokenizer, default_tokenizer, load_tokenizer
+from headway.resources.tokenizer import (
+    HfTokenizer,
+    SharedEncodeCache,
+    default_tokenizer,
+    load_tokenizer,
+)
 from headway.sim.clock import PreciseTimer
 from headway.sim.config import SimConfig
 from headway.sim.faults import FaultConfig, FaultInjector
@@ -132,6 +137,8 @@ class Fleet:
         vocab = tok.output_vocab()
         # Replicas share block size and seed: a prefix sent to several is hashed once.
         hash_memo = BlockHashMemo()
+        # ... and a prompt rendered or tokenized by several replicas is encoded once.
+        shared_tok = SharedEncodeCache(tok)
         template = ChatTemplate()
         if cfg.kv_events is not None:
             self._zmq = zmq.asyncio.Context()
@@ -148,7 +155,7 @@ class Fleet:
             replica = Replica(
                 i, engine, cfg.time_scale, FaultInjector(faults, cfg.seed + i), timer, publisher
             )
-            server = ReplicaServer(replica, cfg, tok, template, sources, self._crashed)
+            server = ReplicaServer(replica, cfg, shared_tok, template, sources, self._crashed)
             runner = web.AppRunner(server.make_app(), handler_cancellation=True, access_log=None)
             await runner.setup()
             port = cfg.port + i if cfg.port else 0
