@@ -374,8 +374,13 @@ def test_engine_client_disconnect_aborts_on_vllm(stack: Stack) -> None:
         url = _route({ROUTE_HEADER: route_line.split(":", 1)[1].strip()})["endpoint"]
         # Counted while the request runs: by now earlier tests' finished requests are
         # in vLLM's counters (they are updated asynchronously, after the response).
-        during = _vllm_counters(url)
-        assert during["running"] == 1.0, during
+        # vLLM refreshes its gauges between engine steps, not at once: wait for it.
+        during = poll(
+            lambda: _vllm_counters(url),
+            lambda c: c["running"] == 1.0,
+            deadline_s=10,
+            what=f"vLLM on {url} reports the request running",
+        )
         # Drop the connection mid-stream (leaving the `with` closes the socket).
     after = poll(
         lambda: _vllm_counters(url),
