@@ -163,7 +163,9 @@ def test_workload_from_a_file_keeps_its_arrivals(fleet: Fleet, tmp_path: Path, k
     assert all(r["error"] is None for r in point["requests"])
     if kind == "trace":
         starts = sorted(r["start_s"] for r in point["requests"])
-        assert starts[1] >= 0.05 and starts[2] >= 0.1  # sent at the trace's offsets
+        # Sent at the trace's offsets, within the timer's resolution (the runner's
+        # schedule and the point's start are two readings of the clock).
+        assert starts[1] >= 0.049 and starts[2] >= 0.099
 
 
 def test_sweep_runs_each_level(fleet: Fleet, tmp_path: Path) -> None:
