@@ -55,3 +55,18 @@ def write_result(path: Path | None, result: dict[str, Any], inputs: Sequence[str
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def prefix_cache_counters(metrics_text: str) -> tuple[float, float]:
+    """(vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total) of one engine's
+    /metrics page, summed over label sets."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    queries = hits = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "vllm:prefix_cache_queries_total":
+                queries += sample.value
+            elif sample.name == "vllm:prefix_cache_hits_total":
+                hits += sample.value
+    return queries, hits

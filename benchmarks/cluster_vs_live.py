@@ -43,7 +43,7 @@ from headway.resources.catalog import load_catalog
 from headway.resources.tokenizer import default_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_result
+from _common import prefix_cache_counters, write_result
 
 MODEL = "llama-3.1-8b"
 GATEWAY_SCRAPE_INTERVAL_S = 0.25  # the gateway's default, wall seconds
@@ -75,17 +75,12 @@ def _process(args: list[str], ready: Path, deadline_s: float = 30.0) -> Iterator
 
 def _prefix_counters(urls: list[str]) -> tuple[float, float]:
     """Sum of vllm:prefix_cache_queries_total and _hits_total over the replicas."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     queries = hits = 0.0
     for url in urls:
         text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "vllm:prefix_cache_queries_total":
-                    queries += sample.value
-                elif sample.name == "vllm:prefix_cache_hits_total":
-                    hits += sample.value
+        q, h = prefix_cache_counters(text)
+        queries += q
+        hits += h
     return queries, hits
 
 

@@ -33,7 +33,7 @@ from headway.core.workloads.text import TextFactory, tag_code, text_factory
 from headway.core.workloads.types import SESSION_HEADER
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, write_result
+from _common import REPO, prefix_cache_counters, write_result
 
 HEADWAY_PRESETS = (
     "round-robin",
@@ -638,19 +638,14 @@ async def reset_caches(urls: Sequence[str], timeout_s: float = 30.0) -> bool:
 async def scrape_prefix_counters(urls: Sequence[str]) -> tuple[float, float]:
     """Fleet totals (vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total)."""
     import aiohttp
-    from prometheus_client.parser import text_string_to_metric_families
 
     queries = hits = 0.0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         for url in urls:
             async with http.get(url + "/metrics") as resp:
-                text = await resp.text()
-            for family in text_string_to_metric_families(text):
-                for sample in family.samples:
-                    if sample.name == "vllm:prefix_cache_queries_total":
-                        queries += sample.value
-                    elif sample.name == "vllm:prefix_cache_hits_total":
-                        hits += sample.value
+                q, h = prefix_cache_counters(await resp.text())
+            queries += q
+            hits += h
     return queries, hits
 
 
