@@ -20,7 +20,7 @@ shipped tokenizer, so ~900 tokens by default) and runs `--turns` turns one
 after another, each turn appending the previous reply and a new user message, so every
 turn's prompt extends the last. Fixed seed: every arm sees the same prompts.
 
-Measured per request (streamed, `include_usage`): TTFT = send -> first content chunk;
+Measured per request (streamed, `include_usage`): TTFT = send -> first chunk with a choice;
 `usage.prompt_tokens` and `prompt_tokens_details.cached_tokens`. Per run: TTFT p50/p90/
 p99, output tokens/s (wall), cached share = sum cached / sum prompt tokens. Per arm:
 mean and spread (min..max) over runs.
@@ -238,10 +238,13 @@ async def one_request(
                 continue
             chunk = json.loads(line[6:])
             for choice in chunk.get("choices") or []:
+                # The first chunk with a choice carries the first token (its text may be
+                # empty: greedy decoding of random weights often picks special tokens,
+                # which are not rendered).
+                if ttft is None:
+                    ttft = time.monotonic() - t0
                 content = (choice.get("delta") or {}).get("content")
                 if content:
-                    if ttft is None:
-                        ttft = time.monotonic() - t0
                     text.append(content)
             if chunk.get("usage"):
                 usage = chunk["usage"]
