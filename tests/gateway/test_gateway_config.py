@@ -13,7 +13,7 @@ import pytest
 from gateway_harness import serve_command
 
 from headway.cli import main
-from headway.gateway.cli import add_arguments, config_from_args
+from headway.gateway.cli import CliError, add_arguments, config_from_args
 from headway.gateway.config import (
     EngineKind,
     GatewayConfigError,
@@ -363,6 +363,20 @@ def test_serve_backpressure_flags_set_the_quick_pool() -> None:
     assert not embedded
     assert p.max_in_flight_per_endpoint == 4
     assert (p.admission.max_queue, p.admission.max_wait_s) == (7, 2.5)
+
+
+def test_serve_hash_seed_and_tokenizer_flags_set_the_prompt_reader(tmp_path: Path) -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--endpoints", EP, "--model", "m", "--hash-seed", "0", "--tokenizer", "tok.json"]
+    )
+    config, _ = config_from_args(args)
+    assert (config.prompt.hash_seed, config.prompt.tokenizer) == ("0", "tok.json")
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(f"pools: [{{model: m, endpoints: [{EP}]}}]\n")
+    with pytest.raises(CliError, match="--hash-seed"):
+        config_from_args(parser.parse_args(["--config", str(cfg), "--hash-seed", "0"]))
 
 
 def test_serve_bad_flag_in_a_real_process() -> None:

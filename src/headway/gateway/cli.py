@@ -41,6 +41,7 @@ from headway.gateway.config import (
     LimitsConfig,
     ListenConfig,
     PoolConfig,
+    PromptConfig,
     config_from_mapping,
     load_config,
     validate_endpoint,
@@ -74,6 +75,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "one per --endpoints entry, in the same order")  # fmt: skip
     p.add_argument("--no-kv-events-discovery", action="store_true",
                    help="do not ask endpoints' /kv_event_sources for KV-event sources")  # fmt: skip
+    p.add_argument("--hash-seed", default=None, metavar="SEED",
+                   help="quick form: the engines' PYTHONHASHSEED, so precise block hashes match "
+                   "theirs (default: unset, vLLM's fixed seed)")  # fmt: skip
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="quick form: the engines' tokenizer.json for precise prefix matching "
+                   "(default: the shipped tokenizer)")  # fmt: skip
     p.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     p.add_argument(
         "--port", type=int, default=None, help="listen port (default 8080; 0 = ephemeral)"
@@ -201,8 +208,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
     if args.config is not None:
         if args.endpoints is not None:
             raise CliError("--endpoints: cannot be combined with --config")
-        if args.model or args.profile:
-            raise CliError("--model/--profile: set them in the --config file")
+        if args.model or args.profile or args.hash_seed or args.tokenizer:
+            raise CliError(
+                "--model/--profile/--hash-seed/--tokenizer: set them in the --config file"
+            )
         if _backpressure(args):
             raise CliError(
                 "--max-in-flight-per-endpoint/--max-queue/--max-queue-wait: "
@@ -223,6 +232,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[GatewayConfig, bool]:
                 GatewayConfig(pools=()).collectors,
                 discover_kv_events=not args.no_kv_events_discovery,
             ),
+            prompt=PromptConfig(tokenizer=args.tokenizer, hash_seed=args.hash_seed),
         )
         embedded = False
     else:
