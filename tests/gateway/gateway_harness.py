@@ -171,12 +171,21 @@ def self_signed_cert(tmp_dir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+_HELD_PORTS: list[socket.socket] = []
+
+
 def closed_port_url() -> str:
-    """A URL on 127.0.0.1 where nothing listens (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    """A URL on 127.0.0.1 where nothing listens, for the rest of this test process.
+
+    The port stays bound (never listening) by a socket without SO_REUSEADDR, so a
+    connect is refused and no server started later in the process can take the port:
+    a released port was once reused by another test's gateway, whose access log then
+    recorded this test's requests a second time.
+    """
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    _HELD_PORTS.append(s)
+    return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def sim_counters(url: str) -> dict[str, float]:
