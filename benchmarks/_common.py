@@ -70,3 +70,26 @@ def prefix_cache_counters(metrics_text: str) -> tuple[float, float]:
             elif sample.name == "vllm:prefix_cache_hits_total":
                 hits += sample.value
     return queries, hits
+
+
+async def serve_until_signalled(app: Any, port: int, ready_file: Path) -> None:
+    """Serve aiohttp `app` on 127.0.0.1:`port` (0: ephemeral), write {"url": ...} to
+    `ready_file` (atomically) once listening, and run until SIGINT or SIGTERM."""
+    import asyncio
+    import signal
+
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    bound = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+    tmp = ready_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": f"http://127.0.0.1:{bound}"}))
+    tmp.replace(ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()

@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, write_result
+from _common import REPO, serve_until_signalled, write_result
 
 MODEL = "stub-model"
 TARGET_CPU_US_PER_REQUEST = 300.0
@@ -155,20 +155,7 @@ async def _stub_main(args: argparse.Namespace) -> None:
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", get_models)
     app.router.add_get("/health", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", args.port)
-    await site.start()
-    port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-    tmp = args.ready_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": f"http://127.0.0.1:{port}"}))
-    tmp.replace(args.ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_signalled(app, args.port, args.ready_file)
 
 
 # -- load generator -----------------------------------------------------------------
