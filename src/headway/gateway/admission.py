@@ -215,7 +215,7 @@ class Admission:
                 self._metrics.queued.labels(waiter.queue_model).dec()
 
     def _grant(self, route: Route, num_tokens: int) -> Slot:
-        lease = self._tracker.acquire(route.endpoint, num_tokens)
+        lease = self._tracker.acquire(route.endpoint, route.charged_tokens(num_tokens))
         self._metrics.in_flight.inc()
         return Slot(route, lease, self)
 
