@@ -28,6 +28,17 @@ source yet (discovery pending or none found) or any of its sources is UNSYNCED, 
 `precise-prefix` scorer falls back to approximate matching for it. Data-parallel ranks
 of one endpoint (several sources) feed the same endpoint's block set.
 
+First-block hash check (`FirstBlockCheck`, when the subscriber is given one): a
+`BlockStored` whose chain starts in it (`parent_block_hash` None) and that carries its
+`token_ids` is re-hashed with the gateway's own hasher (`core.block_hash`,
+`sha256_cbor`, `prompt.hash_seed`; the same scheme the prompt reader hashes requests
+with) and compared with the engine's first hash. A wrong hash seed or scheme then
+shows at once, as `headway_gateway_kv_event_hash_checks_total{endpoint,result}`
+counting `mismatch` (the first mismatch per endpoint is logged once, with both
+hashes), instead of as silent precise-routing misses. Blocks with extra keys the
+gateway cannot rebuild (LoRA: the adapter path; multimodal; prompt embeddings) count
+as `skipped`; a lone cache salt is rebuilt. The check never changes what is applied.
+
 Sources come from the pool's config (`kv_events` per endpoint), the `--kv-events`
 quick-form flag, or discovery: `GET {endpoint}/kv_event_sources` (vLLM 0.32: an object
 keyed by data-parallel rank; older: a list of `{data_parallel_rank, endpoint,
@@ -50,14 +61,24 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from headway.core.block_hash import ExtraKeys, hash_block, none_hash, to_event_int
 from headway.core.kv_events import (
+    DEFAULT_MEDIUM,
+    FULL_ATTENTION,
     AllBlocksCleared,
     BlockStored,
+    EventBatch,
     KvEventDecodeError,
     decode_batch,
 )
 from headway.gateway.background import stop_tasks
 from headway.gateway.config import CollectorsConfig, KvEventSource
+from headway.gateway.kv_metrics import (
+    HASH_CHECK_MATCH,
+    HASH_CHECK_MISMATCH,
+    HASH_CHECK_SKIPPED,
+    KvEventMetrics,
+)
 from headway.routing import KvBlockIndex
 
 log = logging.getLogger(__name__)
@@ -148,6 +169,90 @@ def _offset_port(address: str, offset: int) -> str:
     return f"{head}:{int(port) + offset}"
 
 
+class FirstBlockCheck:
+    """Re-hashes the first block of every `BlockStored` that starts a chain and
+    counts agreement with the engine (see the module docstring)."""
+
+    def __init__(self, hash_seed: str | None, metrics: KvEventMetrics | None = None) -> None:
+        self.hash_seed = hash_seed
+        self.metrics = metrics
+        self._root = none_hash(hash_seed)
+        self.counts: dict[tuple[str, str], int] = {}
+        self._warned: set[str] = set()
+        self._children: dict[tuple[str, str], Any] = {}
+
+    def count(self, endpoint_id: str, result: str) -> int:
+        """Checks of `endpoint_id` that ended in `result` so far."""
+        return self.counts.get((endpoint_id, result), 0)
+
+    def check_batch(self, endpoint_id: str, batch: EventBatch) -> None:
+        for ev in batch.events:
+            if isinstance(ev, BlockStored):
+                result = self.check(endpoint_id, ev)
+                if result is not None:
+                    self._record(endpoint_id, result)
+
+    def check(self, endpoint_id: str, ev: BlockStored) -> str | None:
+        """The result for one event; None when it is not a chain's start with tokens
+        (nothing to check), so it is not counted."""
+        bs = ev.block_size
+        if (
+            ev.parent_block_hash is not None
+            or not ev.block_hashes
+            or bs <= 0
+            or len(ev.token_ids) < bs
+            or (ev.medium is not None and ev.medium != DEFAULT_MEDIUM)
+            # Sliding-window groups skip null blocks: hash 0 need not be block 0.
+            or ev.kv_cache_spec_kind not in (None, FULL_ATTENTION)
+        ):
+            return None
+        is_known, keys = self._first_block_keys(ev)
+        if not is_known:
+            return HASH_CHECK_SKIPPED
+        expected = to_event_int(hash_block(self._root, ev.token_ids[:bs], keys))
+        published = ev.block_hashes[0]
+        if expected == published:
+            return HASH_CHECK_MATCH
+        if endpoint_id not in self._warned:
+            self._warned.add(endpoint_id)
+            log.warning(
+                "%s: KV-event hash check failed: the engine published %d for a chain's "
+                "first block, the gateway computes %d (sha256_cbor, hash seed %s). The "
+                "engine must run with --prefix-caching-hash-algo sha256_cbor and "
+                "PYTHONHASHSEED equal to prompt.hash_seed, else precise prefix routing "
+                "misses (logged once per endpoint; headway_gateway_kv_event_hash_checks_total)",
+                endpoint_id,
+                published,
+                expected,
+                "unset" if self.hash_seed is None else repr(self.hash_seed),
+            )
+        return HASH_CHECK_MISMATCH
+
+    @staticmethod
+    def _first_block_keys(ev: BlockStored) -> tuple[bool, ExtraKeys]:
+        """(whether they can be rebuilt, block 0's hash extra keys) from the event's
+        untagged form (vLLM 0.32 publishes a LoRA name, a cache salt or a prompt
+        embedding digest bare, and hashes `('lora', name, path)`, `('cache_salt',
+        salt)`, `('mm', id, offset)`, `('prompt_embeds', digest)`)."""
+        first = ev.extra_keys[0] if ev.extra_keys else None
+        has_lora = ev.lora_id is not None or ev.lora_name is not None
+        if first is None:
+            return not has_lora, None
+        is_lone_str = isinstance(first, tuple) and len(first) == 1 and isinstance(first[0], str)
+        if not has_lora and is_lone_str:
+            return True, (("cache_salt", first[0]),)
+        return False, None
+
+    def _record(self, endpoint_id: str, result: str) -> None:
+        key = (endpoint_id, result)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if self.metrics is not None:
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.metrics.hash_checks.labels(*key)
+            child.inc()
+
+
 @dataclass
 class SourceState:
     """One source's position in its engine's event stream (see the module docstring)."""
@@ -186,9 +291,11 @@ class KvEventSubscriber:
         without_source: Sequence[str] = (),
         on_stale_change: Callable[[str, bool], None] | None = None,
         on_batch: Callable[[str], None] | None = None,
+        first_block_check: FirstBlockCheck | None = None,
     ) -> None:
         self.index = index
         self.config = config
+        self.first_block_check = first_block_check
         self._on_stale_change = on_stale_change
         self._on_batch = on_batch
         self._endpoints: dict[str, _Endpoint] = {}
@@ -388,6 +495,11 @@ class KvEventSubscriber:
             return
         self.index.apply(src.endpoint_id, batch)
         src.num_batches += 1
+        if self.first_block_check is not None:
+            try:
+                self.first_block_check.check_batch(src.endpoint_id, batch)
+            except Exception:  # a diagnostic: must never cost the index its sync
+                log.exception("%s: KV-event hash check failed to run", src.endpoint_id)
         for ev in batch.events:
             if isinstance(ev, BlockStored) and ev.block_size > 0:
                 self._endpoints[src.endpoint_id].block_size = ev.block_size
