@@ -8,6 +8,17 @@ to the wall clock; the cluster simulation to a virtual clock).
 Invariants: every added request ends FINISHED (stop, length) or is aborted; a
 finished or aborted request holds no blocks; KV use never exceeds capacity; a step
 never schedules more than `max_num_batched_tokens` tokens or `max_num_seqs` sequences.
+
+Decode jumps (the cluster simulation's fast path; the live simulator never uses them):
+`plan_decode_jump(k)` looks ahead from the current state for a run of *plain decode
+steps*: every running sequence decodes one token per step, nothing waits, and no step
+but the run's last can change what the outside world sees (a finish, a KV event, an
+allocation that could evict, a preemption or an admission). It returns each step's
+cost without changing anything; `decode_jump(m)` then takes the first m planned steps
+at once. Taking m <= k planned steps leaves the engine exactly as m calls of `step()`
+would (tokens, block ids, hashes, cached blocks, KV events, counters, outputs with the
+m tokens of each sequence), which tests/core/test_core_engine_jump.py checks against
+single steps. Any other call (`step`, `add_request`, an abort...) drops the plan.
 """
 
 from __future__ import annotations
@@ -59,7 +70,12 @@ class TokenOutput(NamedTuple):
 
 @dataclass(frozen=True)
 class StepResult:
-    """What one step did; `duration_s` is model time."""
+    """What one step did; `duration_s` is model time.
+
+    A decode jump's result covers `num_steps` steps: each output carries one token per
+    step, `step_durations_s` lists the steps' durations in order and `duration_s` is
+    their sum added left to right; `cost` is the last step's.
+    """
 
     duration_s: float
     cost: StepCost
@@ -71,10 +87,25 @@ class StepResult:
     num_decode_tokens: int
     num_prefix_query_tokens: int
     num_prefix_hit_tokens: int
+    step_durations_s: tuple[float, ...] = ()  # a decode jump's steps (empty: one step)
 
     @property
     def is_idle(self) -> bool:
         return not self.outputs and self.cost.num_tokens == 0
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.step_durations_s) or 1
+
+    @property
+    def is_silent(self) -> bool:
+        """Nothing finished, nothing was preempted and no KV event was emitted: what
+        the step did is visible only in its tokens (a decode jump may follow it)."""
+        return (
+            not self.events
+            and not self.preempted_ids
+            and all(o.finish_reason is None for o in self.outputs)
+        )
 
 
 @dataclass(frozen=True)
@@ -126,6 +157,9 @@ class Engine:
         self._seqs: dict[str, Sequence] = {}
         self._natural_len: dict[str, int] = {}
         self._arrivals = 0
+        # The planned decode jump: its steps' costs and how many have been taken.
+        self._jump_costs: tuple[StepCost, ...] = ()
+        self._jump_done = 0
 
     # -- queries ----------------------------------------------------------------
     @property
@@ -179,6 +213,7 @@ class Engine:
                 f"max_num_batched_tokens ({sched.max_num_batched_tokens}) and chunked "
                 f"prefill is disabled"
             )
+        self._jump_costs = ()
         seq = Sequence(request, self._arrivals)
         self._arrivals += 1
         seq.sample_key = self.sampler.key_for(request.prompt_token_ids)
@@ -195,6 +230,7 @@ class Engine:
         seq = self._seqs.get(request_id)
         if seq is None:
             return AbortResult(False, 0)
+        self._jump_costs = ()
         freed = self._finish(seq, FinishReason.ABORT)
         self.counters.num_aborted += 1
         self.counters.num_aborted_freed_blocks += freed
@@ -205,11 +241,13 @@ class Engine:
         seq = self._seqs.get(request_id)
         if seq is None:
             return False
+        self._jump_costs = ()
         self._finish(seq, reason)
         self.counters.num_finished += 1
         return True
 
     def reset_prefix_cache(self) -> bool:
+        self._jump_costs = ()
         return self.pool.reset_prefix_cache()
 
     def drain_events(self) -> list[KvEvent]:
@@ -218,6 +256,7 @@ class Engine:
 
     # -- the step ---------------------------------------------------------------
     def step(self) -> StepResult:
+        self._jump_costs = ()
         sched = self.scheduler.schedule()
         work = [SeqWork(s.num_new_tokens, s.num_context_tokens) for s in sched.scheduled]
         cost = self._step_cost(work)
@@ -281,6 +320,138 @@ class Engine:
             num_decode_tokens=num_decode,
             num_prefix_query_tokens=sched.num_prefix_query_tokens,
             num_prefix_hit_tokens=sched.num_prefix_hit_tokens,
+        )
+
+    # -- decode jumps -------------------------------------------------------------
+    def plan_decode_jump(self, max_steps: int) -> tuple[StepCost, ...]:
+        """Costs of the next k <= `max_steps` steps if they form a plain decode run
+        (see the module docstring); () when the next step is not one. Changes nothing
+        but the plan that `decode_jump` takes steps from."""
+        self._jump_costs = ()
+        self._jump_done = 0
+        sched = self.scheduler
+        running = sched.running
+        if max_steps < 1 or sched.waiting or not running:
+            return ()
+        if len(running) > sched.config.max_num_batched_tokens:
+            return ()  # not every sequence would be scheduled in each step
+        bs = self.config.block_size
+        max_model_len = self.config.max_model_len
+        horizon = max_steps
+        contexts: list[int] = []
+        for seq in running:
+            c = seq.num_computed_tokens
+            num_tokens = seq.num_tokens
+            # Decoding: one token left to compute, and past the prompt (a chunked
+            # prefill's last token counts as prefill and adds prompt counters).
+            if c != num_tokens - 1 or c < seq.num_prompt_tokens:
+                return ()
+            if seq.num_cached_blocks != c // bs or len(seq.block_hashes) != num_tokens // bs:
+                return ()
+            # Step i computes token c + i - 1, into slot c + i - 1: the blocks held must
+            # cover it (an allocation may evict a cached block: a KV event).
+            horizon = min(horizon, len(seq.block_ids) * bs - c)
+            # Step i fills a block when c + i is a multiple of the block size (a
+            # BlockStored event): allowed only as the run's last step.
+            horizon = min(horizon, bs - c % bs)
+            # Finishing is allowed only in the last step too.
+            num_output = num_tokens - seq.num_prompt_tokens
+            req = seq.request
+            horizon = min(horizon, req.max_tokens - num_output, max_model_len - num_tokens)
+            if not req.ignore_eos or req.stop_token_ids:
+                horizon = min(horizon, self._steps_to_stop(seq, num_output, horizon))
+            if horizon < 1:
+                return ()
+            contexts.append(c)
+        step_cost = self._step_cost
+        costs: list[StepCost] = []
+        for i in range(horizon):
+            costs.append(step_cost([SeqWork(1, c + i) for c in contexts]))
+        self._jump_costs = tuple(costs)
+        return self._jump_costs
+
+    def _steps_to_stop(self, seq: Sequence, num_output: int, limit: int) -> int:
+        """1-based index of the first of the next `limit` steps whose token stops `seq`
+        (end-of-sequence or a stop token), else `limit`."""
+        req = seq.request
+        eos = self.sampler.eos_token_id
+        natural = self._natural_len.get(req.request_id)
+        for i in range(1, limit + 1):
+            pos = num_output + i - 1
+            if not req.ignore_eos and natural is not None and pos + 1 >= natural:
+                return i
+            token = self.sampler.token_at(seq.sample_key, pos)
+            if (not req.ignore_eos and token == eos) or token in req.stop_token_ids:
+                return i
+        return limit
+
+    def decode_jump(self, num_steps: int) -> StepResult:
+        """Take the next `num_steps` steps of the planned decode run at once: the same
+        state, outputs, events and counters as `num_steps` calls of `step()`."""
+        done = self._jump_done
+        costs = self._jump_costs[done : done + num_steps]
+        if num_steps < 1 or len(costs) != num_steps:
+            raise ValueError(
+                f"num_steps: {num_steps} is not within the {len(self._jump_costs) - done} "
+                f"planned decode steps left"
+            )
+        self._jump_done = done + num_steps
+        kv = self.kv
+        bs = self.config.block_size
+        counters = self.counters
+        token_at = self.sampler.token_at
+        running = list(self.scheduler.running)
+        outputs: list[TokenOutput] = []
+        # Sequences share nothing in the steps before the last (no block is allocated,
+        # cached or freed in them), so each one's m tokens are taken together; the last
+        # step's effects (cache, finish) run in batch order as `step()` runs them.
+        for seq in running:
+            first = len(seq.output_token_ids)
+            key = seq.sample_key
+            tokens = [token_at(key, pos) for pos in range(first, first + num_steps - 1)]
+            seq.output_token_ids.extend(tokens)
+            seq.num_tokens += num_steps - 1
+            num_computed = seq.num_computed_tokens = seq.num_computed_tokens + num_steps
+            token = self._sample(seq)
+            seq.append_output(token)
+            tokens.append(token)
+            if seq.num_tokens // bs > len(seq.block_hashes):
+                kv.update_hashes(seq)
+            if min(num_computed // bs, len(seq.block_hashes)) > seq.num_cached_blocks:
+                kv.cache_full_blocks(seq)
+            reason = self._stop_reason(seq, token)
+            cached = seq.num_cached_tokens
+            outputs.append(
+                TokenOutput(
+                    seq.request.request_id,
+                    tuple(tokens),
+                    seq.num_prompt_tokens,
+                    len(seq.output_token_ids),
+                    cached if cached > 0 else 0,
+                    reason,
+                )
+            )
+            if reason is not None:
+                self._finish(seq, reason)
+                counters.num_finished += 1
+        num_tokens = len(running) * num_steps
+        counters.num_generation_tokens += num_tokens
+        counters.num_steps += num_steps
+        total_s = 0.0
+        for c in costs:
+            total_s += c.duration_s
+        return StepResult(
+            duration_s=total_s,
+            cost=costs[-1],
+            outputs=tuple(outputs),
+            preempted_ids=(),
+            admitted_ids=(),
+            events=tuple(self.pool.drain_events()),
+            num_prefill_tokens=0,
+            num_decode_tokens=num_tokens,
+            num_prefix_query_tokens=0,
+            num_prefix_hit_tokens=0,
+            step_durations_s=tuple(c.duration_s for c in costs),
         )
 
     def _sample(self, seq: Sequence) -> int:
