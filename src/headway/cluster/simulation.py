@@ -16,12 +16,26 @@ A session's stages run closed-loop, as `headway bench` runs them: a stage is sen
 when the previous one has finished and its `delay_s` has passed. Calls are sent with
 `ignore_eos`, so each produces exactly `max_tokens` tokens (the bench asks the same).
 
+Decode jumps (`max_decode_jump_steps` > 1, the default): when a replica's step is
+silent and the engine plans a run of plain decode steps after it
+(`Engine.plan_decode_jump`: nothing waiting, nothing finishing, no KV event, no
+allocation before the run's last step), the replica schedules one step-end event for
+the whole run instead of one per step. The engine takes the planned steps lazily:
+whatever reads it in the meantime first brings it to the instant it reads at (all
+steps that started by then, as single steps would have): a scrape does, and a request
+routed to it does and then cuts the run at the end of the step in progress (the
+request joins the next step, as it would live). Tokens keep their own step-end times,
+so the results are identical with jumps on and off (tests/cluster/
+test_cluster_jumps.py compares the bench JSON byte for byte); only `num_events`
+differs.
+
 Invariants: every call sent ends in exactly one record; in-flight counts return to
 zero when the run drains; virtual time never goes backwards (events.EventQueue).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,10 +92,17 @@ class ClusterConfig:
     kv_event_delay_s: float = 0.005
     is_kv_events_enabled: bool = True
     seed: int = 0
+    # Most engine steps one step-end event may cover (1: no decode jumps). Results do
+    # not depend on it; only the simulation's speed does.
+    max_decode_jump_steps: int = 64
 
     def __post_init__(self) -> None:
         if not self.groups:
             raise ClusterConfigError("groups: at least one replica group is needed")
+        if self.max_decode_jump_steps < 1:
+            raise ClusterConfigError(
+                f"max_decode_jump_steps: must be >= 1, got {self.max_decode_jump_steps}"
+            )
         if not self.scrape_interval_s > 0:
             raise ClusterConfigError(
                 f"scrape_interval_s: must be > 0, got {self.scrape_interval_s}"
@@ -107,11 +128,17 @@ class ClusterConfig:
 
 @dataclass
 class _Replica:
+    index: int
     endpoint_id: str
     engine: Engine
     resolved: ResolvedEngine
     is_busy: bool = False
-    pending: StepResult | None = None
+    # The steps in flight since the last step end: their end times (one step, or a
+    # decode jump's run), how many the engine has taken, and what those returned.
+    step_ends: list[float] = field(default_factory=list)
+    num_taken: int = 0
+    results: list[StepResult] = field(default_factory=list)
+    step_end_gen: int = 0  # a step-end event of an older generation was cut: skip it
     # The gateway's last scrape of this engine.
     scraped_waiting: int = 0
     scraped_running: int = 0
@@ -226,7 +253,7 @@ class ClusterSimulation:
                     tuple(vocab), tokenizer.eos_token_id, seed=config.seed + i
                 )
                 engine = Engine(resolved.config, resolved.cost_model.step_cost, sampler)
-                self._replicas.append(_Replica(f"replica-{i:03d}", engine, resolved))
+                self._replicas.append(_Replica(i, f"replica-{i:03d}", engine, resolved))
         self._by_id = {r.endpoint_id: r for r in self._replicas}
         first = config.groups[0].engine
         self.model_name = model_name or first.model
@@ -268,8 +295,8 @@ class ClusterSimulation:
             num_events += 1
             kind = ev.kind
             if kind is EventKind.STEP_END:
-                last_token_at = max(last_token_at, ev.time_s)
-                self._step_end(ev.payload, ev.time_s)
+                if self._step_end(ev.payload, ev.time_s):
+                    last_token_at = max(last_token_at, ev.time_s)
             elif kind is EventKind.KV_EVENTS:
                 endpoint_id, batch = ev.payload
                 assert self._kv_index is not None
@@ -335,6 +362,8 @@ class ClusterSimulation:
         reserved = len(token_ids) + call.max_tokens
         replica.num_in_flight_requests += 1
         replica.num_in_flight_tokens += reserved
+        if replica.is_busy:
+            self._cut_jump(replica, now_s)
         self._calls[call.call_id] = _CallState(
             call, state, replica, now_s, len(token_ids), reserved
         )
@@ -351,38 +380,98 @@ class ClusterSimulation:
             self._start_step(replica, now_s)
 
     def _start_step(self, replica: _Replica, now_s: float) -> None:
-        result = replica.engine.step()
+        engine = replica.engine
+        result = engine.step()
         if result.is_idle:
             # Cannot happen while the engine has work: add_request admits only requests
             # that fit an empty pool, and a running batch always makes progress.
             replica.is_busy = False
             return
         replica.is_busy = True
-        replica.pending = result
         self._busy_s[replica.endpoint_id] += result.duration_s
-        self._queue.push(now_s + result.duration_s, EventKind.STEP_END, replica)
+        end_s = now_s + result.duration_s
+        ends = [end_s]
+        max_jump = self.config.max_decode_jump_steps
+        if max_jump > 1 and result.is_silent:
+            # Added one at a time, as single steps' ends would be.
+            for cost in engine.plan_decode_jump(max_jump - 1):
+                end_s += cost.duration_s
+                ends.append(end_s)
+        replica.step_ends = ends
+        replica.num_taken = 1
+        replica.results = [result]
+        replica.step_end_gen += 1
+        self._queue.push(
+            end_s, EventKind.STEP_END, (replica, replica.step_end_gen), tiebreak=replica.index
+        )
 
-    def _step_end(self, replica: _Replica, now_s: float) -> None:
-        result = replica.pending
-        assert result is not None
-        replica.pending = None
-        if result.events and self._kv_index is not None:
-            batch = EventBatch(ts=now_s, events=result.events)
+    def _take_steps(self, replica: _Replica, now_s: float) -> None:
+        """Let the engine take the planned steps that started by `now_s` (a step
+        starts when the one before it ends), as single steps would have by then."""
+        ends = replica.step_ends
+        target = 1 + bisect_right(ends, now_s, 0, len(ends) - 1)
+        num_steps = target - replica.num_taken
+        if num_steps <= 0:
+            return
+        result = replica.engine.decode_jump(num_steps)
+        busy = self._busy_s[replica.endpoint_id]
+        for d in result.step_durations_s:
+            busy += d
+        self._busy_s[replica.endpoint_id] = busy
+        replica.results.append(result)
+        replica.num_taken = target
+
+    def _cut_jump(self, replica: _Replica, now_s: float) -> None:
+        """A request reaches a replica in a decode jump: the run ends with the step in
+        progress, and the next step (with the request) starts when that one ends."""
+        self._take_steps(replica, now_s)
+        ends = replica.step_ends
+        if replica.num_taken < len(ends):
+            del ends[replica.num_taken :]
+            replica.step_end_gen += 1
             self._queue.push(
-                now_s + self.config.kv_event_delay_s,
-                EventKind.KV_EVENTS,
-                (replica.endpoint_id, batch),
+                ends[-1],
+                EventKind.STEP_END,
+                (replica, replica.step_end_gen),
+                tiebreak=replica.index,
             )
-        for out in result.outputs:
-            cs = self._calls[out.request_id]
-            cs.chunk_times.append(now_s)
-            cs.num_cached_tokens = out.num_cached_tokens
-            if out.finish_reason is not None:
-                self._finish(cs, now_s)
+
+    def _step_end(self, payload: tuple[_Replica, int], now_s: float) -> bool:
+        """Deliver the steps ending at `now_s`; False for a cut jump's stale event."""
+        replica, gen = payload
+        if gen != replica.step_end_gen:
+            return False
+        ends = replica.step_ends
+        if replica.num_taken < len(ends):
+            self._take_steps(replica, now_s)
+        # Only the last step can finish a request or emit KV events; tokens of the
+        # steps before it are delivered now with their own step-end times.
+        i = 0
+        for result in replica.results:
+            m = result.num_steps
+            if result.events and self._kv_index is not None:
+                batch = EventBatch(ts=now_s, events=result.events)
+                self._queue.push(
+                    now_s + self.config.kv_event_delay_s,
+                    EventKind.KV_EVENTS,
+                    (replica.endpoint_id, batch),
+                )
+            for out in result.outputs:
+                cs = self._calls[out.request_id]
+                if m == 1:
+                    cs.chunk_times.append(ends[i])
+                else:
+                    cs.chunk_times.extend(ends[i : i + m])
+                cs.num_cached_tokens = out.num_cached_tokens
+                if out.finish_reason is not None:
+                    self._finish(cs, now_s)
+            i += m
+        replica.results = []
         if replica.engine.has_work:
             self._start_step(replica, now_s)
         else:
             replica.is_busy = False
+        return True
 
     def _finish(self, cs: _CallState, now_s: float) -> None:
         del self._calls[cs.call.call_id]
@@ -416,6 +505,8 @@ class ClusterSimulation:
     # -- the gateway's view -------------------------------------------------------
     def _scrape(self, now_s: float) -> None:
         for r in self._replicas:
+            if r.num_taken < len(r.step_ends):
+                self._take_steps(r, now_s)
             r.scraped_waiting = r.engine.num_waiting
             r.scraped_running = r.engine.num_running
             r.scraped_kv_usage = min(1.0, max(0.0, r.engine.kv_usage))
