@@ -4,9 +4,12 @@ a real `headway sim` fleet."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +19,14 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from sim_harness import families, poll, post
 
 from headway.gateway import server
-from headway.gateway.accounting import ACCESS_LOGGER, RequestRecord, outcome_of
+from headway.gateway.accounting import (
+    ACCESS_LOGGER,
+    AccessLog,
+    BufferedLineHandler,
+    RequestRecord,
+    outcome_of,
+    setup_access_log,
+)
 from headway.gateway.config import AccessLogConfig, GatewayConfigError, config_from_mapping
 from headway.gateway.metrics import GapHistogram
 
@@ -301,3 +311,83 @@ def test_long_stream_gaps_flushed_early_counted_once(
     # At most one gap between two of the <= 22 events (20 tokens, usage, [DONE]): a
     # flushed list counted again would exceed it.
     assert added <= 21
+
+
+class _Writes(io.StringIO):
+    """A text stream that remembers each write (one batch each)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def _record(request_id: str) -> RequestRecord:
+    rec = RequestRecord(request_id, "chat", arrived_at=1.0)
+    rec.finished_at = 1.25
+    return rec
+
+
+@pytest.mark.parametrize(
+    ("num_lines", "num_writes"),
+    [(1, 1), (3, 1), (40, 2)],  # a line is ~420 bytes: 4096 bytes hold 9
+    ids=["one", "few", "over-one-batch"],
+)
+def test_buffered_lines_flushed_by_the_loop_timer(num_lines: int, num_writes: int) -> None:
+    stream = _Writes()
+    handler = BufferedLineHandler(stream, flush_after_s=0.0)
+    logger = logging.getLogger(ACCESS_LOGGER)
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    access = AccessLog(AccessLogConfig(), worker=3)
+
+    async def run() -> None:
+        for i in range(num_lines):
+            access.emit(_record(f"r{i}"))
+        if num_lines < 10:
+            assert stream.writes == []  # waiting for the timer
+        for _ in range(100):  # bounded: the timer runs within a loop iteration or two
+            if stream.getvalue().count("\n") == num_lines:
+                break
+            await asyncio.sleep(0)
+
+    try:
+        asyncio.run(run())
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+    lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert [x["request_id"] for x in lines] == [f"r{i}" for i in range(num_lines)]
+    assert all(x["worker"] == 3 and x["e2e_ms"] == 250.0 for x in lines)
+    assert all(len(w.encode()) <= 4096 and w.endswith("\n") for w in stream.writes)
+    assert len([w for w in stream.writes if w]) >= num_writes
+
+
+def test_buffered_lines_without_a_loop_are_written_at_once() -> None:
+    stream = _Writes()
+    handler = BufferedLineHandler(stream)
+    handler.handle(logging.makeLogRecord({"msg": "one", "levelno": logging.INFO}))
+    handler.write_line("two")
+    assert stream.writes == ["one\n", "two\n"]
+
+
+def test_buffered_lines_flushed_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    handler = setup_access_log(AccessLogConfig(path=str(path)))
+    assert isinstance(handler, BufferedLineHandler)
+
+    async def run() -> None:
+        AccessLog(AccessLogConfig()).emit(_record("r-close"))
+        assert path.read_text() == ""  # batched: the timer has not run
+
+    try:
+        asyncio.run(run())
+    finally:
+        setup_access_log(AccessLogConfig(enabled=False))  # closes (flushes) the handler
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET)
+        logging.getLogger(ACCESS_LOGGER).propagate = True
+    assert json.loads(path.read_text())["request_id"] == "r-close"

@@ -228,7 +228,11 @@ def test_sighup_reloads_real_process(fleets: Fleets, tmp_path: Path) -> None:
         _write(config, [b])
         assert post(admin, "/admin/reload").status == 200
         assert {_routed_to(gw.url) for _ in range(2)} == {b}
-        lines = [json.loads(x) for x in access.read_text().splitlines()]
+        lines = poll(  # access lines are written in batches, up to 0.1 s later
+            lambda: [json.loads(x) for x in access.read_text().splitlines()],
+            lambda xs: len(xs) >= 6,
+            what="six access lines",
+        )
         assert len(lines) == 6 and all(x["status"] == 200 for x in lines)
     finally:
         assert gw.stop() == 0, gw.stderr()

@@ -15,16 +15,22 @@ Invariants:
 * Per relayed chunk only a timestamp difference is appended (`chunk_gaps_s`); the
   inter-token histogram is fed from it when the request ends, or earlier in batches
   of 512 on a long stream (the list stays bounded; each gap is counted once).
+* Lines are written in batches (`BufferedLineHandler`): a line reaches its file at
+  most `flush_after_s` (0.1 s) after its request ended, or when the batch is full
+  (4 KiB), or when the handler is flushed or closed (gateway shutdown, interpreter
+  exit). A batch is one write of whole lines, at most PIPE_BUF bytes, so the lines
+  of several worker processes sharing stderr never interleave.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 
@@ -38,6 +44,11 @@ TENANT_HEADERS = (
     "x-gateway-inference-fairness-id",
 )
 _MS_PER_S = 1000.0
+# A batch of lines is written at once when it would grow past this (PIPE_BUF: a write
+# to a pipe of at most this many bytes is atomic), else at most this long after its
+# first line.
+_MAX_BATCH_BYTES = 4096
+_FLUSH_AFTER_S = 0.1
 
 log = logging.getLogger(ACCESS_LOGGER)
 
@@ -174,14 +185,106 @@ class AccessLog:
         fields = record.to_json()
         fields["worker"] = self.worker
         line = self._encoder.encode(fields).decode()
+        handlers = log.handlers
+        if len(handlers) == 1 and not log.propagate and not log.filters:
+            handler = handlers[0]
+            if (
+                type(handler) is BufferedLineHandler
+                and handler.level <= logging.INFO
+                and not handler.filters
+            ):
+                # The logger as `setup_access_log` left it: the line as its formatter
+                # would write it, without building a LogRecord.
+                handler.write_line(line)
+                return
         # makeRecord + handle: what `log.info` does, without looking up the caller's
         # frame (a third of its cost, and meaningless for an access log).
         log.handle(log.makeRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, line, (), None))
 
+    def flush(self) -> None:
+        """Write out buffered lines now (the gateway's shutdown)."""
+        for handler in log.handlers:
+            handler.flush()
+
+
+class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record's message as one line, in batches (see the module
+    invariants): one write per batch instead of one per request. Batches are
+    flushed by a timer on the running event loop; without one, every line is
+    written at once."""
+
+    def __init__(
+        self, stream: TextIO, *, owns_stream: bool = False, flush_after_s: float = _FLUSH_AFTER_S
+    ) -> None:
+        super().__init__(stream)
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self.flush_after_s = flush_after_s
+        self._owns_stream = owns_stream
+        self._lines: list[str] = []
+        self._num_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write_line(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        """Queue one line (without its newline) for the next batch."""
+        size = len(line) + 1  # characters: bytes for the ASCII msgspec writes
+        with self.lock:  # type: ignore[union-attr]
+            if self._lines and self._num_bytes + size > _MAX_BATCH_BYTES:
+                self._write_batch()
+            self._lines.append(line)
+            self._num_bytes += size
+            if self._timer is None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:  # no loop to flush later: write now
+                    self._write_batch()
+                    return
+                self._timer = loop.call_later(self.flush_after_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._timer = None
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        self._num_bytes = 0
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:
+            # As logging does for a record it cannot write: report, keep serving.
+            self.handleError(logging.makeLogRecord({"msg": "access log write failed"}))
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._write_batch()
+            super().flush()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            if self._owns_stream:
+                self.stream.close()
+        finally:
+            super().close()
+
 
 def setup_access_log(config: AccessLogConfig) -> logging.Handler | None:
     """Point the `headway.access` logger at stderr or `config.path` (one bare JSON line
-    per record, not propagated to the root logger); returns the handler added."""
+    per record, written in batches, not propagated to the root logger); returns the
+    handler added."""
     logger = logging.getLogger(ACCESS_LOGGER)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -190,13 +293,12 @@ def setup_access_log(config: AccessLogConfig) -> logging.Handler | None:
         logger.propagate = False
         logger.setLevel(logging.CRITICAL + 1)
         return None
-    added: logging.Handler
+    added: BufferedLineHandler
     if config.path is None:
-        added = logging.StreamHandler(sys.stderr)
+        added = BufferedLineHandler(sys.stderr)
     else:
         Path(config.path).parent.mkdir(parents=True, exist_ok=True)
-        added = logging.FileHandler(config.path, encoding="utf-8")
-    added.setFormatter(logging.Formatter("%(message)s"))
+        added = BufferedLineHandler(open(config.path, "a", encoding="utf-8"), owns_stream=True)  # noqa: SIM115
     logger.addHandler(added)
     logger.setLevel(logging.INFO)
     logger.propagate = False

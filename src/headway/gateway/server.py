@@ -389,6 +389,7 @@ class Gateway:
         if self.prompts is not None:
             self.prompts.close()
         await self.transport.close()
+        self.access_log.flush()  # lines still waiting for their batch's timer
 
     def _block_size_of(self, url: str) -> int | None:
         view = self.scraper.view(url)
