@@ -37,6 +37,7 @@ from headway.gateway.outlier import OutlierDetector
 from headway.gateway.scraper import MetricsScraper
 from headway.gateway.tracker import InFlightTracker
 from headway.routing import (
+    ApproxPrefixIndex,
     EndpointSnapshot,
     KvBlockIndex,
     ProfileHandler,
@@ -45,6 +46,7 @@ from headway.routing import (
     RoutingResult,
     build_handler,
 )
+from headway.routing.prefix.matching import expected_cached_tokens
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,17 @@ class Route:
     # Prompt tokens the KV-event index expects the engine to serve from its prefix
     # cache (leading matched blocks x block size); None: no precise hashes or index.
     predicted_cached_tokens: int | None = None
+    # The same expectation with the approximate index as fallback (0: unknown); the
+    # in-flight load is charged net of it (`charged_tokens`).
+    expected_cached_tokens: int = 0
+
+    def charged_tokens(self, num_tokens: int) -> int:
+        """The in-flight token load to charge for a request estimated at `num_tokens`
+        (prompt + most output): less the prompt tokens expected from the prefix cache,
+        which cost the engine neither prefill nor new KV blocks. Without it a cache
+        holder looks busiest exactly because it serves long cached prompts, and
+        load-aware plugins push its requests to replicas that must recompute them."""
+        return max(0, num_tokens - self.expected_cached_tokens)
 
 
 class PoolRouter:
@@ -81,8 +94,10 @@ class PoolRouter:
         self._outliers = outliers
         self._scraper = scraper
         self.kv_index = kv_index if pool.has_kv_events else None
+        self._approx_index = ApproxPrefixIndex()  # the handler's, shared by its plugins
         self._handler: ProfileHandler = build_handler(
-            dict(pool.routing_config()), resources=RoutingResources(kv_index=self.kv_index)
+            dict(pool.routing_config()),
+            resources=RoutingResources(kv_index=self.kv_index, approx_index=self._approx_index),
         )
         self._rng = np.random.default_rng(seed)
         self._models = frozenset({pool.model})
@@ -173,6 +188,13 @@ class PoolRouter:
         )
         self._snapshot_cache[url] = (key, snapshot)
         return snapshot
+
+    def expected_cached_tokens(
+        self, ctx: RequestContext, endpoint: str, block_size: int | None
+    ) -> int:
+        """Prompt tokens `endpoint` should serve from cache: precise, else approximate
+        (call before `observe`, which records this very prompt in the approximate index)."""
+        return expected_cached_tokens(ctx, endpoint, self.kv_index, self._approx_index, block_size)
 
     def predicted_cached_tokens(
         self, ctx: RequestContext, endpoint: str, block_size: int | None
@@ -269,15 +291,15 @@ class Router:
             pool_ctx = ctx if ctx.model == current.model else _with_model(ctx, current.model)
             result = router.decide(pool_ctx, snapshots)
             if result.is_routed:
-                router.observe(pool_ctx, result)
                 endpoint = result.decision.endpoint_id
                 assert endpoint is not None
+                block_size = self.block_size(current)
+                expected = router.expected_cached_tokens(pool_ctx, endpoint, block_size)
+                router.observe(pool_ctx, result)
                 if self._outliers is not None:
                     self._outliers.routed(endpoint)
-                predicted = router.predicted_cached_tokens(
-                    pool_ctx, endpoint, self.block_size(current)
-                )
-                return Route(current, endpoint, result, predicted)
+                predicted = router.predicted_cached_tokens(pool_ctx, endpoint, block_size)
+                return Route(current, endpoint, result, predicted, expected)
             fallback = current.fallback
             current = self._pools[fallback].pool if fallback in self._pools else None
         return None

@@ -103,3 +103,39 @@ def prefix_fractions(
         for e in fresh:
             out[e.endpoint_id] = lengths[e.endpoint_id] / num_blocks
     return {e.endpoint_id: out[e.endpoint_id] for e in endpoints}
+
+
+def expected_cached_tokens(
+    ctx: RequestContext,
+    endpoint_id: str,
+    kv_index: KvBlockIndex | None,
+    approx_index: ApproxPrefixIndex | None,
+    block_size: int | None,
+) -> int:
+    """Prompt tokens `endpoint_id` is expected to serve from its prefix cache for `ctx`.
+
+    Precise where the KV-event index can be trusted (engine block hashes, a known block
+    size, the endpoint not stale): the leading matched blocks x block size (the hashes
+    already leave out the prompt's last token, vLLM's rule). Else approximate: the
+    matched share of the gateway's chunk hashes x the prompt's token estimate. 0 when
+    neither index knows the prompt. Never more than `ctx.num_prompt_tokens_est - 1`.
+
+    The gateway and the cluster simulation charge a request's in-flight token load
+    net of this (a cache hit costs the engine no prefill work and no new KV blocks),
+    so a cache holder's load reflects the work queued on it, not the prompt lengths
+    it happens to serve from cache.
+    """
+    num_prompt = ctx.num_prompt_tokens_est
+    cached = 0
+    if (
+        kv_index is not None
+        and ctx.block_hashes
+        and block_size
+        and not kv_index.is_stale(endpoint_id)
+    ):
+        matched = kv_index.match_lengths(ctx.block_hashes, (endpoint_id,))[endpoint_id]
+        cached = matched * block_size
+    elif approx_index is not None and ctx.chunk_hashes:
+        matched = approx_index.match_lengths(ctx.chunk_hashes, (endpoint_id,))[endpoint_id]
+        cached = matched * num_prompt // len(ctx.chunk_hashes)
+    return max(0, min(cached, num_prompt - 1))
