@@ -13,10 +13,12 @@ All times here are `time.perf_counter()` seconds.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import threading
 import time
+from typing import Any
 
 now = time.perf_counter
 
@@ -83,3 +85,35 @@ class PreciseTimer:
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+class LagHistogram:
+    """Counts of emission lags (seconds after the scheduled instant) in fixed buckets.
+
+    Buckets are log-spaced (four per doubling) from 10 µs up; a lag at or below zero
+    (on time, or early) counts in bucket 0. Recording is a bisect and an increment, so
+    it can run once per streamed token; readers diff two snapshots to get a window.
+    """
+
+    EDGES_S: tuple[float, ...] = (0.0, *(1e-5 * 2 ** (i / 4) for i in range(80)))
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.EDGES_S) + 1)
+        self.num_early = 0
+        self.max_s = 0.0
+
+    def record(self, lag_s: float) -> None:
+        self.counts[bisect.bisect_left(self.EDGES_S, lag_s)] += 1
+        if lag_s < 0:
+            self.num_early += 1
+        elif lag_s > self.max_s:
+            self.max_s = lag_s
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state: bucket upper edges (seconds; the last bucket is open) and counts."""
+        return {
+            "le_s": list(self.EDGES_S),
+            "counts": list(self.counts),
+            "num_early": self.num_early,
+            "max_s": self.max_s,
+        }

@@ -1,10 +1,18 @@
 """Serving one completion request on a replica: the OpenAI response shapes vLLM
-produces, streamed (SSE) or whole, with usage, stop strings and disconnect handling."""
+produces, streamed (SSE) or whole, with usage, stop strings and disconnect handling.
+
+A streamed request is written from the replica's engine loop (`StreamSink`): its
+chunks are rendered before the step ends and written when it ends, straight through
+the aiohttp response while the connection's send buffer is empty (such a write never
+waits). When the buffer is not empty (a slow reader) or the response is not open yet,
+chunks queue in order and the request's handler writes them with backpressure.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import socket
-import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +100,137 @@ class TextAssembler:
         return new
 
 
+def write_now(resp: web.StreamResponse, data: bytes) -> None:
+    """`await resp.write(data)` run to completion without suspending.
+
+    aiohttp's write hands the bytes to the transport first and only then may wait
+    for a drain; with the transport's buffer empty there is nothing to wait for. If
+    it ever does suspend, the bytes are already out: stop waiting, the next write
+    sees a non-empty buffer and takes the handler's path.
+    """
+    coro = resp.write(data)
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+
+
+class StreamSink:
+    """One streamed request's chunks, rendered and written by the replica's loop.
+
+    Invariant: chunks reach the response in emission order. A chunk is written
+    directly only when nothing is queued and the transport's buffer is empty;
+    otherwise it is queued for the handler, which is woken for the queue, the end
+    of the stream, or an error.
+    """
+
+    def __init__(
+        self,
+        writer: CompletionWriter,
+        handle: RequestHandle,
+        state: RequestState,
+        drop_after_tokens: int | None,
+        head: bytes,
+    ) -> None:
+        self._writer = writer
+        self._handle = handle
+        self.state = state
+        self._drop_after = drop_after_tokens
+        self._head = head  # written before the first token (the chat role chunk)
+        self._resp: web.StreamResponse | None = None
+        self._transport: asyncio.Transport | None = None
+        self._data: bytes | None = None  # rendered by prepare, written by emit
+        self.queue: deque[bytes] = deque()
+        self.is_finished = False  # the chunk with the finish reason went out
+        self.error: ConnectionResetError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def open(self, resp: web.StreamResponse, transport: asyncio.Transport | None) -> None:
+        """The response is prepared: chunks may be written directly from now on."""
+        self._resp, self._transport = resp, transport
+
+    def close(self) -> None:
+        """The handler is gone: write nothing more."""
+        self._resp = self._transport = None
+        self._data = None
+
+    def detach(self) -> None:
+        """Unlink from the request's handle (no reference cycle left for the GC)."""
+        if self._handle.sink is self:
+            self._handle.sink = None
+
+    def prepare(self, emission: Emission) -> None:
+        writer = self._writer
+        state = self.state
+        text = writer.assembler.advance(state, emission)
+        choice = writer._choice(state, text)
+        if state.finish_reason is not None:
+            choice["finish_reason"] = state.finish_reason
+            choice["stop_reason"] = state.stop_reason
+            if emission.output.finish_reason is None:
+                # A stop string ended it: the engine still holds the sequence.
+                writer.replica.finish(self._handle.request_id, FinishReason.STOP)
+        parsed = state.parsed
+        chunk = writer._chunk(state, [choice])
+        if parsed.continuous_usage_stats:
+            chunk["usage"] = usage(state, writer.report_cached)
+        if parsed.debug_timing:
+            chunk["headway_debug"] = {"scheduled_at": emission.scheduled_at}
+        data = self._head + b"data: " + msgspec.json.encode(chunk) + b"\n\n"
+        self._head = b""
+        if state.finish_reason is not None:
+            if parsed.include_usage:
+                final = writer._chunk(state, [])
+                final["usage"] = usage(state, writer.report_cached)
+                data += b"data: " + msgspec.json.encode(final) + b"\n\n"
+            data += SSE_DONE
+        self._data = data
+
+    def emit(self) -> None:
+        data, self._data = self._data, None
+        if data is None:
+            return
+        resp, transport = self._resp, self._transport
+        if resp is None or self.queue or transport is None or transport.get_write_buffer_size():
+            self.queue.append(data)
+            self._wake()
+        else:
+            try:
+                write_now(resp, data)
+            except ConnectionResetError as exc:
+                self._fail(exc)
+                return
+        state = self.state
+        if state.finish_reason is not None:
+            self.is_finished = True
+            self._wake()
+        elif self._drop_after is not None and state.num_output_tokens >= self._drop_after:
+            self._fail(StreamDropped("fault injection: stream dropped"))
+
+    def settle(self, now: float) -> None:
+        self._writer._record_timing(self._handle, now)
+
+    def _fail(self, exc: ConnectionResetError) -> None:
+        self.error = exc
+        self.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until there is something for the handler: queued chunks, the end, an error."""
+        while not (self.queue or self.is_finished or self.error):
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
 class CompletionWriter:
     """Writes one request's response, streaming or not."""
 
@@ -155,23 +294,11 @@ class CompletionWriter:
             },
         )
 
-    async def stream(
-        self,
-        request: web.Request,
-        resp: web.StreamResponse,
-        handle: RequestHandle,
-        state: RequestState,
-        drop_after_tokens: int | None,
-    ) -> None:
-        """Stream the request's tokens into `resp` as they are emitted."""
-        await resp.prepare(request)
-        sock = request.transport.get_extra_info("socket") if request.transport else None
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def attach_stream(
+        self, handle: RequestHandle, state: RequestState, drop_after_tokens: int | None
+    ) -> StreamSink:
+        """Route `handle`'s emissions to a new sink (before the handler first yields)."""
         parsed = state.parsed
-        if parsed.echo_prompt:
-            chunk = self._chunk(state, [self._choice(state, parsed.echo_prompt)])
-            await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
         # vLLM opens a chat stream, when the first token is ready, with a chunk that
         # carries only the assistant role.
         head = b""
@@ -181,34 +308,38 @@ class CompletionWriter:
             if parsed.continuous_usage_stats:
                 role["usage"] = usage(state, self.report_cached)  # 0 completion tokens yet
             head = b"data: " + msgspec.json.encode(role) + b"\n\n"
-        while state.finish_reason is None:
-            emission = await handle.next()
-            self._record_timing(handle, clock.now())
-            text = self.assembler.advance(state, emission)
-            choice = self._choice(state, text)
-            if state.finish_reason is not None:
-                choice["finish_reason"] = state.finish_reason
-                choice["stop_reason"] = state.stop_reason
-                if emission.output.finish_reason is None:
-                    # A stop string ended it: the engine still holds the sequence.
-                    self.replica.finish(handle.request_id, FinishReason.STOP)
-            chunk = self._chunk(state, [choice])
-            if parsed.continuous_usage_stats:
-                chunk["usage"] = usage(state, self.report_cached)
-            if parsed.debug_timing:
-                chunk["headway_debug"] = {
-                    "scheduled_at": emission.scheduled_at,
-                    "sent_at": time.time(),
-                }
-            await resp.write(head + b"data: " + msgspec.json.encode(chunk) + b"\n\n")
-            head = b""
-            if drop_after_tokens is not None and state.num_output_tokens >= drop_after_tokens:
-                raise StreamDropped("fault injection: stream dropped")
-        if parsed.include_usage:
-            final = self._chunk(state, [])
-            final["usage"] = usage(state, self.report_cached)
-            await resp.write(b"data: " + msgspec.json.encode(final) + b"\n\n")
-        await resp.write(SSE_DONE)
+        sink = StreamSink(self, handle, state, drop_after_tokens, head)
+        handle.sink = sink
+        return sink
+
+    async def stream(
+        self, request: web.Request, resp: web.StreamResponse, sink: StreamSink
+    ) -> None:
+        """Open the SSE response; the replica's loop writes the tokens into it."""
+        try:
+            await resp.prepare(request)
+            transport = request.transport
+            sock = transport.get_extra_info("socket") if transport else None
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            parsed = sink.state.parsed
+            if parsed.echo_prompt:
+                chunk = self._chunk(sink.state, [self._choice(sink.state, parsed.echo_prompt)])
+                await resp.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
+            while sink.queue:  # emitted while the response was being opened
+                await resp.write(sink.queue.popleft())
+            sink.open(resp, transport)
+            while True:
+                await sink.wait()
+                while sink.queue:
+                    await resp.write(sink.queue.popleft())
+                if sink.error is not None:
+                    raise sink.error
+                if sink.is_finished and not sink.queue:
+                    break
+        finally:
+            sink.close()
+            sink.detach()
         await resp.write_eof()
 
     async def whole(

@@ -1,14 +1,18 @@
 """One simulated engine replica: a `core.engine.Engine` driven on the real clock.
 
-The engine loop runs a step, sleeps for the step's modeled duration (divided by the
-time-scale, multiplied by any injected slow-down) and then delivers the step's tokens
-and KV events, so tokens stream when the step that produced them ends. Requests that
-arrive during a step join the next one, as on a real engine.
+The engine loop runs a step, renders what the step produced for every streamed request
+(text, stop strings, JSON: `EmissionSink.prepare`), sleeps until the step's modeled end
+(duration divided by the time-scale, multiplied by any injected slow-down) and then
+only writes the rendered bytes (`EmissionSink.emit`), so tokens leave when the step that
+produced them ends and the work left at that instant is one socket write per stream.
+Bookkeeping (metrics, non-streamed requests, KV events) follows the writes. Requests
+that arrive during a step join the next one, as on a real engine.
 
 Each step's end is scheduled from the previous step's scheduled end, not from when
 the loop woke up, so short CPU stalls are caught up and the modeled throughput holds;
 if the loop falls more than `max_lag_s` behind it resynchronises to now (and the lag
-shows in the emission timestamps).
+shows in the emission timestamps). How late each write left after its step's end is
+counted in `emission_lag` (read by `GET /debug/timing`).
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from headway.core.engine import Engine, StepResult, TokenOutput
 from headway.core.kv_events import EventBatch
 from headway.core.sequence import EngineRequest, FinishReason
 from headway.sim import clock
-from headway.sim.clock import PreciseTimer
+from headway.sim.clock import LagHistogram, PreciseTimer
 from headway.sim.faults import FaultConfig, FaultInjector
 from headway.sim.kv_publisher import KvEventPublisher
 
@@ -37,13 +42,26 @@ class Emission:
     scheduled_at: float
 
 
+class EmissionSink(Protocol):
+    """Where a streamed request's emissions go, in two phases per step."""
+
+    def prepare(self, emission: Emission) -> None:
+        """Render `emission` (before the step's end); may finish the request early."""
+
+    def emit(self) -> None:
+        """Write what `prepare` rendered, now (the step's end); never blocks."""
+
+    def settle(self, now: float) -> None:
+        """Bookkeeping once every stream of the step has been written."""
+
+
 @dataclass
 class RequestHandle:
     """The HTTP side's view of one in-flight request.
 
-    Emissions wait in an unbounded deque (bounded in practice by the request's
-    max_tokens) with a single waiter future: lighter than an asyncio.Queue on the
-    per-token path, which runs once per stream per step.
+    A streamed request has a `sink` the engine loop renders into and writes from.
+    Otherwise emissions wait in an unbounded deque (bounded in practice by the
+    request's max_tokens) with a single waiter future: lighter than an asyncio.Queue.
     """
 
     request_id: str
@@ -51,6 +69,7 @@ class RequestHandle:
     scheduled_at: float | None = None  # when the engine first ran it
     first_token_at: float | None = None
     last_token_at: float | None = None
+    sink: EmissionSink | None = None
     _pending: deque[Emission] = field(default_factory=deque)
     _waiter: asyncio.Future[None] | None = None
 
@@ -106,6 +125,9 @@ class Replica:
         self._wall_offset = time.time() - clock.now()
         self.model_time_s = 0.0
         self.max_observed_lag_s = 0.0
+        # How late the loop resumed after each step's end, and each stream's write.
+        self.wake_lag = LagHistogram()
+        self.emission_lag = LagHistogram()
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> None:
@@ -174,14 +196,19 @@ class Replica:
             self.model_time_s += result.duration_s
             real_s = result.duration_s / self.time_scale * self.faults.config.slowdown
             due = next_start + real_s
+            # Let other replicas' writes in between the step and its rendering.
+            await asyncio.sleep(0)
+            ready = self._prepare(result, due)
             await self._timer.sleep_until(due)
             now = clock.now()
             lag = now - due
+            self.wake_lag.record(lag)
             self.max_observed_lag_s = max(self.max_observed_lag_s, lag)
             next_start = now if lag > self.max_lag_s else due
-            self._deliver(result, due)
-            # Let the streams write these tokens before the next step is computed.
+            written_at = self._emit(ready)
+            # Other replicas' writes before this one's bookkeeping and next step.
             await asyncio.sleep(0)
+            self._settle(ready, written_at, result, due)
 
     def _note_admitted(self, result: StepResult, started_at: float) -> None:
         for rid in result.admitted_ids:
@@ -191,17 +218,50 @@ class Replica:
                 if self.on_queue_time is not None:
                     self.on_queue_time(started_at - handle.arrived_at)
 
-    def _deliver(self, result: StepResult, due: float) -> None:
+    def _prepare(self, result: StepResult, due: float) -> list[tuple[RequestHandle, Emission]]:
+        """Render the step's streamed chunks ahead of its end; returns who gets what."""
         scheduled_at = self.wall_time(due)
+        ready = []
         for out in result.outputs:
             handle = self._handles.get(out.request_id)
             if handle is None:
                 continue
-            handle.push(Emission(out, scheduled_at))
+            emission = Emission(out, scheduled_at)
+            if handle.sink is not None:
+                handle.sink.prepare(emission)
+            ready.append((handle, emission))
             if out.finish_reason is not None:
-                # The engine freed it; the HTTP side drains the queue and finishes.
+                # The engine freed it; the HTTP side drains its emissions and finishes.
                 self._handles.pop(out.request_id, None)
+        return ready
+
+    def _emit(self, ready: list[tuple[RequestHandle, Emission]]) -> list[float]:
+        """At the step's end: write every stream; returns when each write finished."""
+        written_at = []
+        for handle, _ in ready:
+            if handle.sink is not None:
+                handle.sink.emit()
+                written_at.append(clock.now())
+        return written_at
+
+    def _settle(
+        self,
+        ready: list[tuple[RequestHandle, Emission]],
+        written_at: list[float],
+        result: StepResult,
+        due: float,
+    ) -> None:
+        """The step's bookkeeping, after its writes: lags, metrics, non-streamed
+        requests, KV events."""
+        for t in written_at:
+            self.emission_lag.record(t - due)
+        now = written_at[-1] if written_at else clock.now()
+        for handle, emission in ready:
+            if handle.sink is not None:
+                handle.sink.settle(now)
+            else:
+                handle.push(emission)
         if result.events and self.publisher is not None:
-            self.publisher.publish(EventBatch(scheduled_at, result.events, 0))
+            self.publisher.publish(EventBatch(self.wall_time(due), result.events, 0))
         if self._on_step is not None:
             self._on_step(result)

@@ -139,6 +139,7 @@ class ReplicaServer:
         r.add_post("/v1/completions/render", self.completions_render)
         r.add_post("/reset_prefix_cache", self.reset_prefix_cache)
         r.add_get("/debug/cache", self.debug_cache)
+        r.add_get("/debug/timing", self.debug_timing)
         r.add_get("/admin/faults", self.get_faults)
         r.add_post("/admin/faults", self.set_faults)
         for path in ("/get_server_info", "/server_info"):
@@ -213,8 +214,9 @@ class ReplicaServer:
         resp: web.StreamResponse | None = None
         try:
             if parsed.stream:
+                sink = self.writer.attach_stream(handle, state, drop_after)
                 resp = self.writer.open_stream(handle)
-                await self.writer.stream(request, resp, handle, state, drop_after)
+                await self.writer.stream(request, resp, sink)
             else:
                 resp = await self.writer.whole(handle, state, drop_after)
         except (StreamDropped, ConnectionResetError):
@@ -399,6 +401,18 @@ class ReplicaServer:
                 "num_cached_blocks": len(hashes),
                 "block_hashes": sorted(to_event_int(h) for h in hashes),
                 "block_digests": sorted(h.hex() for h in hashes),
+            }
+        )
+
+    async def debug_timing(self, request: web.Request) -> web.Response:
+        """Lag histograms since start: the engine loop's wake-ups after each step's end
+        (`wake_lag`) and each streamed chunk's write (`emission_lag`); diff two reads
+        for a window."""
+        replica = self.replica
+        return _json(
+            {
+                "wake_lag": replica.wake_lag.snapshot(),
+                "emission_lag": replica.emission_lag.snapshot(),
             }
         )
 
