@@ -30,6 +30,9 @@ import headway_engines as he
 from gateway_harness import ServeProcess, start_serve
 from sim_harness import get, poll, post, scrape
 
+from headway.gateway.config import EngineKind
+from headway.gateway.engines import ADAPTERS, filter_page
+
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]
 
 MODEL = he.MODEL_NAME
@@ -116,6 +119,28 @@ def test_engine_llamacpp_metric_names_the_adapter_reads(llama: LlamaStack) -> No
         assert "llamacpp:requests_processing" in names, sorted(names)
         assert "llamacpp:requests_deferred" in names, sorted(names)
         assert "llamacpp:kv_cache_usage_ratio" not in names, "adapter may read KV usage now"
+
+
+def test_engine_llamacpp_collector_reports_kv_usage_unknown(llama: LlamaStack) -> None:
+    """The gateway's llama.cpp adapter, reading a real `/metrics` page while a request
+    runs: the counts it reads are there, and the KV usage it cannot read is None
+    (unknown), not 0 (an empty cache)."""
+    adapter = ADAPTERS[EngineKind.LLAMACPP]
+    url = llama.urls[1]
+    body = {"prompt": llama.nonce + "Go on.", "n_predict": 2000, "ignore_eos": True}
+    thread = threading.Thread(target=lambda: post(url, "/completion", body, timeout_s=120))
+    thread.start()
+    try:
+        metrics = poll(
+            lambda: adapter.read(filter_page(adapter.line_filter(), get(url, "/metrics").body)),
+            lambda m: m.num_running_requests == 1,
+            deadline_s=10,
+            what="the adapter reads the running request",
+        )
+    finally:
+        thread.join(timeout=120)
+    assert metrics.num_queued_requests == 0, metrics
+    assert metrics.kv_cache_usage is None, metrics
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
