@@ -32,9 +32,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -71,6 +71,7 @@ from headway.resources.tokenizer import default_tokenizer, load_tokenizer
 from headway.routing import Headers, KvBlockIndex, RequestContext
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 REQUEST_ID = "x-request-id"
 ROUTE_HEADER = "x-headway-route"
@@ -134,6 +135,91 @@ class _ClientGone(Exception):
 
     def __init__(self, response: web.StreamResponse) -> None:
         self.response = response
+
+
+class _Deadline:
+    """The moving deadline of one upstream attempt, on one loop timer.
+
+    `wait(awaitable)` awaits it and raises `_UpstreamTimeout` if the deadline `at`
+    (time.monotonic(); None: none) passes meanwhile, as `asyncio.timeout_at` would.
+    Only time spent waiting on the upstream counts: a deadline that passes while the
+    relay writes to the client expires at the next `wait` (unless what it awaits is
+    ready at once). Moving `at` costs an attribute store: the timer is armed for the
+    earliest deadline once and, when it fires early (the deadline moved later since),
+    re-armed for the current one, instead of a timer armed and cancelled per chunk.
+    `close` when the attempt ends."""
+
+    __slots__ = (
+        "_cancelling",
+        "_handle",
+        "_handle_at",
+        "_is_expired",
+        "_is_waiting",
+        "_task",
+        "at",
+    )
+
+    def __init__(self, at: float | None) -> None:
+        self.at = at
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._handle_at = 0.0  # the deadline the armed timer is for
+        self._is_waiting = False
+        self._is_expired = False
+        self._cancelling = 0
+
+    async def wait(self, awaitable: Awaitable[_T]) -> _T:
+        at = self.at
+        if at is None:
+            return await awaitable
+        if self._handle is None or at < self._handle_at:
+            self._arm(at)
+        task = self._task
+        if task is None:
+            task = self._task = asyncio.current_task()
+            assert task is not None
+        self._cancelling = task.cancelling()
+        self._is_waiting = True
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            if self._is_expired:
+                self._is_expired = False
+                if task.uncancel() <= self._cancelling:
+                    raise _UpstreamTimeout from None
+            raise
+        finally:
+            self._is_waiting = False
+        if self._is_expired:  # expired as the awaitable finished anyway: keep its result
+            self._is_expired = False
+            task.uncancel()
+        return result
+
+    def _arm(self, at: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = asyncio.get_running_loop()
+        # Deadlines are on time.monotonic(); the loop may count from another origin.
+        delay_s = max(0.0, at - time.monotonic())
+        self._handle = loop.call_at(loop.time() + delay_s, self._on_timer)
+        self._handle_at = at
+
+    def _on_timer(self) -> None:
+        self._handle = None
+        at = self.at
+        if at is None:
+            return
+        if time.monotonic() < at:  # moved later since the timer was armed
+            self._arm(at)
+        elif self._is_waiting and self._task is not None:
+            self._is_expired = True
+            self._task.cancel()
+        # else: passed between waits; the next `wait` arms the timer again (at once)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class Gateway:
@@ -707,12 +793,13 @@ class Gateway:
         payload = upstream_body(body, req, route.pool.upstream_model(req.model))
         upstream: UpstreamResponse | None = None
         is_complete = False
+        first_deadline = total_deadline
+        if req.is_stream and timeouts.ttft_s:
+            first_deadline = _earliest(total_deadline, attempt.started_at + timeouts.ttft_s)
+        deadline = _Deadline(first_deadline)
         try:
-            first_deadline = total_deadline
-            if req.is_stream and timeouts.ttft_s:
-                first_deadline = _earliest(total_deadline, attempt.started_at + timeouts.ttft_s)
             try:
-                upstream = await _until(first_deadline, self.transport.open(url, payload, headers))
+                upstream = await deadline.wait(self.transport.open(url, payload, headers))
             except UpstreamConnectError as exc:
                 raise _AttemptFailed(
                     ApiError(502, f"upstream {route.endpoint} is unreachable: {exc}"),
@@ -739,14 +826,15 @@ class Gateway:
                     route,
                     request_id,
                     arrived_at,
-                    first_deadline,
+                    deadline,
                     rec,
                     route_header,
                 )
                 attempt.outcome = "success" if is_complete else "failure"
                 return resp
+            deadline.at = total_deadline
             try:
-                data = await _until(total_deadline, upstream.read_all(_MAX_UPSTREAM_BODY_BYTES))
+                data = await deadline.wait(upstream.read_all(_MAX_UPSTREAM_BODY_BYTES))
             except _UpstreamTimeout:
                 raise _AttemptFailed(
                     ApiError(504, f"upstream {route.endpoint} timed out"), "timeout"
@@ -769,6 +857,7 @@ class Gateway:
                 headers=_response_headers(upstream.headers, request_id, route_header),
             )
         finally:
+            deadline.close()
             if upstream is not None:
                 upstream.finish(is_complete=is_complete)
 
@@ -780,7 +869,7 @@ class Gateway:
         route: Route,
         request_id: str,
         arrived_at: float,
-        first_deadline: float | None,
+        deadline: _Deadline,
         rec: RequestRecord,
         route_header: str | None = None,
     ) -> tuple[web.StreamResponse, bool]:
@@ -793,14 +882,14 @@ class Gateway:
             status=200, headers=_response_headers(upstream.headers, request_id, route_header)
         )
         sse = SseRelayFilter(strip_usage=req.must_strip_usage)
-        deadline = first_deadline
+        idle_s = timeouts.idle_s
         last_at = 0.0
         gaps = rec.chunk_gaps_s
         is_counted = False
         error: tuple[int, str] | None = None
         while True:
             try:
-                chunk = await _until(deadline, upstream.read_chunk())
+                chunk = await deadline.wait(upstream.read_chunk())
             except _UpstreamTimeout:
                 what = "the next chunk" if last_at else "the first token"
                 error = (504, f"upstream {route.endpoint} timed out waiting for {what}")
@@ -834,10 +923,10 @@ class Gateway:
                     await resp.write(out)
                 except ConnectionError:
                     raise _ClientGone(resp) from None
-            if timeouts.idle_s:
-                deadline = _earliest(total_deadline, now + timeouts.idle_s)
+            if idle_s:
+                deadline.at = _earliest(total_deadline, now + idle_s)
             else:
-                deadline = total_deadline
+                deadline.at = total_deadline
         if not is_counted:
             self._count_tokens(route, sse.usage, rec)
         if error is not None and not resp.prepared:
