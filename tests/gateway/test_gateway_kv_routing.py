@@ -185,6 +185,40 @@ def test_route_header_is_opt_in(kv_gateway: InProcessGateway) -> None:
     assert scores and all(0.0 <= float(v) <= 1.0 for v in scores.values())
 
 
+def test_in_flight_load_is_charged_net_of_the_expected_cache_hit(
+    kv_gateway: InProcessGateway, kv_fleets: KvFleets
+) -> None:
+    """A request whose prefix the chosen replica holds loads it by its new tokens only:
+    the tracker's in-flight tokens are prompt + max_tokens - predicted cached tokens."""
+    wait_synced(kv_gateway, kv_fleets.map.urls)
+    client = openai_client(kv_gateway.url)
+    doc = f"{uuid.uuid4().hex} " + " ".join(f"w{i % 37}" for i in range(300))
+    messages = [{"role": "system", "content": doc}, {"role": "user", "content": "first?"}]
+
+    def warm() -> dict[str, str]:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=messages, max_tokens=1, extra_headers=DEBUG
+        )
+        return route_of(raw.headers)
+
+    poll(warm, lambda r: int(r.get("predicted_cached_tokens", 0)) >= 256, what="prefix indexed")
+    tracker = kv_gateway.gateway.tracker
+    max_tokens = 400
+    stream = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages, max_tokens=max_tokens, stream=True,
+        stream_options={"include_usage": True}, extra_headers=DEBUG,
+    )  # fmt: skip
+    route = route_of(stream.headers)
+    predicted = int(route["predicted_cached_tokens"])
+    chunks = iter(stream.parse())
+    next(chunks)  # streaming: the request is in flight
+    charged = tracker.load(route["endpoint"]).num_tokens
+    usage = [c.usage for c in chunks if c.usage][-1]
+    assert usage.prompt_tokens_details.cached_tokens == predicted > 0
+    assert charged == usage.prompt_tokens + max_tokens - predicted
+    poll(lambda: tracker.load(route["endpoint"]).num_tokens, lambda n: n == 0, what="released")
+
+
 def test_session_stickiness(kv_fleets: KvFleets) -> None:
     gw = InProcessGateway(
         {
