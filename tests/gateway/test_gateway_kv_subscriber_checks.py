@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,25 @@ HASH_CASES = {
 def test_first_block_check_on_vllm_hashes(case_name: str, seed: str | None, expected: str) -> None:
     (case,) = [c for c in HASH_VECTORS["cases"] if c["name"] == case_name]
     assert FirstBlockCheck(seed).check(ENDPOINT, _vector_event(case)) == expected
+
+
+def test_only_full_attention_group_0_gpu_chain_starts_are_checked() -> None:
+    (case,) = [c for c in HASH_VECTORS["cases"] if c["name"] == "request_plain_random300_bs16"]
+    ev = _vector_event(case)
+    check = FirstBlockCheck(None)
+    assert check.check(ENDPOINT, ev) == "match"
+    for other in (
+        replace(ev, group_idx=1),
+        replace(ev, kv_cache_spec_kind="sliding_window"),
+        replace(ev, medium="CPU"),
+        replace(ev, token_ids=ev.token_ids[: ev.block_size - 1]),
+        replace(ev, parent_block_hash=ev.block_hashes[0]),
+    ):
+        assert check.check(ENDPOINT, other) is None, other
+    assert (
+        check.check(ENDPOINT, replace(ev, group_idx=0, kv_cache_spec_kind="full_attention"))
+        == "match"
+    )
 
 
 def _counter(registry: CollectorRegistry, endpoint: str, result: str) -> float:

@@ -30,7 +30,7 @@ of one endpoint (several sources) feed the same endpoint's block set.
 
 First-block hash check (`FirstBlockCheck`, when the subscriber is given one): a
 `BlockStored` whose chain starts in it (`parent_block_hash` None) and that carries its
-`token_ids` is re-hashed with the gateway's own hasher (`core.block_hash`,
+`token_ids` (full attention, KV-cache group 0, GPU medium) is re-hashed with the gateway's own hasher (`core.block_hash`,
 `sha256_cbor`, `prompt.hash_seed`; the same scheme the prompt reader hashes requests
 with) and compared with the engine's first hash. A wrong hash seed or scheme then
 shows at once, as `headway_gateway_kv_event_hash_checks_total{endpoint,result}`
@@ -204,6 +204,8 @@ class FirstBlockCheck:
             or (ev.medium is not None and ev.medium != DEFAULT_MEDIUM)
             # Sliding-window groups skip null blocks: hash 0 need not be block 0.
             or ev.kv_cache_spec_kind not in (None, FULL_ATTENTION)
+            # Hybrid models' further groups may hash at another granularity.
+            or ev.group_idx not in (None, 0)
         ):
             return None
         is_known, keys = self._first_block_keys(ev)
