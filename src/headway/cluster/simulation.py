@@ -54,6 +54,7 @@ from headway.core.serving_metrics import RequestRecord
 from headway.core.tokenizer import ChatEncoder, Tokenizer
 from headway.core.workloads import Call, Session
 from headway.routing import (
+    ApproxPrefixIndex,
     EndpointSnapshot,
     KvBlockIndex,
     ProfileHandler,
@@ -63,6 +64,7 @@ from headway.routing import (
 )
 from headway.routing.context import Headers
 from headway.routing.prefix.chunks import DEFAULT_CHUNK_CHARS, chunk_hashes
+from headway.routing.prefix.matching import expected_cached_tokens
 
 
 class ClusterConfigError(ValueError):
@@ -262,9 +264,14 @@ class ClusterSimulation:
         self._kv_index: KvBlockIndex | None = (
             KvBlockIndex() if config.is_kv_events_enabled else None
         )
+        self._approx_index = ApproxPrefixIndex()  # the handler's, shared by its plugins
+        self._block_size = first.block_size
         try:
             self._handler: ProfileHandler = build_handler(
-                dict(config.routing), resources=RoutingResources(kv_index=self._kv_index)
+                dict(config.routing),
+                resources=RoutingResources(
+                    kv_index=self._kv_index, approx_index=self._approx_index
+                ),
             )
         except ValueError as exc:
             raise ClusterConfigError(f"routing.{exc}") from None
@@ -354,12 +361,17 @@ class ClusterSimulation:
             self._records.append(_failed_record(call, state, now_s, "no_endpoint"))
             self._call_done(state, now_s)
             return
-        self._handler.observe(ctx, result)
         endpoint_id = result.decision.endpoint_id
         assert endpoint_id is not None
+        # The gateway's charge: prompt + most output, less the expected cache hit
+        # (gateway/routing.py `Route.charged_tokens`), known before `observe` records it.
+        expected = expected_cached_tokens(
+            ctx, endpoint_id, self._kv_index, self._approx_index, self._block_size
+        )
+        self._handler.observe(ctx, result)
         replica = self._by_id[endpoint_id]
         self._decisions[endpoint_id] += 1
-        reserved = len(token_ids) + call.max_tokens
+        reserved = max(0, len(token_ids) + call.max_tokens - expected)
         replica.num_in_flight_requests += 1
         replica.num_in_flight_tokens += reserved
         if replica.is_busy:
