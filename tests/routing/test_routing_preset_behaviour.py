@@ -84,6 +84,25 @@ def test_kv_aware_leaves_a_holder_busier_by_both_measures() -> None:
     assert decide(handler, c, busy) != "c"
 
 
+@pytest.mark.parametrize("preset", ["kv-aware", "kv-aware-approx"])
+def test_kv_aware_keeps_a_holder_one_request_busier(preset: str) -> None:
+    """The affinity filter: a holder with one more (cache-hitting) request in flight than
+    idle peers keeps the next turn of its conversation. The relative load terms alone
+    (busiest scores 0 on both) would outweigh a partial prefix match and move it."""
+    kv = KvBlockIndex()
+    kv.store("c", BLOCKS)
+    handler = build_handler({"preset": preset}, resources=RoutingResources(kv_index=kv))
+    first = ctx(block_hashes=BLOCKS, chunk_hashes=CHUNKS)
+    home = decide(handler, first, fleet())  # approx: recorded; precise: c holds it
+    next_turn = ctx(block_hashes=(*BLOCKS, 999), chunk_hashes=(*CHUNKS, 998))  # 10 of 11
+    busier = tuple(
+        snap(i, num_in_flight_tokens=150 if i == home else 0,
+             num_in_flight_requests=1 if i == home else 0, **CAP)
+        for i in "abcd"
+    )  # fmt: skip
+    assert decide(handler, next_turn, busier) == home
+
+
 def test_prefix_approx_keeps_affinity_until_overloaded() -> None:
     handler = build_handler({"preset": "prefix-approx"})
     c = ctx(chunk_hashes=CHUNKS)
