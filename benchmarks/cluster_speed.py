@@ -48,6 +48,12 @@ def main() -> int:
         "--rate-per-replica", type=float, default=8.0, help="requests/s of model time per replica"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-decode-jump-steps",
+        type=int,
+        default=64,
+        help="engine steps one event may cover (1: no decode jumps; results are identical)",
+    )
     p.add_argument("--tiny", action="store_true", help="CI smoke configuration")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
@@ -76,6 +82,7 @@ def main() -> int:
         groups=(ReplicaGroup(EngineSpec(model=args.model, gpu=args.gpu), args.replicas),),
         routing={"preset": args.profile},
         seed=args.seed,
+        max_decode_jump_steps=args.max_decode_jump_steps,
     )
     sim = ClusterSimulation(config, load_catalog(), tokenizer, tokenizer.word_token_ids())
     t1 = time.process_time()

@@ -9,8 +9,17 @@ model-time schedule stretched by 1 / time_scale, so the cluster gets those offse
 times `time_scale`. Live latencies are converted to model time (times `time_scale`);
 the gateway's 250 ms wall scrape interval is `0.25 * time_scale` s of model time.
 
+The live path has a fixed front-end cost per request that the engine model leaves
+out (HTTP, the gateway's and the engine's parsing, tokenization and hashing, the proxy
+hop: ~15 ms of wall time). It is measured from lone requests, live against simulated
+(their TTFT difference, median), and passed to the cluster as
+`ClusterConfig.frontend_overhead_s` for the load run. The lone requests are sent twice
+and the second pass counts: the first pass tokenizes cold prompts, which the load run,
+whose prompts share system prompts, mostly does not (both passes are reported).
+
 Printed for each: TTFT p50/p90, TPOT p50, output tokens/s (model time) and the
-engines' prefix-cache hit rate; the target is agreement within 10% on each.
+engines' prefix-cache hit rate, live against simulated with the measured front-end
+overhead; the target is agreement within 10% on each.
 
     .venv/bin/python benchmarks/cluster_vs_live.py --out benchmarks/results/cluster_vs_live.json
     .venv/bin/python benchmarks/cluster_vs_live.py --tiny     # CI smoke configuration
@@ -95,8 +104,11 @@ def _figures(summary: dict[str, Any], scale: float, hit_rate: float) -> dict[str
     }
 
 
-def _live(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """The probe's per-call TTFTs (model s) and the load run's figures, live."""
+def _live(
+    args: argparse.Namespace, tmp: Path
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """The probe's per-call TTFTs (model s) in its cold and warm passes, and the load
+    run's figures, live."""
     sim_args = [
         "sim", "--replicas", str(args.replicas), "--port", "0", "--model", MODEL,
         "--gpu", args.gpu, "--precision", args.precision,
@@ -128,17 +140,21 @@ def _live(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, float], dict[s
                 point: dict[str, Any] = asyncio.run(run_bench(config))["arms"][0]["points"][0]
                 return point
 
-            probe = bench(args.probe_rate, args.probe_requests)
+            cold = bench(args.probe_rate, args.probe_requests)
+            probe = bench(args.probe_rate, args.probe_requests)  # the same calls again
             q0, h0 = _prefix_counters(urls)
             point = bench(args.rate, args.num_requests)
             q1, h1 = _prefix_counters(urls)
-    probe_ttft = {
-        r["call_id"]: r["ttft_s"] * args.time_scale
-        for r in probe["requests"]
-        if r["ttft_s"] is not None
-    }
+
+    def ttfts(p: dict[str, Any]) -> dict[str, float]:
+        return {
+            r["call_id"]: r["ttft_s"] * args.time_scale
+            for r in p["requests"]
+            if r["ttft_s"] is not None
+        }
+
     hit_rate = (h1 - h0) / (q1 - q0) if q1 > q0 else 0.0
-    return probe_ttft, _figures(point["summary"], args.time_scale, hit_rate)
+    return ttfts(cold), ttfts(probe), _figures(point["summary"], args.time_scale, hit_rate)
 
 
 def _workload_params(args: argparse.Namespace) -> dict[str, object]:
@@ -152,7 +168,7 @@ def _workload_params(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _simulated(
-    args: argparse.Namespace, rate: float, num_requests: int
+    args: argparse.Namespace, rate: float, num_requests: int, frontend_overhead_s: float = 0.0
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per-call TTFTs (s) and the run's figures, in the cluster simulation."""
     tokenizer = default_tokenizer()
@@ -172,6 +188,7 @@ def _simulated(
         scrape_interval_s=GATEWAY_SCRAPE_INTERVAL_S * args.time_scale,
         kv_event_delay_s=0.002 * args.time_scale,
         seed=args.seed,
+        frontend_overhead_s=frontend_overhead_s,
     )
     sim = ClusterSimulation(config, load_catalog(), tokenizer, tokenizer.word_token_ids())
     run = sim.run(arrivals)
@@ -215,40 +232,44 @@ def main() -> int:
         args.probe_rate, args.probe_requests = 4.0, 3
 
     probe_sim, _ = _simulated(args, args.probe_rate, args.probe_requests)
-    _, simulated = _simulated(args, args.rate, args.num_requests)
     with tempfile.TemporaryDirectory() as d:
-        probe_live, live = _live(args, Path(d))
-    # What the live path adds to every request outside the engine model (HTTP, the
-    # gateway's and the engine's tokenization, hashing), from lone requests.
-    overhead_ms = 1000.0 * float(
-        np.median([probe_live[c] - probe_sim[c] for c in probe_live if c in probe_sim])
-    )
-    adjusted = dict(live)
-    adjusted["ttft_p50_ms"] -= overhead_ms
-    adjusted["ttft_p90_ms"] -= overhead_ms
+        probe_cold, probe_live, live = _live(args, Path(d))
+
+    def overhead_s(probe: dict[str, float]) -> float:
+        # What the live path adds to a lone request outside the engine model.
+        return float(np.median([probe[c] - probe_sim[c] for c in probe if c in probe_sim]))
+
+    frontend_s = max(0.0, overhead_s(probe_live))
+    cold_ms = 1000.0 * overhead_s(probe_cold)
+    _, plain = _simulated(args, args.rate, args.num_requests)
+    _, simulated = _simulated(args, args.rate, args.num_requests, frontend_s)
+    overhead_ms = 1000.0 * frontend_s
     rows = []
-    print(f"front-end overhead of the live path (lone requests): {overhead_ms:.2f} ms model time")
-    print(f"{'metric':<22}{'live':>10}{'live-ovh':>10}{'simulated':>11}{'error':>8}{'raw':>8}")
+    print(
+        f"front-end overhead of the live path (lone requests): {overhead_ms:.2f} ms model "
+        f"time (cold prompts: {cold_ms:.2f} ms), simulated as frontend_overhead_s"
+    )
+    print(f"{'metric':<22}{'live':>10}{'simulated':>11}{'error':>8}{'no-ovh':>10}{'error':>8}")
     for name in METRICS:
-        a, adj, b = live[name], adjusted[name], simulated[name]
-        err = _rel(adj, b)
-        raw = _rel(a, b)
+        a, b, c = live[name], simulated[name], plain[name]
+        err = _rel(a, b)
+        raw = _rel(a, c)
         rows.append(
             {
                 "metric": name,
                 "live": a,
-                "live_minus_overhead": adj,
                 "simulated": b,
                 "rel_error": err,
+                "simulated_without_overhead": c,
                 "raw_rel_error": raw,
             }
         )
-        print(f"{name:<22}{a:>10.4g}{adj:>10.4g}{b:>11.4g}{err:>8.1%}{raw:>8.1%}")
+        print(f"{name:<22}{a:>10.4g}{b:>11.4g}{err:>8.1%}{c:>10.4g}{raw:>8.1%}")
     worst = max(r["rel_error"] for r in rows)
     verdict = "met" if worst <= TARGET_REL_ERROR else "NOT met"
     print(
-        f"largest relative error {worst:.1%} with the front-end overhead removed "
-        f"(target <= {TARGET_REL_ERROR:.0%}: {verdict}); raw "
+        f"largest relative error {worst:.1%} with the front-end overhead simulated "
+        f"(target <= {TARGET_REL_ERROR:.0%}: {verdict}); without it "
         f"{max(r['raw_rel_error'] for r in rows):.1%}"
     )
     write_result(
@@ -257,6 +278,7 @@ def main() -> int:
             "benchmark": "cluster_vs_live",
             "config": vars(args) | {"out": None},
             "front_end_overhead_ms": overhead_ms,
+            "front_end_overhead_cold_ms": cold_ms,
             "rows": rows,
         },
         inputs=["src/headway"],

@@ -33,6 +33,7 @@ def _run(
     replicas: int,
     blocks: int,
     max_jump: int,
+    overhead_s: float = 0.0,
 ) -> ClusterRun:
     spec = EngineSpec(model="llama-3.1-8b", gpu="h100", num_gpu_blocks_override=blocks)
     cfg = ClusterConfig(
@@ -43,6 +44,7 @@ def _run(
         # Scrapes every few steps: a scrape inside a jump must see the engine as
         # single steps leave it.
         scrape_interval_s=0.003,
+        frontend_overhead_s=overhead_s,
     )
     sim = ClusterSimulation(cfg, load_catalog(), tokenizer, tokenizer.word_token_ids())
     return sim.run(arrivals)
@@ -116,15 +118,16 @@ SCRAPED_LOAD = {
 
 
 @pytest.mark.parametrize(
-    ("workload", "routing", "replicas", "blocks"),
+    ("workload", "routing", "replicas", "blocks", "overhead_s"),
     [
-        ("shared-prefix", {"preset": "kv-aware"}, 3, 4000),
-        ("shared-prefix", SCRAPED_LOAD, 3, 400),
-        ("shared-prefix", {"preset": "least-request"}, 2, 120),  # preemption, eviction
-        ("agentic", {"preset": "power-of-two"}, 3, 4000),
-        ("ties", {"preset": "least-request"}, 4, 4000),
+        ("shared-prefix", {"preset": "kv-aware"}, 3, 4000, 0.0),
+        ("shared-prefix", SCRAPED_LOAD, 3, 400, 0.0),
+        ("shared-prefix", {"preset": "least-request"}, 2, 120, 0.0),  # preemption, eviction
+        ("agentic", {"preset": "power-of-two"}, 3, 4000, 0.0),
+        ("agentic", {"preset": "kv-aware"}, 3, 4000, 0.002),  # routed after the front end
+        ("ties", {"preset": "least-request"}, 4, 4000, 0.0),
     ],
-    ids=["kv-aware", "scraped-load", "small-pool", "agentic", "tied-step-ends"],
+    ids=["kv-aware", "scraped-load", "small-pool", "agentic", "front-end", "tied-step-ends"],
 )
 def test_jumps_on_and_off_give_identical_bench_json(
     tokenizer: HfTokenizer,
@@ -132,9 +135,15 @@ def test_jumps_on_and_off_give_identical_bench_json(
     routing: Mapping[str, Any],
     replicas: int,
     blocks: int,
+    overhead_s: float,
 ) -> None:
     arrivals = _workload(workload, tokenizer)
-    kw: dict[str, Any] = {"routing": routing, "replicas": replicas, "blocks": blocks}
+    kw: dict[str, Any] = {
+        "routing": routing,
+        "replicas": replicas,
+        "blocks": blocks,
+        "overhead_s": overhead_s,
+    }
     off = _run(tokenizer, arrivals, max_jump=1, **kw)
     on = _run(tokenizer, arrivals, max_jump=64, **kw)
     assert _bench_json(on) == _bench_json(off)

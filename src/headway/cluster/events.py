@@ -30,8 +30,9 @@ class EventKind(IntEnum):
     STEP_END = 0  # an engine step finishes: its tokens reach the clients
     KV_EVENTS = 1  # a step's KV events reach the gateway's index (after a delay)
     SCRAPE = 2  # the gateway reads every engine's metrics
-    STAGE = 3  # a session stage is due: its calls are routed and sent
-    ARRIVAL = 4  # a session arrives
+    STAGE = 3  # a session stage is due: its calls are sent
+    DISPATCH = 4  # a sent call is through the front end: it is routed to an engine
+    ARRIVAL = 5  # a session arrives
 
 
 @dataclass(frozen=True)

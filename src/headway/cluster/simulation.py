@@ -12,6 +12,12 @@ it started, and the gateway's view of the engines lags as it would live:
 * in-flight requests and tokens are the gateway's own counts, exact at decision time
   (prompt tokens + max_tokens per request, released when it finishes).
 
+A call's front end (the HTTP server, the gateway's and the engine's parsing and
+tokenization, the proxy hop: ~15 ms of wall time per request live, which the engine
+model does not include) is `frontend_overhead_s` of virtual time between the client
+sending it (`sent_at`, where TTFT starts) and the gateway routing it to an engine
+(which takes it at once). 0 (the default) routes at the send instant.
+
 A session's stages run closed-loop, as `headway bench` runs them: a stage is sent
 when the previous one has finished and its `delay_s` has passed. Calls are sent with
 `ignore_eos`, so each produces exactly `max_tokens` tokens (the bench asks the same).
@@ -35,6 +41,7 @@ zero when the run drains; virtual time never goes backwards (events.EventQueue).
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,10 +104,16 @@ class ClusterConfig:
     # Most engine steps one step-end event may cover (1: no decode jumps). Results do
     # not depend on it; only the simulation's speed does.
     max_decode_jump_steps: int = 64
+    # Virtual seconds from a call's send to its routing (see the module docstring).
+    frontend_overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.groups:
             raise ClusterConfigError("groups: at least one replica group is needed")
+        if not (math.isfinite(self.frontend_overhead_s) and self.frontend_overhead_s >= 0):
+            raise ClusterConfigError(
+                f"frontend_overhead_s: must be a finite number >= 0, got {self.frontend_overhead_s}"
+            )
         if self.max_decode_jump_steps < 1:
             raise ClusterConfigError(
                 f"max_decode_jump_steps: must be >= 1, got {self.max_decode_jump_steps}"
@@ -314,6 +327,9 @@ class ClusterSimulation:
                     q.push(ev.time_s + self.config.scrape_interval_s, EventKind.SCRAPE)
             elif kind is EventKind.STAGE:
                 self._send_stage(ev.payload, ev.time_s)
+            elif kind is EventKind.DISPATCH:
+                call, state, sent_at = ev.payload
+                self._dispatch(call, state, sent_at, ev.time_s)
             elif kind is EventKind.ARRIVAL:
                 state = _SessionState(ev.payload)
                 self._schedule_stage(state, ev.time_s)
@@ -335,13 +351,18 @@ class ClusterSimulation:
     def _send_stage(self, state: _SessionState, now_s: float) -> None:
         stage = state.session.stages[state.stage_index]
         state.num_open_calls = len(stage.calls)
+        overhead_s = self.config.frontend_overhead_s
         for call in stage.calls:
-            self._send(call, state, now_s)
+            if overhead_s > 0:
+                self._queue.push(now_s + overhead_s, EventKind.DISPATCH, (call, state, now_s))
+            else:
+                self._dispatch(call, state, now_s, now_s)
         if not stage.calls:
             state.stage_index += 1
             self._schedule_stage(state, now_s)
 
-    def _send(self, call: Call, state: _SessionState, now_s: float) -> None:
+    def _dispatch(self, call: Call, state: _SessionState, sent_at: float, now_s: float) -> None:
+        """Route a call sent at `sent_at` and hand it to its engine at `now_s`."""
         token_ids, hashes = self._encoder.encode(call)
         headers = Headers.of(call.headers)
         ctx = RequestContext(
@@ -358,7 +379,7 @@ class ClusterSimulation:
             ctx, self._snapshots(), now=now_s, rng=self._rng, timer=_zero_timer
         )
         if not result.is_routed:
-            self._records.append(_failed_record(call, state, now_s, "no_endpoint"))
+            self._records.append(_failed_record(call, state, sent_at, "no_endpoint"))
             self._call_done(state, now_s)
             return
         endpoint_id = result.decision.endpoint_id
@@ -377,7 +398,7 @@ class ClusterSimulation:
         if replica.is_busy:
             self._cut_jump(replica, now_s)
         self._calls[call.call_id] = _CallState(
-            call, state, replica, now_s, len(token_ids), reserved
+            call, state, replica, sent_at, len(token_ids), reserved
         )
         replica.engine.add_request(
             EngineRequest(
