@@ -169,6 +169,16 @@ class GatewayMetrics:
         self._outcome_children: dict[tuple[str, str], Any] = {}
         # (model, endpoint) -> (ttft, tpot, e2e) children
         self._latency_children: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        self._token_children: dict[tuple[str, str], Any] = {}
+
+    def count_tokens(self, model: str, kind: str, num_tokens: int) -> None:
+        """`headway_gateway_tokens_total{model,kind}` += num_tokens (the child bound
+        at its first use, so a kind never counted has no series)."""
+        key = (model, kind)
+        child = self._token_children.get(key)
+        if child is None:
+            child = self._token_children[key] = self.tokens.labels(model, kind)
+        child.inc(num_tokens)
 
     def request_done(self, record: RequestRecord) -> None:
         """Count a finished completion request and observe its latencies."""

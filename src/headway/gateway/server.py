@@ -68,7 +68,7 @@ from headway.gateway.transport import (
 )
 from headway.openai_errors import ApiError, error_response, sse_error_event
 from headway.resources.tokenizer import default_tokenizer, load_tokenizer
-from headway.routing import Headers, KvBlockIndex, RequestContext
+from headway.routing import PRESETS, Headers, KvBlockIndex, RequestContext
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -257,6 +257,7 @@ class Gateway:
         )
         self.prompts: PromptReader | None = None  # built at startup (loads the tokenizer)
         self._kv_batch_children: dict[str, tuple[Any, Any]] = {}
+        self._reads_prompts_of: dict[str, tuple[PoolConfig, bool]] = {}
         self.admission = Admission(config, self.router, self.tracker, self.metrics)
         self.transport: Transport = transport or AiohttpTransport(
             connect_timeout_s=config.timeouts.connect_s
@@ -722,7 +723,7 @@ class Gateway:
     async def _prompt_info(
         self, pool: PoolConfig, req: CompletionRequest, is_chat: bool
     ) -> PromptInfo:
-        if self.prompts is None:
+        if self.prompts is None or not self._reads_prompts(pool):
             return _NO_PROMPT
         tokenize = pool.has_kv_events
         # LoRA blocks hash with the adapter's name and path (vLLM's extra keys), which
@@ -736,6 +737,18 @@ class Gateway:
         except Exception:  # routing inputs are best effort; the engine validates prompts
             log.warning("could not read the prompt for routing", exc_info=True)
             return _NO_PROMPT
+
+    def _reads_prompts(self, pool: PoolConfig) -> bool:
+        """Whether `pool`'s routing uses anything read from the prompt (cached per
+        pool config: a reload brings new ones). A pool that does not is routed
+        without reading prompts even with KV events: nothing is tokenized, and its
+        requests feed no cache-prediction counters (no prediction was made)."""
+        cached = self._reads_prompts_of.get(pool.model)
+        if cached is not None and cached[0] is pool:
+            return cached[1]
+        reads = reads_prompts(pool.routing_config())
+        self._reads_prompts_of[pool.model] = (pool, reads)
+        return reads
 
     def _retry_budget(self, pool: PoolConfig) -> RetryBudget:
         budget = self.retry_budgets.get(pool.model)
@@ -974,22 +987,22 @@ class Gateway:
             return
         rec.set_usage(usage)
         model = route.pool.model
-        for kind, value in (
-            ("prompt", rec.num_prompt_tokens),
-            ("cached", rec.num_cached_tokens),
-            ("completion", rec.num_completion_tokens),
-        ):
-            if value:
-                self.metrics.tokens.labels(model, kind).inc(value)
+        metrics = self.metrics
+        if rec.num_prompt_tokens:
+            metrics.count_tokens(model, "prompt", rec.num_prompt_tokens)
+        if rec.num_cached_tokens:
+            metrics.count_tokens(model, "cached", rec.num_cached_tokens)
+        if rec.num_completion_tokens:
+            metrics.count_tokens(model, "completion", rec.num_completion_tokens)
         cached = rec.num_cached_tokens
         predicted = route.predicted_cached_tokens
         if predicted is None or cached is None:
             return
         # A drifting KV-event index shows up as these two counters parting ways.
-        self.metrics.predicted_cached_tokens.labels(model).inc(predicted)
-        self.metrics.engine_cached_tokens.labels(model).inc(cached)
+        metrics.predicted_cached_tokens.labels(model).inc(predicted)
+        metrics.engine_cached_tokens.labels(model).inc(cached)
         outcome = "exact" if predicted == cached else ("over" if predicted > cached else "under")
-        self.metrics.cache_predictions.labels(model, outcome).inc()
+        metrics.cache_predictions.labels(model, outcome).inc()
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -1073,6 +1086,51 @@ def _route_header(route: Route, num_scores: int = 3) -> str:
     return "; ".join(parts)
 
 
+# Routing plugin types that use nothing read from the prompt (no prefix hashes, no
+# token counts: `token-load` and `saturation` weigh in-flight tokens, which count the
+# prompt). A pool whose profiles use only these is routed without reading prompts (no
+# chat template rendering, no hashing per request); its in-flight tokens are then
+# estimated from the body's length.
+_PROMPT_BLIND_PLUGINS = frozenset(
+    {
+        "healthy",
+        "serves-model",
+        "round-robin",
+        "least-request",
+        "power-of-two",
+        "max-score",
+        "weighted-random",
+        "session-affinity",
+        "lora-affinity",
+        "queue-depth",
+        "running-requests",
+        "kv-usage",
+    }
+)
+
+
+def reads_prompts(routing: Mapping[str, Any]) -> bool:
+    """Whether a routing config (`PoolConfig.routing_config()`) has a plugin that may
+    use what the gateway reads from prompts; True for anything it cannot tell."""
+    preset = routing.get("preset")
+    profiles = (
+        {"preset": PRESETS.get(preset)} if isinstance(preset, str) else routing.get("profiles")
+    )
+    if not isinstance(profiles, Mapping):
+        return True
+    for profile in profiles.values():
+        if not isinstance(profile, Mapping):
+            return True
+        filters, scorers = profile.get("filters") or (), profile.get("scorers") or ()
+        if not isinstance(filters, list | tuple) or not isinstance(scorers, list | tuple):
+            return True
+        for plugin in (*filters, *scorers, profile.get("picker") or "max-score"):
+            kind = plugin.get("type") if isinstance(plugin, Mapping) else plugin
+            if kind not in _PROMPT_BLIND_PLUGINS:
+                return True
+    return False
+
+
 def _scrape_targets(config: GatewayConfig) -> dict[str, EngineKind]:
     """Every endpoint to scrape, with its engine kind (the first pool listing it)."""
     targets: dict[str, EngineKind] = {}
@@ -1105,13 +1163,23 @@ def _kv_sources(
     return sources, discover, without
 
 
+class _UsageOnly(msgspec.Struct):
+    """A completion body as far as accounting reads it: the decoder skips every other
+    field without building it."""
+
+    usage: dict[str, Any] | None = None
+
+
+_USAGE_DECODER = msgspec.json.Decoder(_UsageOnly)
+
+
 def _usage_of(body: bytes) -> Mapping[str, Any] | None:
+    """The body's `usage` object; None when there is none, it is not an object, or
+    the body is not a JSON object."""
     try:
-        obj = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+        return _USAGE_DECODER.decode(body).usage
+    except msgspec.DecodeError:  # ValidationError included
         return None
-    usage = obj.get("usage") if isinstance(obj, dict) else None
-    return usage if isinstance(usage, dict) else None
 
 
 def _earliest(a: float | None, b: float | None) -> float | None:

@@ -88,7 +88,9 @@ class _AiohttpResponse:
 
 
 class AiohttpTransport:
-    """One shared `ClientSession` for every upstream."""
+    """One shared `ClientSession` for every upstream: keep-alive connections, no
+    decompression (bytes pass through as the upstream sent them), no cookie jar (an
+    upstream's cookie must not reach other clients' requests)."""
 
     def __init__(self, *, connect_timeout_s: float | None, limit_per_host: int = 0) -> None:
         self._connect_timeout_s = connect_timeout_s
@@ -107,12 +109,13 @@ class AiohttpTransport:
                 ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
     async def open(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
         try:
-            resp = await self._get_session().post(url, data=body, headers=dict(headers))
+            resp = await self._get_session().post(url, data=body, headers=headers)
         except aiohttp.ServerTimeoutError as exc:
             raise UpstreamConnectError(f"connect timed out: {exc}") from None
         except (aiohttp.ClientError, ConnectionError, socket.gaierror) as exc:
