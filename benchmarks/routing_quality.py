@@ -157,9 +157,11 @@ class Scenario:
     think_time_model_s: float = 1.0
     cache_demand_ratio: float = 0.7  # customers x system prompt / fleet KV capacity
     time_scale: float = 0.2
-    # Unmeasured lead of a staircase's first rung: at round-robin's knee it holds one
-    # round of sessions (every customer once), so no measured call is a first visit.
+    # Unmeasured lead of a staircase's first rung: at least `warmup_model_s`, and long
+    # enough for `warmup_rounds` rounds of sessions at that rung's rate (a round visits
+    # every customer once), so measured calls are not first visits of a cold cache.
     warmup_model_s: float = 6.0
+    warmup_rounds: float = 1.5
     settle_model_s: float = 2.0  # unmeasured lead of every later rung
     measure_model_s: float = 4.0  # measured part of each rung
     seed: int = 0
@@ -179,7 +181,9 @@ class Scenario:
         out: list[Rung] = []
         t = 0.0
         for i, rate in enumerate(rates):
-            lead = self.warmup_model_s if i == 0 else self.settle_model_s
+            lead = self.settle_model_s
+            if i == 0:
+                lead = max(self.warmup_model_s, self.warmup_rounds * self.num_customers / rate)
             out.append(Rung(rate, t, t + lead, t + lead + self.measure_model_s, i < num_forced))
             t += lead + self.measure_model_s
         return out
@@ -213,6 +217,7 @@ SCENARIOS = {
         think_time_model_s=0.2,
         time_scale=0.5,
         warmup_model_s=0.5,
+        warmup_rounds=0.0,
         settle_model_s=0.3,
         measure_model_s=1.0,
         rr_knee_guess=4.0,
@@ -476,6 +481,7 @@ class Arm:
     label: str
     router: str  # "headway" | "vllm-router" | "sglang-router"
     policy: str  # preset or --policy
+    num_workers: int = 1  # headway serve --workers (each with its own in-flight view)
 
     @property
     def uses_kv_events(self) -> bool:
@@ -484,6 +490,9 @@ class Arm:
 
 def all_arms(include_peers: bool) -> list[Arm]:
     arms = [Arm(p, "headway", p) for p in HEADWAY_PRESETS]
+    # What --workers costs routing: two processes sharing the port, each with its own
+    # in-flight counts and approximate index (the KV-event index is fed to both).
+    arms.append(Arm("kv-aware --workers 2", "headway", "kv-aware", num_workers=2))
     if include_peers:
         arms += [
             Arm("sglang-router cache_aware", "sglang-router", "cache_aware"),
@@ -546,6 +555,8 @@ class LiveFleet:
                    "--log-level", "warning"]  # fmt: skip
             if arm.uses_kv_events:
                 cmd += ["--kv-events", ",".join(self.kv_endpoints)]
+            if arm.num_workers > 1:
+                cmd += ["--workers", str(arm.num_workers)]
             cmd.append("--no-kv-events-discovery")
             self.router = self._spawn(cmd, "gateway")
             info = _wait_ready_file(ready, self.router, "headway serve")
@@ -924,10 +935,13 @@ def main() -> None:
                     help='simulation only: {"name": [["precise-prefix", 2], ...], ...} '
                     "scorer lists (after healthy, serves-model, saturation) up the ladder "
                     "at --rr-knee")  # fmt: skip
+    ap.add_argument("--sim-profiles", default=None, metavar="JSON",
+                    help='simulation only: {"name": "PRESET" | {"filters": [...], '
+                    '"scorers": [...]}, ...} up the ladder at --rr-knee')  # fmt: skip
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    if args.sim_weights is not None:
-        sim_weights(args)
+    if args.sim_weights is not None or args.sim_profiles is not None:
+        sim_profiles(args)
         return
     from headway.resources.tokenizer import default_tokenizer
 
@@ -1026,7 +1040,7 @@ def main() -> None:
     if not args.no_sim_crosscheck and not args.quick:
         sim_rungs = scenario.rungs([m * k_rr for m in ladder])
         for arm in arms:
-            if arm.router != "headway":
+            if arm.router != "headway" or arm.num_workers > 1:  # one simulated gateway
                 continue
             sim_res = cluster.staircase(arm.policy, sim_rungs)
             crosscheck[arm.label] = {
@@ -1083,27 +1097,37 @@ def main() -> None:
     )
 
 
-def sim_weights(args: argparse.Namespace) -> None:
-    """Cluster-simulation staircases of custom kv-aware weightings (no live fleet)."""
+def sim_profiles(args: argparse.Namespace) -> None:
+    """Cluster-simulation staircases of other routing (no live fleet): `--sim-weights`
+    (kv-aware's filters with other scorers and weights) or `--sim-profiles` (a preset
+    name or a whole profile per entry)."""
     from headway.resources.tokenizer import default_tokenizer
 
+    flag = "--sim-weights" if args.sim_weights is not None else "--sim-profiles"
     if args.rr_knee is None:
-        raise SystemExit("--sim-weights: needs --rr-knee")
+        raise SystemExit(f"{flag}: needs --rr-knee")
     scenario = SCENARIOS["tiny" if args.tiny else "quick" if args.quick else "full"]
     ladder = tuple(float(x) for x in args.ladder.split(",")) if args.ladder else LADDER
     rungs = scenario.rungs([m * args.rr_knee for m in ladder])
     cluster = ClusterModel(scenario, default_tokenizer())
+    variants: dict[str, Any] = {}
+    if args.sim_weights is not None:
+        for name, scorers in json.loads(args.sim_weights).items():
+            variants[name] = {
+                "filters": ["healthy", "serves-model", "saturation"],
+                "scorers": [{"type": t, "weight": w} for t, w in scorers],
+            }
+    else:
+        variants = dict(json.loads(args.sim_profiles))
     out: dict[str, Any] = {}
-    for name, scorers in json.loads(args.sim_weights).items():
-        profile = {
-            "filters": ["healthy", "serves-model", "saturation"],
-            "scorers": [{"type": t, "weight": w} for t, w in scorers],
-        }
-        res = cluster.staircase({"profiles": {"weights": profile}}, rungs)
+    for name, profile in variants.items():
+        routing = profile if isinstance(profile, str) else {"profiles": {"variant": profile}}
+        res = cluster.staircase(routing, rungs)
         knee = knee_of(res, ladder)
         out[name] = {"profile": profile, **knee, "rungs": res}
         cells = ", ".join(
-            f"{m:g}x {r['slo_attainment']:.3f} p90 {_f(r['ttft_p90_all_ms'])} ms"
+            f"{m:g}x {r['slo_attainment']:.3f} p90 {_f(r['ttft_p90_all_ms'])} ms "
+            f"cached {r['client_cached_share'] or 0:.2f}"
             for m, r in zip(ladder, res, strict=True)
         )
         print(f"{name}: knee {knee['knee_multiple']}x; {cells}", flush=True)

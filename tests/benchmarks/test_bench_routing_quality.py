@@ -153,8 +153,8 @@ def test_workload_shares_system_prompt_per_customer(rq: ModuleType) -> None:
 def test_routing_quality_tiny(tmp_path: Path) -> None:
     out = tmp_path / "rq.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--no-peers", "--arms", "round-robin,kv-aware",
-         "--rr-knee", "6", "--out", str(out)],
+        [sys.executable, str(SCRIPT), "--tiny", "--no-peers", "--arms",
+         "round-robin,kv-aware,kv-aware --workers 2", "--rr-knee", "6", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=180,
@@ -163,9 +163,11 @@ def test_routing_quality_tiny(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "routing_quality"
     assert doc["peer_routers"]["note"] == "--no-peers"
-    assert [a["label"] for a in doc["arms"]] == ["round-robin", "kv-aware"]
+    labels = ["round-robin", "kv-aware", "kv-aware --workers 2"]
+    assert [a["label"] for a in doc["arms"]] == labels
     assert doc["round_robin_knee"]["sessions_per_s"] == 6
-    for label in ("round-robin", "kv-aware"):
+    assert set(doc["cluster_crosscheck"]) == {"round-robin", "kv-aware"}  # one gateway there
+    for label in labels:
         steps = doc["staircases"][label]
         assert len(steps) >= 2  # the fixed rungs always run
         for step in steps:
@@ -174,7 +176,8 @@ def test_routing_quality_tiny(tmp_path: Path) -> None:
             assert step["error_share"] == 0.0
             assert 0.0 <= step["engine_hit_rate"] <= 1.0
         assert set(doc["table"][label]) == {"1x", "1.5x"}
-        assert set(doc["cluster_crosscheck"][label]["rungs"]) == {"1x", "1.5x", "2x", "3x"}
+        if label in doc["cluster_crosscheck"]:
+            assert set(doc["cluster_crosscheck"][label]["rungs"]) == {"1x", "1.5x", "2x", "3x"}
     # Precise prefix routing reuses the customers' system prompts that round-robin scatters.
     hit = {label: doc["table"][label]["1x"]["engine_hit_rate"] for label in doc["table"]}
     assert hit["kv-aware"] > hit["round-robin"]
@@ -205,3 +208,32 @@ def test_routing_quality_sim_weights(tmp_path: Path) -> None:
     ]
     assert [r["rate_sessions_per_s"] for r in result["rungs"]] == [6.0, 9.0]
     assert all(r["num_measured"] > 0 for r in result["rungs"])
+
+
+def test_routing_quality_sim_profiles(tmp_path: Path) -> None:
+    out = tmp_path / "p.json"
+    profiles = {
+        "preset": "kv-aware",
+        "no-affinity": {
+            "filters": ["healthy", "serves-model", "saturation"],
+            "scorers": [
+                {"type": "precise-prefix", "weight": 2},
+                {"type": "token-load", "weight": 1},
+            ],
+        },
+    }
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--rr-knee", "6", "--ladder", "1,1.5",
+         "--sim-profiles", json.dumps(profiles), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["weights"]) == {"preset", "no-affinity"}
+    for name in profiles:
+        rungs = doc["weights"][name]["rungs"]
+        assert [r["rate_sessions_per_s"] for r in rungs] == [6.0, 9.0]
+        assert all(r["num_measured"] > 0 for r in rungs)
+    assert "no-affinity: knee" in proc.stdout
