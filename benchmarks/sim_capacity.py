@@ -267,7 +267,8 @@ def run_time_scale(args: argparse.Namespace, time_scale: float) -> dict[str, Any
         sim = subprocess.Popen(
             [sys.executable, "-m", "headway.cli", "sim", "--replicas", str(args.replicas),
              "--port", "0", "--ready-file", str(ready), "--time-scale", str(time_scale),
-             "--model", "llama-3.1-8b", "--gpu", "h100", "--precision", "fp8"],
+             "--model", "llama-3.1-8b", "--gpu", "h100", "--precision", "fp8",
+             "--processes", str(args.processes)],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -276,7 +277,9 @@ def run_time_scale(args: argparse.Namespace, time_scale: float) -> dict[str, Any
                 if sim.poll() is not None or time.time() - t0 > 30:
                     raise RuntimeError("simulator did not start")
                 time.sleep(0.05)
-            urls = [r["url"] for r in json.loads(ready.read_text())["replicas"]]
+            replicas = json.loads(ready.read_text())["replicas"]
+            urls = [r["url"] for r in replicas]
+            pids = sorted({r["pid"] for r in replicas})
             client = subprocess.Popen(
                 [sys.executable, __file__, "--client", "--urls", json.dumps(urls),
                  "--clients", str(args.clients), "--duration", str(args.duration),
@@ -287,9 +290,9 @@ def run_time_scale(args: argparse.Namespace, time_scale: float) -> dict[str, Any
             # The measured window: from the end of the warm-up to the deadline.
             time.sleep(args.warmup)
             before = _timing(urls)
-            cpu0, wall0 = _cpu_seconds(sim.pid), time.time()
+            cpu0, wall0 = sum(map(_cpu_seconds, pids)), time.time()
             time.sleep(max(0.0, args.duration - args.warmup))
-            cpu = (_cpu_seconds(sim.pid) - cpu0) / (time.time() - wall0)
+            cpu = (sum(map(_cpu_seconds, pids)) - cpu0) / (time.time() - wall0)
             after = _timing(urls)
             stdout, _ = client.communicate(timeout=120)
             if client.returncode != 0:
@@ -310,6 +313,7 @@ def main() -> None:
     )
     ap.add_argument("--replicas", type=int, default=8)
     ap.add_argument("--clients", type=int, default=256)
+    ap.add_argument("--processes", type=int, default=1, help="headway sim --processes")
     ap.add_argument("--time-scales", default="0.05,0.1,0.25,0.5,1.0")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per time-scale")
     ap.add_argument("--warmup", type=float, default=4.0)

@@ -1,4 +1,6 @@
-"""`headway sim`: run N simulated vLLM replicas in one process.
+"""`headway sim`: run N simulated vLLM replicas in one process (or, with --processes,
+split across several: contiguous index ranges, one worker process each besides this
+one; a worker exits when this process does).
 
 Replica i listens on --port + i. With --kv-events-port Q, replica i publishes KV
 events on tcp://*:(Q + i) and serves replay on tcp://*:(Q + 1000 + i); or pass vLLM's
@@ -11,11 +13,17 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import signal
+import subprocess
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from headway.cli_support import run_main, setup_logging
 from headway.core.engine_factory import DEFAULT_PRECISION
@@ -40,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--ready-file", type=Path, help="write the fleet's addresses as JSON here when ready"
     )
+    g.add_argument("--processes", type=int, default=1,
+                   help="split the replicas across this many processes (default 1), for "
+                        "fleets one core cannot keep on time")  # fmt: skip
     g = p.add_argument_group("model and hardware")
     g.add_argument("--model", default="llama-3.1-8b", help="catalog model name or alias")
     g.add_argument("--served-model-name", nargs="+", default=None, help="names the API accepts")
@@ -144,6 +155,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         ),
         ("--tp", args.tp >= 1),
         ("--port", 0 <= args.port <= 65535 - args.replicas),
+        ("--processes", 1 <= args.processes <= max(args.replicas, 1)),
         ("--gpu-memory-utilization", 0 < args.gpu_memory_utilization <= 1),
     ]
     for flag, ok in checks:
@@ -197,39 +209,138 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         fault_replicas=fault_replicas,
         max_body_bytes=args.max_body_bytes,
         mean_output_tokens=args.mean_output_tokens,
+        num_processes=args.processes,
     )
 
 
+def _freeze_gc() -> None:
+    # The engines' block tables are large and live for the whole run: keep them out
+    # of the cyclic GC's full collections, whose pauses would delay token emission.
+    gc.collect()
+    gc.freeze()
+    # A full collection stops every replica for milliseconds; the default (one per
+    # ten second-generation collections, every few seconds under load) shows in the
+    # token lag's tail. Garbage cycles rarely live long enough to need one.
+    gen0, gen1, _ = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, 100)
+    # The timer thread needs the GIL to wake the loop: while the loop runs Python code
+    # it gets it only at the switch interval (default 5 ms, a third of a step at time
+    # scale 0.25). A busy loop is asked to let go within 0.2 ms instead.
+    sys.setswitchinterval(0.0002)
+
+
+def _announce(info: dict[str, Any], ready_file: Path | None) -> None:
+    line = json.dumps(info)
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(line)
+        tmp.replace(ready_file)
+    for r in info["replicas"]:
+        print(f"replica {r['index']}: {r['url']}"
+              + (f"  kv-events {r['kv_events_endpoint']}" if r["kv_events_endpoint"] else ""),
+              flush=True)  # fmt: skip
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def serve(config: SimConfig, ready_file: Path | None) -> None:
+    if config.num_processes > 1 and config.replica_indices is None:
+        await _serve_split(config, ready_file)
+        return
+    stop = _stop_event()
     fleet = Fleet(config)
     try:
         await fleet.start()
-        # The engines' block tables are large and live for the whole run: keep them out
-        # of the cyclic GC's full collections, whose pauses would delay token emission.
-        gc.collect()
-        gc.freeze()
-        # A full collection stops every replica for milliseconds; the default (one per
-        # ten second-generation collections, about every few seconds under load) shows
-        # in the token lag's tail. Garbage cycles rarely live long enough to need one.
-        gen0, gen1, _ = gc.get_threshold()
-        gc.set_threshold(gen0, gen1, 100)
-        info: dict[str, Any] = fleet.describe()
-        line = json.dumps(info)
-        if ready_file is not None:
-            tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(line)
-            tmp.replace(ready_file)
-        for r in info["replicas"]:
-            print(f"replica {r['index']}: {r['url']}"
-                  + (f"  kv-events {r['kv_events_endpoint']}" if r["kv_events_endpoint"] else ""),
-                  flush=True)  # fmt: skip
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        _freeze_gc()
+        _announce(fleet.describe(), ready_file)
         await stop.wait()
     finally:
         await fleet.stop()
+
+
+WORKER_START_TIMEOUT_S = 120.0
+
+
+async def _serve_split(config: SimConfig, ready_file: Path | None) -> None:
+    """This process runs the first slice of replicas; one worker runs each other slice."""
+    stop = _stop_event()
+    slices = config.process_slices()
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    workers: list[tuple[asyncio.subprocess.Process, Path, tuple[int, ...]]] = []
+    fleet = Fleet(replace(config, replica_indices=slices[0]))
+    with tempfile.TemporaryDirectory(prefix="headway-sim-") as tmp:
+        try:
+            for k, indices in enumerate(slices[1:], 1):
+                path = Path(tmp) / f"worker{k}.json"
+                payload = msgspec.json.encode(replace(config, replica_indices=indices))
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "headway.sim.cli", payload.decode(), str(path), level,
+                    stdout=subprocess.DEVNULL,
+                )  # fmt: skip
+                workers.append((proc, path, indices))
+            await fleet.start()
+            _freeze_gc()
+            info = fleet.describe()
+            for proc, path, indices in workers:
+                info["replicas"] += (await _worker_ready(proc, path, indices))["replicas"]
+            info["replicas"].sort(key=lambda r: r["index"])
+            _announce(info, ready_file)
+            exits = [asyncio.ensure_future(proc.wait()) for proc, _, _ in workers]
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([stopped, *exits], return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            for (proc, _, indices), ended in zip(workers, exits, strict=True):
+                if ended.done() and not stop.is_set():
+                    raise FleetConfigError(
+                        f"worker process for replicas {indices[0]}-{indices[-1]} exited "
+                        f"with status {proc.returncode}"
+                    )
+        finally:
+            for proc, _, _ in workers:
+                if proc.returncode is None:
+                    proc.terminate()
+            for proc, _, _ in workers:
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+            await fleet.stop()
+
+
+async def _worker_ready(
+    proc: asyncio.subprocess.Process, path: Path, indices: tuple[int, ...]
+) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WORKER_START_TIMEOUT_S
+    while not path.exists():
+        if proc.returncode is not None:
+            raise FleetConfigError(
+                f"worker process for replicas {indices[0]}-{indices[-1]} failed to start "
+                f"(status {proc.returncode}; its error is above)"
+            )
+        if loop.time() > deadline:
+            raise FleetConfigError(f"worker process for replicas {indices[0]}-{indices[-1]} "
+                                   f"not ready after {WORKER_START_TIMEOUT_S:.0f} s")  # fmt: skip
+        await asyncio.sleep(0.05)
+    info: dict[str, Any] = json.loads(path.read_text())
+    return info
+
+
+async def _worker(config: SimConfig, ready_file: Path) -> None:
+    """A worker process: serve its replicas until signalled or orphaned."""
+    parent = os.getppid()
+    task = asyncio.ensure_future(serve(config, ready_file))
+    while not task.done():
+        await asyncio.wait([task], timeout=1.0)
+        if os.getppid() != parent:  # the fleet's main process is gone
+            os.kill(os.getpid(), signal.SIGTERM)
+    await task
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,3 +351,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"headway sim: error: {exc}", file=sys.stderr)
         return 2
     return run_main("headway sim", serve(config, args.ready_file), (FleetConfigError, OSError))
+
+
+if __name__ == "__main__":  # a worker process of a fleet split across processes
+    setup_logging(sys.argv[3])
+    worker_config = msgspec.json.decode(sys.argv[1], type=SimConfig)
+    sys.exit(
+        run_main(
+            "headway sim worker",
+            _worker(worker_config, Path(sys.argv[2])),
+            (FleetConfigError, OSError),
+        )
+    )

@@ -56,7 +56,24 @@ class SimConfig:
     fault_replicas: tuple[int, ...] | None = None  # None: all replicas
     max_body_bytes: int = 64 * 1024 * 1024
     mean_output_tokens: float = 200.0
+    # Processes the fleet's replicas are split across (contiguous index ranges); a
+    # process started for one range has `replica_indices` set and starts no others.
+    num_processes: int = 1
+    replica_indices: tuple[int, ...] | None = None  # None: all replicas
 
     @property
     def names(self) -> tuple[str, ...]:
         return self.served_model_names or (self.model,)
+
+    @property
+    def own_replicas(self) -> tuple[int, ...]:
+        """Indexes of the replicas this process runs."""
+        if self.replica_indices is not None:
+            return self.replica_indices
+        return tuple(range(self.num_replicas))
+
+    def process_slices(self) -> list[tuple[int, ...]]:
+        """The replicas of each process: contiguous ranges, sizes differing by at most 1."""
+        n, k = self.num_replicas, self.num_processes
+        bounds = [i * n // k for i in range(k + 1)]
+        return [tuple(range(bounds[j], bounds[j + 1])) for j in range(k)]

@@ -1,4 +1,8 @@
-"""A fleet of simulated replicas in one process: replica i listens on port + i.
+"""The simulated replicas of one process: replica i listens on port + i.
+
+A fleet split across processes (`SimConfig.num_processes`) runs one `Fleet` per
+process, each for its own replica indexes; ports, seeds and KV-event endpoints follow
+the global index, so the split is invisible to clients.
 
 Building a fleet resolves the catalog entries, sizes each replica's KV cache from the
 cost model (or `--num-gpu-blocks-override`), creates engines with a shared tokenizer
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,13 +99,14 @@ class Fleet:
             "block_size": self.config.block_size,
             "replicas": [
                 {
-                    "index": i,
+                    "index": r.server.replica.index,
                     "url": r.url,
                     "port": r.port,
                     "kv_events_endpoint": r.kv_events_endpoint,
                     "kv_replay_endpoint": r.kv_replay_endpoint,
+                    "pid": os.getpid(),
                 }
-                for i, r in enumerate(self.replicas)
+                for r in self.replicas
             ],
         }
 
@@ -143,7 +149,7 @@ class Fleet:
         if cfg.kv_events is not None:
             self._zmq = zmq.asyncio.Context()
         self._timer = timer = PreciseTimer(asyncio.get_running_loop())
-        for i in range(cfg.num_replicas):
+        for i in cfg.own_replicas:
             sampler = DeterministicSampler(
                 vocab, tok.eos_token_id, seed=cfg.seed, mean_output_tokens=cfg.mean_output_tokens
             )

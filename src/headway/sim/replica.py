@@ -8,10 +8,18 @@ produced them ends and the work left at that instant is one socket write per str
 Bookkeeping (metrics, non-streamed requests, KV events) follows the writes. Requests
 that arrive during a step join the next one, as on a real engine.
 
+All replicas of a process share one event loop, so one replica's work delays
+another's writes. Two rules keep that small:
+* computing and rendering a step (deferrable: its end is scheduled from the previous
+  step's end, not from when it was computed) waits, up to a quarter of the step, for
+  a gap in which no other replica's step ends (`PreciseTimer.wait_for_gap`);
+* a step's writes start early by half their usual duration, so they straddle the
+  step's end instead of all trailing it (early counts as lag too).
+
 Each step's end is scheduled from the previous step's scheduled end, not from when
 the loop woke up, so short CPU stalls are caught up and the modeled throughput holds;
 if the loop falls more than `max_lag_s` behind it resynchronises to now (and the lag
-shows in the emission timestamps). How late each write left after its step's end is
+shows in the emission timestamps). How far from its step's end each write left is
 counted in `emission_lag` (read by `GET /debug/timing`).
 """
 
@@ -90,6 +98,9 @@ class RequestHandle:
         return self._pending.popleft()
 
 
+MAX_DEFER_S = 0.003  # the most a step's computation waits for a gap
+
+
 class Replica:
     """An engine plus its clock, its request handles and its KV-event publisher."""
 
@@ -128,6 +139,10 @@ class Replica:
         # How late the loop resumed after each step's end, and each stream's write.
         self.wake_lag = LagHistogram()
         self.emission_lag = LagHistogram()
+        self._work_avg_s = 0.0  # how long computing and rendering a step takes
+        self._work_s = 0.0  # the gap that work asks for
+        self._max_defer_s = 0.0  # how long the next step may be put off
+        self._emit_avg_s = 0.0  # how long writing a step's chunks takes
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> None:
@@ -191,21 +206,32 @@ class Replica:
                 self._wake.clear()
                 await self._wake.wait()
                 next_start = clock.now()
+            # Computing and rendering the next step can wait a little; a replica whose
+            # step ends meanwhile cannot. Put it off while another step's end is near.
+            await self._timer.wait_for_gap(self._work_s, self._max_defer_s)
+            started_at = clock.now()
             result = self.engine.step()
             self._note_admitted(result, next_start)
             self.model_time_s += result.duration_s
             real_s = result.duration_s / self.time_scale * self.faults.config.slowdown
             due = next_start + real_s
-            # Let other replicas' writes in between the step and its rendering.
-            await asyncio.sleep(0)
             ready = self._prepare(result, due)
-            await self._timer.sleep_until(due)
+            # The gap asked for next time: this work's recent average with a margin.
+            self._work_avg_s += 0.2 * (clock.now() - started_at - self._work_avg_s)
+            self._work_s = 1.5 * self._work_avg_s + 5e-5
+            self._max_defer_s = min(0.25 * real_s, MAX_DEFER_S)
+            # The writes take a while: start them early by half that, so that they
+            # straddle the step's end instead of all trailing it.
+            lead_s = 0.5 * self._emit_avg_s
+            await self._timer.sleep_until(due - lead_s)
             now = clock.now()
-            lag = now - due
+            lag = now - (due - lead_s)
             self.wake_lag.record(lag)
             self.max_observed_lag_s = max(self.max_observed_lag_s, lag)
-            next_start = now if lag > self.max_lag_s else due
+            next_start = now + lead_s if lag > self.max_lag_s else due
             written_at = self._emit(ready)
+            if written_at:
+                self._emit_avg_s += 0.2 * (written_at[-1] - now - self._emit_avg_s)
             # Other replicas' writes before this one's bookkeeping and next step.
             await asyncio.sleep(0)
             self._settle(ready, written_at, result, due)

@@ -1,0 +1,321 @@
+"""Token emission timing: lag histograms, the timer's gap waits, the stream sink's
+write order (direct while the send buffer is empty, queued for the handler otherwise),
+a slow reader, and a fleet split across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sim_harness import MODEL, Fleet, get, openai_client, poll, scrape
+
+from headway.core.engine import TokenOutput
+from headway.core.sequence import FinishReason
+from headway.sim.clock import LagHistogram, PreciseTimer, now
+from headway.sim.completions import RequestState, StreamSink, TextAssembler
+from headway.sim.config import SimConfig
+from headway.sim.protocol import ParsedRequest
+from headway.sim.replica import Emission, RequestHandle
+
+
+# -- LagHistogram -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("lags_s", "bucket_counts", "num_early", "max_s"),
+    [
+        ([0.0], {0: 1}, 0, 0.0),
+        ([5e-6, 1e-5], {1: 2}, 0, 1e-5),
+        ([-5e-6], {1: 1}, 1, 5e-6),  # early counts by its size, and as early
+        ([1.3e-5, 100.0], {3: 1, 81: 1}, 0, 100.0),  # (1.19e-5, 1.41e-5]; past the last edge
+    ],
+    ids=["on-time", "first-bucket", "early", "open-bucket"],
+)
+def test_lag_histogram_buckets(
+    lags_s: list[float], bucket_counts: dict[int, int], num_early: int, max_s: float
+) -> None:
+    h = LagHistogram()
+    for lag in lags_s:
+        h.record(lag)
+    snap = h.snapshot()
+    assert {i: c for i, c in enumerate(snap["counts"]) if c} == bucket_counts
+    assert snap["num_early"] == num_early
+    assert snap["max_s"] == max_s
+    assert len(snap["counts"]) == len(snap["le_s"]) + 1
+
+
+# -- process split ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("num_replicas", "num_processes", "slices"),
+    [
+        (1, 1, [(0,)]),
+        (8, 2, [(0, 1, 2, 3), (4, 5, 6, 7)]),
+        (3, 2, [(0,), (1, 2)]),
+        (5, 3, [(0,), (1, 2), (3, 4)]),
+    ],
+    ids=["one", "even", "odd", "three"],
+)
+def test_process_slices(
+    num_replicas: int, num_processes: int, slices: list[tuple[int, ...]]
+) -> None:
+    cfg = SimConfig(num_replicas=num_replicas, num_processes=num_processes)
+    assert cfg.process_slices() == slices
+    assert cfg.own_replicas == tuple(range(num_replicas))
+
+
+# -- PreciseTimer.wait_for_gap ----------------------------------------------------
+async def test_gap_wait_lets_a_due_sleeper_run_first() -> None:
+    timer = PreciseTimer(asyncio.get_running_loop())
+    order: list[str] = []
+
+    async def sleeper(deadline: float) -> None:
+        await timer.sleep_until(deadline)
+        order.append("sleeper")
+
+    async def deferrable() -> None:
+        await timer.wait_for_gap(width_s=0.05, max_wait_s=1.0)
+        order.append("work")
+
+    try:
+        start = now()
+        await asyncio.wait_for(asyncio.gather(sleeper(start + 0.01), deferrable()), 5)
+    finally:
+        timer.close()
+    assert order == ["sleeper", "work"]
+
+
+@pytest.mark.parametrize(
+    ("sleeper_in_s", "width_s", "max_wait_s", "waits"),
+    [
+        (None, 0.05, 1.0, False),  # nobody due
+        (0.5, 0.05, 1.0, False),  # due, but after the gap
+        (0.5, 1.0, 0.0, False),  # may not wait at all
+    ],
+    ids=["idle", "far", "no-wait"],
+)
+async def test_gap_wait_returns_at_once(
+    sleeper_in_s: float | None, width_s: float, max_wait_s: float, waits: bool
+) -> None:
+    timer = PreciseTimer(asyncio.get_running_loop())
+    task = None
+    try:
+        if sleeper_in_s is not None:
+            task = asyncio.ensure_future(timer.sleep_until(now() + sleeper_in_s))
+            await asyncio.sleep(0)  # registered
+        t0 = now()
+        await timer.wait_for_gap(width_s, max_wait_s)
+        assert (now() - t0 > 0.2) is waits
+    finally:
+        if task is not None:
+            task.cancel()
+        timer.close()
+
+
+# -- StreamSink -------------------------------------------------------------------
+class FakeTransport:
+    def __init__(self) -> None:
+        self.buffered = 0
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class FakeResponse:
+    """Records writes; `write` completes without suspending, as aiohttp's does when
+    the transport's buffer is empty."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    async def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+
+class FakeReplica:
+    index = 0
+
+    def __init__(self) -> None:
+        self.finished: list[str] = []
+
+    def finish(self, request_id: str, reason: FinishReason) -> None:
+        self.finished.append(request_id)
+
+
+def _parsed(**kw: Any) -> ParsedRequest:
+    fields: dict[str, Any] = {
+        "is_chat": False, "model": MODEL, "prompt_token_ids": (1, 2, 3), "max_tokens": 3,
+        "stream": True, "include_usage": False, "continuous_usage_stats": False,
+        "stop": (), "stop_token_ids": frozenset(), "ignore_eos": True, "cache_salt": None,
+        "echo_prompt": "", "debug_timing": True, "priority": 0,
+    }  # fmt: skip
+    fields.update(kw)
+    return ParsedRequest(**fields)
+
+
+def _sink(parsed: ParsedRequest) -> tuple[StreamSink, FakeReplica]:
+    from headway.sim.completions import CompletionWriter
+
+    replica = FakeReplica()
+    assembler = TextAssembler(lambda t: f"<{t}>", eos_token_id=0)
+    writer = CompletionWriter(replica, assembler, False, lambda s: None, lambda s: None)  # type: ignore[arg-type]
+    handle = RequestHandle("r1", 0.0)
+    state = RequestState(parsed, "cmpl-r1", 0, MODEL)
+    sink = writer.attach_stream(handle, state, None)
+    assert handle.sink is sink
+    return sink, replica
+
+
+def _emission(token: int, n: int, finish: FinishReason | None = None) -> Emission:
+    out = TokenOutput("r1", (token,), 3, n, 0, finish)
+    return Emission(out, scheduled_at=100.0 + n)
+
+
+def _tokens(written: list[bytes]) -> list[str]:
+    texts = []
+    for event in b"".join(written).split(b"\n\n"):
+        if event.startswith(b"data: {"):
+            texts.append(json.loads(event[6:])["choices"][0]["text"])
+    return texts
+
+
+async def test_sink_writes_in_order_through_a_full_buffer() -> None:
+    sink, _ = _sink(_parsed())
+    resp, transport = FakeResponse(), FakeTransport()
+    sink.open(resp, transport)  # type: ignore[arg-type]
+    plan = [(11, 1, 0), (12, 2, 4096), (13, 3, 0)]  # the 2nd finds the buffer full
+    for token, n, buffered in plan:
+        transport.buffered = buffered
+        sink.prepare(_emission(token, n, FinishReason.LENGTH if n == 3 else None))
+        sink.emit()
+    # Direct write first; then the 2nd and (behind it, though the buffer emptied) the 3rd.
+    assert _tokens(resp.written) == ["<11>"]
+    assert len(sink.queue) == 2 and sink.is_finished
+    await asyncio.wait_for(sink.wait(), 1)
+    while sink.queue:
+        await resp.write(sink.queue.popleft())
+    assert _tokens(resp.written) == ["<11>", "<12>", "<13>"]
+    assert resp.written[-1].endswith(b"data: [DONE]\n\n")
+    first = json.loads(resp.written[0][6:].split(b"\n\n")[0])
+    assert first["headway_debug"] == {"scheduled_at": 101.0}
+
+
+@pytest.mark.parametrize(
+    ("parsed", "expect_events"),
+    [
+        (_parsed(), 2),  # token chunk, [DONE]
+        (_parsed(include_usage=True), 3),  # token chunk, usage chunk, [DONE]
+    ],
+    ids=["plain", "usage"],
+)
+def test_sink_last_chunk_carries_the_end(parsed: ParsedRequest, expect_events: int) -> None:
+    sink, _ = _sink(parsed)
+    resp = FakeResponse()
+    sink.open(resp, FakeTransport())  # type: ignore[arg-type]
+    sink.prepare(_emission(11, 1, FinishReason.LENGTH))
+    sink.emit()
+    (data,) = resp.written
+    events = [e for e in data.split(b"\n\n") if e]
+    assert len(events) == expect_events
+    assert json.loads(events[0][6:])["choices"][0]["finish_reason"] == "length"
+    assert events[-1] == b"data: [DONE]"
+
+
+def test_sink_stop_string_finishes_the_engine_request() -> None:
+    sink, replica = _sink(_parsed(stop=("<12>",)))
+    resp = FakeResponse()
+    sink.open(resp, FakeTransport())  # type: ignore[arg-type]
+    for token, n in [(11, 1), (12, 2)]:
+        sink.prepare(_emission(token, n))
+        sink.emit()
+    assert replica.finished == ["r1"]
+    assert sink.is_finished
+    assert _tokens(resp.written) == ["<11>", ""]
+
+
+def test_sink_before_open_queues() -> None:
+    sink, _ = _sink(_parsed())
+    sink.prepare(_emission(11, 1))
+    sink.emit()
+    assert len(sink.queue) == 1 and not sink.is_finished
+
+
+# -- against a fleet --------------------------------------------------------------
+def _timing(url: str) -> dict[str, Any]:
+    body: dict[str, Any] = get(url, "/debug/timing").json()
+    return body
+
+
+def test_debug_timing_counts_streamed_chunks(start_fleet: Callable[..., Fleet]) -> None:
+    fleet = start_fleet("--replicas", "1", "--time-scale", "20")
+    before = sum(_timing(fleet.url)["emission_lag"]["counts"])
+    client = openai_client(fleet.url)
+    stream = client.completions.create(
+        model=MODEL, prompt="hello", max_tokens=5, stream=True, extra_body={"ignore_eos": True}
+    )
+    texts = [c.choices[0].text for c in stream if c.choices]
+    assert len(texts) == 5
+    after = _timing(fleet.url)
+    assert sum(after["emission_lag"]["counts"]) - before == 5
+    assert sum(after["wake_lag"]["counts"]) >= 5
+
+
+def test_slow_reader_gets_every_chunk_in_order(start_fleet: Callable[..., Fleet]) -> None:
+    fleet = start_fleet("--replicas", "1", "--time-scale", "1000")
+    port = fleet.replica(0)["port"]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.sock = sock
+    # ~6 MB of chunks: more than the kernel's send buffer (4 MB at most here), so most
+    # of them wait in the server's transport and its handler's queue.
+    num_tokens = 20000
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": num_tokens, "stream": True,
+            "ignore_eos": True, "headway_debug_timing": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True}}  # fmt: skip
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    # Read nothing until the engine is done: the chunks wait in the server's queues.
+    poll(
+        lambda: scrape(fleet.url).get("vllm:num_requests_running", 1.0),
+        lambda running: running == 0,
+        deadline_s=30,
+        what="the engine finishing the request",
+    )
+    data = conn.getresponse().read()
+    chunks = [json.loads(e[6:]) for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+    tokens = [c for c in chunks if c["choices"]]
+    assert len(tokens) == num_tokens
+    assert [c["usage"]["completion_tokens"] for c in tokens] == list(range(1, num_tokens + 1))
+    assert chunks[-1]["usage"]["completion_tokens"] == num_tokens and not chunks[-1]["choices"]
+    assert data.endswith(b"data: [DONE]\n\n")
+
+
+def test_fleet_split_across_processes(start_fleet: Callable[..., Fleet]) -> None:
+    fleet = start_fleet("--replicas", "3", "--processes", "2", "--time-scale", "20")
+    replicas = fleet.info["replicas"]
+    assert [r["index"] for r in replicas] == [0, 1, 2]
+    assert replicas[0]["pid"] == fleet.proc.pid
+    assert replicas[1]["pid"] == replicas[2]["pid"] != fleet.proc.pid
+    for url in fleet.urls:
+        client = openai_client(url)
+        out = client.completions.create(model=MODEL, prompt="hello", max_tokens=3)
+        assert out.choices[0].finish_reason in ("length", "stop")
+    worker = replicas[1]["pid"]
+    fleet.stop()
+    poll(lambda: _alive(worker), lambda alive: not alive, what="the worker process exiting")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
