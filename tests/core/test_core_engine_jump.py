@@ -239,3 +239,15 @@ def test_nothing_to_plan_while_a_request_waits_and_plan_is_dropped_by_other_call
     with pytest.raises(ValueError, match="num_steps"):
         e.decode_jump(1)  # the arrival dropped the plan
     assert e.plan_decode_jump(8) == ()  # b waits
+
+
+@pytest.mark.parametrize(
+    ("key", "start", "count"),
+    [(0, 0, 20), (2**64 - 1, 3, 17), (12345678901234567, 1000, 5), (7, 4, 0)],
+    ids=["zero", "wraps", "far", "none"],
+)
+def test_sampler_tokens_at_matches_token_at(key: int, start: int, count: int) -> None:
+    s = DeterministicSampler(VOCAB, EOS, seed=1)
+    assert s.tokens_at(key, start, count) == [
+        s.token_at(key, p) for p in range(start, start + count)
+    ]

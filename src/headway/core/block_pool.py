@@ -64,7 +64,7 @@ class BlockPool:
         self.medium = medium
         self._ref_cnt = [0] * num_blocks
         self._hash: list[bytes | None] = [None] * num_blocks
-        self._free: OrderedDict[int, None] = OrderedDict((i, None) for i in range(num_blocks))
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         # One hash may live in several blocks (two identical prompts computed at once).
         self._cached: dict[bytes, dict[int, None]] = {}
         self._events: list[KvEvent] = []

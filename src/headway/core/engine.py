@@ -399,7 +399,7 @@ class Engine:
         kv = self.kv
         bs = self.config.block_size
         counters = self.counters
-        token_at = self.sampler.token_at
+        tokens_at = self.sampler.tokens_at
         running = list(self.scheduler.running)
         outputs: list[TokenOutput] = []
         # Sequences share nothing in the steps before the last (no block is allocated,
@@ -408,7 +408,7 @@ class Engine:
         for seq in running:
             first = len(seq.output_token_ids)
             key = seq.sample_key
-            tokens = [token_at(key, pos) for pos in range(first, first + num_steps - 1)]
+            tokens = tokens_at(key, first, num_steps - 1)
             seq.output_token_ids.extend(tokens)
             seq.num_tokens += num_steps - 1
             num_computed = seq.num_computed_tokens = seq.num_computed_tokens + num_steps

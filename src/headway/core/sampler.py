@@ -58,3 +58,16 @@ class DeterministicSampler:
 
     def token_at(self, key: int, position: int) -> int:
         return self.vocab[_mix64(key + position) % len(self.vocab)]
+
+    def tokens_at(self, key: int, start: int, count: int) -> list[int]:
+        """`token_at(key, p)` for p in [start, start + count) (the mix inlined: a decode
+        jump takes many tokens at once)."""
+        vocab = self.vocab
+        n = len(vocab)
+        out: list[int] = []
+        for p in range(start, start + count):
+            x = (key + p + 0x9E3779B97F4A7C15) & _MASK
+            x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+            x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+            out.append(vocab[(x ^ (x >> 31)) % n])
+        return out
