@@ -13,7 +13,13 @@ import pytest
 
 from headway.cluster.events import EventKind, EventQueue
 from headway.cluster.results import document, point
-from headway.cluster.simulation import ClusterConfig, ClusterRun, ClusterSimulation, ReplicaGroup
+from headway.cluster.simulation import (
+    AdmissionLimits,
+    ClusterConfig,
+    ClusterRun,
+    ClusterSimulation,
+    ReplicaGroup,
+)
 from headway.core.engine_factory import EngineSpec
 from headway.core.workloads import Call, ChatMessage, Session, Stage, build_workload
 from headway.resources.catalog import load_catalog
@@ -34,6 +40,7 @@ def _run(
     blocks: int,
     max_jump: int,
     overhead_s: float = 0.0,
+    admission: AdmissionLimits | None = None,
 ) -> ClusterRun:
     spec = EngineSpec(model="llama-3.1-8b", gpu="h100", num_gpu_blocks_override=blocks)
     cfg = ClusterConfig(
@@ -45,6 +52,7 @@ def _run(
         # single steps leave it.
         scrape_interval_s=0.003,
         frontend_overhead_s=overhead_s,
+        admission=admission,
     )
     sim = ClusterSimulation(cfg, load_catalog(), tokenizer, tokenizer.word_token_ids())
     return sim.run(arrivals)
@@ -151,6 +159,24 @@ def test_jumps_on_and_off_give_identical_bench_json(
     assert on.num_events < off.num_events  # the jumps did happen
     if blocks < 200:
         assert sum(r.num_preemptions for r in off.replicas) > 0
+
+
+def test_jumps_on_and_off_agree_under_admission_control(tokenizer: HfTokenizer) -> None:
+    # Queued calls are routed when a call finishes (a jump's last step), and rejected
+    # at their wait's end, which may fall inside another replica's jump.
+    arrivals = _workload("shared-prefix", tokenizer)
+    limits = AdmissionLimits(max_in_flight_per_endpoint=3, max_queue=6, max_wait_s=0.05)
+    kw: dict[str, Any] = {
+        "routing": {"preset": "kv-aware"},
+        "replicas": 2,
+        "blocks": 4000,
+        "admission": limits,
+    }
+    off = _run(tokenizer, arrivals, max_jump=1, **kw)
+    on = _run(tokenizer, arrivals, max_jump=64, **kw)
+    assert _bench_json(on) == _bench_json(off)
+    assert set(on.rejections) == {"queue_full", "wait_timeout"}
+    assert on.num_events < off.num_events
 
 
 def test_step_ends_at_one_instant_run_in_replica_order_whenever_scheduled() -> None:

@@ -32,7 +32,8 @@ class EventKind(IntEnum):
     SCRAPE = 2  # the gateway reads every engine's metrics
     STAGE = 3  # a session stage is due: its calls are sent
     DISPATCH = 4  # a sent call is through the front end: it is routed to an engine
-    ARRIVAL = 5  # a session arrives
+    ADMISSION_TIMEOUT = 5  # a call queued for a slot has waited max_wait_s: rejected
+    ARRIVAL = 6  # a session arrives
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,11 @@ def point(
                 busy_s / (len(run.replicas) * run.duration_s) if run.duration_s > 0 else 0.0
             ),
             "decisions": dict(run.decisions),
+            # The gateway's admission control (429s are also in summary.failures).
+            "admission": {
+                "rejections": dict(run.rejections),
+                "max_queue_depth": run.max_queue_depth,
+            },
         },
         "requests": request_rows(records, started_at),
     }

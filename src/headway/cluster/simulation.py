@@ -18,6 +18,14 @@ model does not include) is `frontend_overhead_s` of virtual time between the cli
 sending it (`sent_at`, where TTFT starts) and the gateway routing it to an engine
 (which takes it at once). 0 (the default) routes at the send instant.
 
+Admission control (`ClusterConfig.admission`, off by default) is the gateway's
+(gateway/admission.py), in virtual time: a call is routed only among replicas below
+`max_in_flight_per_endpoint` in-flight calls; when all are at the cap it waits in the
+pool's FIFO queue (new calls queue behind waiting ones, never barge), at most
+`max_queue` calls and each at most `max_wait_s`; beyond either it is rejected as the
+gateway rejects it, a record with error `http_429` (status 429), as `headway bench`
+records a 429. A finishing call's slot goes to the head of the queue at once.
+
 A session's stages run closed-loop, as `headway bench` runs them: a stage is sent
 when the previous one has finished and its `delay_s` has passed. Calls are sent with
 `ignore_eos`, so each produces exactly `max_tokens` tokens (the bench asks the same).
@@ -35,14 +43,17 @@ so the results are identical with jumps on and off (tests/cluster/
 test_cluster_jumps.py compares the bench JSON byte for byte); only `num_events`
 differs.
 
-Invariants: every call sent ends in exactly one record; in-flight counts return to
-zero when the run drains; virtual time never goes backwards (events.EventQueue).
+Invariants: every call sent ends in exactly one record (finished, or failed: rejected
+or no endpoint; the cluster has no client aborts); in-flight counts and the admission
+queue return to zero when the run drains; no replica ever holds more in-flight calls
+than the admission cap; virtual time never goes backwards (events.EventQueue).
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +102,30 @@ class ReplicaGroup:
 
 
 @dataclass(frozen=True)
+class AdmissionLimits:
+    """The gateway's admission control for the pool (gateway config:
+    `max_in_flight_per_endpoint`, `admission.max_queue`, `admission.max_wait_s`;
+    the defaults are the gateway's)."""
+
+    max_in_flight_per_endpoint: int = 256
+    max_queue: int = 1024  # calls waiting at most (0: reject at once when all are full)
+    max_wait_s: float = 30.0  # longest a call waits for a slot
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight_per_endpoint < 1:
+            raise ClusterConfigError(
+                f"admission.max_in_flight_per_endpoint: must be >= 1, got "
+                f"{self.max_in_flight_per_endpoint}"
+            )
+        if self.max_queue < 0:
+            raise ClusterConfigError(f"admission.max_queue: must be >= 0, got {self.max_queue}")
+        if not (math.isfinite(self.max_wait_s) and self.max_wait_s >= 0):
+            raise ClusterConfigError(
+                f"admission.max_wait_s: must be a finite number >= 0, got {self.max_wait_s}"
+            )
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """What to simulate. `routing` is the gateway's routing config for the pool
     (`{"preset": "kv-aware"}` or explicit profiles; see docs/policies.md)."""
@@ -106,6 +141,9 @@ class ClusterConfig:
     max_decode_jump_steps: int = 64
     # Virtual seconds from a call's send to its routing (see the module docstring).
     frontend_overhead_s: float = 0.0
+    # The gateway's in-flight caps and admission queue; None: every call is routed at
+    # once, however loaded the replicas are.
+    admission: AdmissionLimits | None = None
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -162,6 +200,7 @@ class _Replica:
     # The gateway's own in-flight accounting.
     num_in_flight_requests: int = 0
     num_in_flight_tokens: int = 0
+    max_in_flight_requests: int = 0
     snapshot: EndpointSnapshot | None = None
     snapshot_key: tuple[float | None, int, int] | None = None
 
@@ -171,6 +210,16 @@ class _SessionState:
     session: Session
     stage_index: int = 0
     num_open_calls: int = 0
+
+
+@dataclass(eq=False)
+class _Waiter:
+    """A call queued for an admission slot."""
+
+    call: Call
+    session: _SessionState
+    sent_at: float
+    is_done: bool = False
 
 
 @dataclass
@@ -197,6 +246,7 @@ class ReplicaStats:
     num_prefix_hit_tokens: int
     num_preemptions: int
     busy_s: float
+    max_in_flight_requests: int = 0  # the most calls the gateway had on it at once
 
 
 @dataclass(frozen=True)
@@ -208,6 +258,10 @@ class ClusterRun:
     replicas: tuple[ReplicaStats, ...]
     num_events: int
     decisions: Mapping[str, int]  # endpoint id -> calls routed there
+    # Admission: calls rejected, by reason (queue_full, wait_timeout), and the most
+    # calls that waited for a slot at once.
+    rejections: Mapping[str, int] = field(default_factory=dict)
+    max_queue_depth: int = 0
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -294,6 +348,9 @@ class ClusterSimulation:
         self._calls: dict[str, _CallState] = {}
         self._decisions: dict[str, int] = {r.endpoint_id: 0 for r in self._replicas}
         self._num_open_sessions = 0
+        self._waiting: deque[_Waiter] = deque()
+        self._rejections: dict[str, int] = {}
+        self._max_queue_depth = 0
         self._busy_s = {r.endpoint_id: 0.0 for r in self._replicas}
 
     # -- running ----------------------------------------------------------------
@@ -307,6 +364,7 @@ class ClusterSimulation:
             first_arrival = time_s if first_arrival is None else min(first_arrival, time_s)
         if first_arrival is None:
             return ClusterRun((), 0.0, self._stats(), 0, dict(self._decisions))
+
         q.push(first_arrival, EventKind.SCRAPE)
         num_events = 0
         last_token_at = first_arrival
@@ -330,15 +388,20 @@ class ClusterSimulation:
             elif kind is EventKind.DISPATCH:
                 call, state, sent_at = ev.payload
                 self._dispatch(call, state, sent_at, ev.time_s)
+            elif kind is EventKind.ADMISSION_TIMEOUT:
+                self._wait_timeout(ev.payload, ev.time_s)
             elif kind is EventKind.ARRIVAL:
                 state = _SessionState(ev.payload)
                 self._schedule_stage(state, ev.time_s)
+        assert not self._waiting and not self._calls
         return ClusterRun(
             tuple(self._records),
             last_token_at - first_arrival,
             self._stats(),
             num_events,
             dict(self._decisions),
+            dict(sorted(self._rejections.items())),
+            self._max_queue_depth,
         )
 
     def _schedule_stage(self, state: _SessionState, now_s: float) -> None:
@@ -362,6 +425,49 @@ class ClusterSimulation:
             self._schedule_stage(state, now_s)
 
     def _dispatch(self, call: Call, state: _SessionState, sent_at: float, now_s: float) -> None:
+        """Admit a call sent at `sent_at`: route it at `now_s`, or queue it for a slot
+        (or reject it) when admission control finds every replica at its cap."""
+        limits = self.config.admission
+        if limits is not None and (self._waiting or not self._has_free_slot(limits)):
+            # Every replica is full, or others wait already: queue behind them.
+            if len(self._waiting) >= limits.max_queue:
+                self._reject(call, state, sent_at, now_s, "queue_full")
+                return
+            waiter = _Waiter(call, state, sent_at)
+            self._waiting.append(waiter)
+            self._max_queue_depth = max(self._max_queue_depth, len(self._waiting))
+            self._queue.push(now_s + limits.max_wait_s, EventKind.ADMISSION_TIMEOUT, waiter)
+            return
+        self._route(call, state, sent_at, now_s)
+
+    def _has_free_slot(self, limits: AdmissionLimits) -> bool:
+        cap = limits.max_in_flight_per_endpoint
+        return any(r.num_in_flight_requests < cap for r in self._replicas)
+
+    def _serve_waiting(self, now_s: float) -> None:
+        """Hand free slots to the head of the admission queue, in order, while any."""
+        limits = self.config.admission
+        assert limits is not None
+        while self._waiting and self._has_free_slot(limits):
+            waiter = self._waiting.popleft()
+            waiter.is_done = True
+            self._route(waiter.call, waiter.session, waiter.sent_at, now_s)
+
+    def _wait_timeout(self, waiter: _Waiter, now_s: float) -> None:
+        if waiter.is_done:
+            return
+        waiter.is_done = True
+        self._waiting.remove(waiter)
+        self._reject(waiter.call, waiter.session, waiter.sent_at, now_s, "wait_timeout")
+
+    def _reject(
+        self, call: Call, state: _SessionState, sent_at: float, now_s: float, reason: str
+    ) -> None:
+        self._rejections[reason] = self._rejections.get(reason, 0) + 1
+        self._records.append(_failed_record(call, state, sent_at, "http_429", status=429))
+        self._call_done(state, now_s)
+
+    def _route(self, call: Call, state: _SessionState, sent_at: float, now_s: float) -> None:
         """Route a call sent at `sent_at` and hand it to its engine at `now_s`."""
         token_ids, hashes = self._encoder.encode(call)
         headers = Headers.of(call.headers)
@@ -375,9 +481,13 @@ class ClusterSimulation:
             headers=headers,
             session_id=headers.get("x-session-id"),
         )
-        result = self._handler.decide(
-            ctx, self._snapshots(), now=now_s, rng=self._rng, timer=_zero_timer
-        )
+        snapshots = self._snapshots()
+        limits = self.config.admission
+        if limits is not None:
+            # The gateway routes among the endpoints below their cap only.
+            cap = limits.max_in_flight_per_endpoint
+            snapshots = [s for s in snapshots if s.num_in_flight_requests < cap]
+        result = self._handler.decide(ctx, snapshots, now=now_s, rng=self._rng, timer=_zero_timer)
         if not result.is_routed:
             self._records.append(_failed_record(call, state, sent_at, "no_endpoint"))
             self._call_done(state, now_s)
@@ -395,6 +505,8 @@ class ClusterSimulation:
         reserved = max(0, len(token_ids) + call.max_tokens - expected)
         replica.num_in_flight_requests += 1
         replica.num_in_flight_tokens += reserved
+        if replica.num_in_flight_requests > replica.max_in_flight_requests:
+            replica.max_in_flight_requests = replica.num_in_flight_requests
         if replica.is_busy:
             self._cut_jump(replica, now_s)
         self._calls[call.call_id] = _CallState(
@@ -528,6 +640,8 @@ class ClusterSimulation:
             )
         )
         self._call_done(cs.session, now_s)
+        if self._waiting:
+            self._serve_waiting(now_s)  # the freed slot goes to the head of the queue
 
     def _call_done(self, state: _SessionState, now_s: float) -> None:
         state.num_open_calls -= 1
@@ -583,6 +697,7 @@ class ClusterSimulation:
                     c.num_prefix_hit_tokens,
                     c.num_preemptions,
                     self._busy_s[r.endpoint_id],
+                    r.max_in_flight_requests,
                 )
             )
         return tuple(out)
@@ -594,7 +709,9 @@ def _zero_timer() -> float:
     return 0.0
 
 
-def _failed_record(call: Call, session: _SessionState, now_s: float, kind: str) -> RequestRecord:
+def _failed_record(
+    call: Call, session: _SessionState, now_s: float, kind: str, status: int | None = None
+) -> RequestRecord:
     return RequestRecord(
         call_id=call.call_id,
         session_id=session.session.session_id,
@@ -608,4 +725,5 @@ def _failed_record(call: Call, session: _SessionState, now_s: float, kind: str) 
         output_tokens=None,
         cached_tokens=None,
         error=kind,
+        status=status,
     )
