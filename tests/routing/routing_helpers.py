@@ -65,7 +65,7 @@ def snapshots(draw: st.DrawFn, endpoint_id: str) -> EndpointSnapshot:
         is_ejected=draw(st.booleans()),
         num_queued_requests=draw(st.integers(0, 50)),
         num_running_requests=draw(st.integers(0, 50)),
-        kv_cache_usage=draw(st.floats(0.0, 1.0)),
+        kv_cache_usage=draw(st.none() | st.floats(0.0, 1.0)),
         num_in_flight_requests=draw(st.integers(0, 1000)),
         num_in_flight_tokens=draw(st.integers(0, 10**6)),
         metrics_updated_at=draw(st.none() | st.floats(0.0, 1e6)),

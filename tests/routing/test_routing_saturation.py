@@ -28,6 +28,7 @@ def kept(params: SaturationParams, *fields: dict[str, Any]) -> list[str]:
         ({"num_queued_requests": 6}, ["e1"]),
         ({"kv_cache_usage": 0.8}, ["e0", "e1"]),
         ({"kv_cache_usage": 0.81}, ["e1"]),
+        ({"kv_cache_usage": None}, ["e0", "e1"]),
         (
             {"num_queued_requests": 50, "kv_cache_usage": 1.0, "is_metrics_stale": True},
             ["e0", "e1"],
@@ -42,6 +43,7 @@ def kept(params: SaturationParams, *fields: dict[str, Any]) -> list[str]:
         "queue-over",
         "kv-at-bound",
         "kv-over",
+        "kv-unknown-not-checked",
         "stale-engine-metrics-ignored",
         "tokens-at-capacity",
         "tokens-over-capacity",

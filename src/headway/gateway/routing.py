@@ -172,7 +172,7 @@ class PoolRouter:
                 scraped.update(
                     num_queued_requests=m.num_queued_requests or 0,
                     num_running_requests=m.num_running_requests or 0,
-                    kv_cache_usage=m.kv_cache_usage or 0.0,
+                    kv_cache_usage=m.kv_cache_usage,  # None: the engine reports none
                     active_lora_adapters=m.active_lora_adapters,
                     max_lora_adapters=m.max_lora_adapters,
                     block_size=m.block_size,

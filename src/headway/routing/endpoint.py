@@ -65,7 +65,7 @@ class EndpointSnapshot:
     is_ejected: bool = False  # passive outlier detection took it out
     num_queued_requests: int = 0  # waiting in the engine's queue
     num_running_requests: int = 0  # in the engine's running batch
-    kv_cache_usage: float = 0.0  # fraction of KV blocks in use, 0..1
+    kv_cache_usage: float | None = 0.0  # fraction of KV blocks in use, 0..1; None: unknown
     num_in_flight_requests: int = 0  # sent by this gateway, not yet finished
     num_in_flight_tokens: int = 0  # estimated prefill + decode tokens of those
     metrics_updated_at: float | None = None  # when engine metrics were last read
@@ -94,8 +94,9 @@ class EndpointSnapshot:
                 raise ValueError(f"{name}: must be >= 0 or None, got {value}")
         if self.block_size is not None and self.block_size < 1:
             raise ValueError(f"block_size: must be >= 1 or None, got {self.block_size}")
-        if not (math.isfinite(self.kv_cache_usage) and 0.0 <= self.kv_cache_usage <= 1.0):
-            raise ValueError(f"kv_cache_usage: must be in [0, 1], got {self.kv_cache_usage}")
+        usage = self.kv_cache_usage
+        if usage is not None and not (math.isfinite(usage) and 0.0 <= usage <= 1.0):
+            raise ValueError(f"kv_cache_usage: must be in [0, 1] or None, got {usage}")
 
     @property
     def kv_capacity_tokens(self) -> int | None:

@@ -2,7 +2,8 @@
 
 score(e) = 1 - `kv_cache_usage` (the engine's fraction of KV blocks in use,
 vllm:kv_cache_usage_perc); an absolute measure, so two half-full engines both score
-0.5. An endpoint whose metrics are stale scores `stale_score` (neutral by default).
+0.5. An endpoint whose metrics are stale, or whose engine reports no KV usage (None,
+e.g. llama.cpp), scores `stale_score` (neutral by default).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class KvUsageScorer:
     ) -> Mapping[str, float]:
         stale = self.params.stale_score
         return {
-            e.endpoint_id: stale if e.is_metrics_stale else 1.0 - e.kv_cache_usage
+            e.endpoint_id: stale
+            if e.is_metrics_stale or e.kv_cache_usage is None
+            else 1.0 - e.kv_cache_usage
             for e in endpoints
         }
 

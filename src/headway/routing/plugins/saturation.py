@@ -4,7 +4,8 @@ An endpoint is saturated when any configured bound is exceeded:
 
 * `num_queued_requests > max_queued_requests` (engine queue; skipped when the
   endpoint's metrics are stale),
-* `kv_cache_usage > max_kv_cache_usage` (skipped when metrics are stale),
+* `kv_cache_usage > max_kv_cache_usage` (skipped when metrics are stale or the engine
+  reports no KV usage, e.g. llama.cpp),
 * token load `num_in_flight_tokens / (num_gpu_blocks * block_size) > max_token_load`
   when the KV capacity is known, else `num_in_flight_tokens > max_in_flight_tokens`
   when that bound is set (gateway-tracked, never stale).
@@ -53,7 +54,8 @@ def is_saturated(e: EndpointSnapshot, p: SaturationParams) -> bool:
     if not e.is_metrics_stale:
         if p.max_queued_requests is not None and e.num_queued_requests > p.max_queued_requests:
             return True
-        if p.max_kv_cache_usage is not None and e.kv_cache_usage > p.max_kv_cache_usage:
+        usage = e.kv_cache_usage
+        if p.max_kv_cache_usage is not None and usage is not None and usage > p.max_kv_cache_usage:
             return True
     load = token_load_fraction(e)
     if load is not None:
