@@ -319,3 +319,37 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# -- GcPacer ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("is_enabled", "thresholds", "expect"),
+    [
+        (True, (1, 1, 1), None),  # automatic collection on: the pacer stays out
+        (False, (10**6, 10, 10), None),  # below the first threshold
+        (False, (1, 10**6, 10**6), 0),
+        (False, (1, 1, 10**6), 1),
+    ],
+    ids=["gc-enabled", "not-due", "gen0", "gen1"],
+)
+def test_gc_pacer_due(
+    is_enabled: bool, thresholds: tuple[int, int, int], expect: int | None
+) -> None:
+    import gc
+
+    from headway.sim.clock import GcPacer
+
+    saved_threshold, was_enabled = gc.get_threshold(), gc.isenabled()
+    try:
+        if not is_enabled:
+            gc.disable()
+        gc.collect()
+        gc.collect(0)  # one gen-0 collection on the gen-1 count
+        gc.set_threshold(*thresholds)
+        keep = [[] for _ in range(10)]  # container allocations count toward gen 0
+        assert GcPacer().due() == expect, gc.get_count()
+        del keep
+    finally:
+        gc.set_threshold(*saved_threshold)
+        if was_enabled:
+            gc.enable()

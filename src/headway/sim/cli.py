@@ -28,6 +28,7 @@ import msgspec
 from headway.cli_support import run_main, setup_logging
 from headway.core.engine_factory import DEFAULT_PRECISION
 from headway.core.kv_events import WireEncoding
+from headway.sim.clock import GC_PACER
 from headway.sim.config import KvEventsSettings, SimConfig
 from headway.sim.faults import FaultConfig, FaultConfigError
 from headway.sim.fleet import Fleet, FleetConfigError
@@ -223,6 +224,9 @@ def _freeze_gc() -> None:
     # token lag's tail. Garbage cycles rarely live long enough to need one.
     gen0, gen1, _ = gc.get_threshold()
     gc.set_threshold(gen0, gen1, 100)
+    # Collections run where the engine loops find a gap (`clock.GcPacer`), with a
+    # periodic one as a backstop for a fleet that takes no steps.
+    gc.disable()
     # The timer thread needs the GIL to wake the loop: while the loop runs Python code
     # it gets it only at the switch interval (default 5 ms, a third of a step at time
     # scale 0.25). A busy loop is asked to let go within 0.2 ms instead.
@@ -255,13 +259,23 @@ async def serve(config: SimConfig, ready_file: Path | None) -> None:
         return
     stop = _stop_event()
     fleet = Fleet(config)
+    backstop = asyncio.ensure_future(_collect_garbage_periodically())
     try:
         await fleet.start()
         _freeze_gc()
         _announce(fleet.describe(), ready_file)
         await stop.wait()
     finally:
+        backstop.cancel()
         await fleet.stop()
+
+
+async def _collect_garbage_periodically(interval_s: float = 1.0) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        generation = GC_PACER.due()
+        if generation is not None:
+            GC_PACER.collect(generation)
 
 
 WORKER_START_TIMEOUT_S = 120.0
@@ -274,6 +288,7 @@ async def _serve_split(config: SimConfig, ready_file: Path | None) -> None:
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     workers: list[tuple[asyncio.subprocess.Process, Path, tuple[int, ...]]] = []
     fleet = Fleet(replace(config, replica_indices=slices[0]))
+    backstop = asyncio.ensure_future(_collect_garbage_periodically())
     with tempfile.TemporaryDirectory(prefix="headway-sim-") as tmp:
         try:
             for k, indices in enumerate(slices[1:], 1):
@@ -310,6 +325,7 @@ async def _serve_split(config: SimConfig, ready_file: Path | None) -> None:
                     await asyncio.wait_for(proc.wait(), 10)
                 except TimeoutError:
                     proc.kill()
+            backstop.cancel()
             await fleet.stop()
 
 

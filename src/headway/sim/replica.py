@@ -14,7 +14,8 @@ another's writes. Two rules keep that small:
   step's end, not from when it was computed) waits, up to a quarter of the step, for
   a gap in which no other replica's step ends (`PreciseTimer.wait_for_gap`);
 * a step's writes start early by half their usual duration, so they straddle the
-  step's end instead of all trailing it (early counts as lag too).
+  step's end instead of all trailing it (early counts as lag too);
+* garbage collections run in such gaps too (`clock.GcPacer`), not amid writes.
 
 Each step's end is scheduled from the previous step's scheduled end, not from when
 the loop woke up, so short CPU stalls are caught up and the modeled throughput holds;
@@ -208,7 +209,12 @@ class Replica:
                 next_start = clock.now()
             # Computing and rendering the next step can wait a little; a replica whose
             # step ends meanwhile cannot. Put it off while another step's end is near.
-            await self._timer.wait_for_gap(self._work_s, self._max_defer_s)
+            # So can a due garbage collection.
+            gc_generation = clock.GC_PACER.due()
+            gc_s = 0.0 if gc_generation is None else clock.GC_PACER.duration_s[gc_generation]
+            await self._timer.wait_for_gap(self._work_s + gc_s, self._max_defer_s)
+            if gc_generation is not None and clock.GC_PACER.due() is not None:
+                clock.GC_PACER.collect(gc_generation)
             started_at = clock.now()
             result = self.engine.step()
             self._note_admitted(result, next_start)
