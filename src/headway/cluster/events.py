@@ -32,8 +32,9 @@ class EventKind(IntEnum):
     SCRAPE = 2  # the gateway reads every engine's metrics
     STAGE = 3  # a session stage is due: its calls are sent
     DISPATCH = 4  # a sent call is through the front end: it is routed to an engine
-    ADMISSION_TIMEOUT = 5  # a call queued for a slot has waited max_wait_s: rejected
-    ARRIVAL = 6  # a session arrives
+    KV_TRANSFER = 5  # a prefilled prompt's KV reached its decode engine (P/D pools)
+    ADMISSION_TIMEOUT = 6  # a call queued for a slot has waited max_wait_s: rejected
+    ARRIVAL = 7  # a session arrives
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,11 @@ def point(
                 "rejections": dict(run.rejections),
                 "max_queue_depth": run.max_queue_depth,
             },
+            # P/D pools: prompts whose KV crossed a link, mean prefill end -> decode.
+            "kv_transfers": {
+                "num_transfers": run.num_kv_transfers,
+                "mean_transfer_ms": 1000.0 * run.mean_kv_transfer_s,
+            },
         },
         "requests": request_rows(records, started_at),
     }

@@ -26,6 +26,19 @@ pool's FIFO queue (new calls queue behind waiting ones, never barge), at most
 gateway rejects it, a record with error `http_429` (status 429), as `headway bench`
 records a 429. A finishing call's slot goes to the head of the queue at once.
 
+Prefill/decode disaggregation (replica groups with role `prefill` and `decode`): the
+routing handler picks a decode replica and, separately, a prefill replica for each
+call (as llm-d's P/D scheduler does). The prefill replica computes the prompt and one
+token (max_tokens=1, its token is not the client's); the prompt's KV then crosses the
+prefill replica's link, one transfer at a time: prompt tokens x the model's KV bytes
+per token / `kv_link_bytes_per_s`, plus `kv_link_latency_s`. The decode replica
+takes the call when its KV arrives, loads the prompt's whole blocks instead of
+computing them (`EngineRequest.num_external_computed_tokens`), computes the rest and
+streams every output token: TTFT = front end + prefill + transfer + the decode
+replica's first step, and the queueing on each. In-flight counts: a call is on its
+prefill replica until the prefill ends, and on its decode replica from routing to its
+last token. Admission control is not modelled with P/D pools.
+
 A session's stages run closed-loop, as `headway bench` runs them: a stage is sent
 when the previous one has finished and its `delay_s` has passed. Calls are sent with
 `ignore_eos`, so each produces exactly `max_tokens` tokens (the bench asks the same).
@@ -56,6 +69,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -89,16 +103,31 @@ class ClusterConfigError(ValueError):
     """A cluster description that cannot run; the message names the field."""
 
 
+class ReplicaRole(StrEnum):
+    """What a replica serves: whole requests, or one side of P/D disaggregation."""
+
+    MIXED = "mixed"
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
 @dataclass(frozen=True)
 class ReplicaGroup:
     """`count` identical replicas of one engine."""
 
     engine: EngineSpec
     count: int = 1
+    role: ReplicaRole = ReplicaRole.MIXED
 
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ClusterConfigError(f"count: must be >= 1, got {self.count}")
+        try:
+            ReplicaRole(self.role)
+        except ValueError:
+            raise ClusterConfigError(
+                f"role: {self.role!r} is not one of {[r.value for r in ReplicaRole]}"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -144,6 +173,9 @@ class ClusterConfig:
     # The gateway's in-flight caps and admission queue; None: every call is routed at
     # once, however loaded the replicas are.
     admission: AdmissionLimits | None = None
+    # P/D pools: KV transfer bandwidth of each prefill replica's link, and latency.
+    kv_link_bytes_per_s: float = 50e9
+    kv_link_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -151,6 +183,22 @@ class ClusterConfig:
         if not (math.isfinite(self.frontend_overhead_s) and self.frontend_overhead_s >= 0):
             raise ClusterConfigError(
                 f"frontend_overhead_s: must be a finite number >= 0, got {self.frontend_overhead_s}"
+            )
+        roles = {ReplicaRole(g.role) for g in self.groups}
+        if roles != {ReplicaRole.MIXED} and roles != {ReplicaRole.PREFILL, ReplicaRole.DECODE}:
+            raise ClusterConfigError(
+                "groups[].role: either every group is mixed, or there are prefill and "
+                f"decode groups and no mixed one; got {sorted(roles)}"
+            )
+        if ReplicaRole.PREFILL in roles and self.admission is not None:
+            raise ClusterConfigError("admission: not modelled with prefill/decode pools")
+        if not (math.isfinite(self.kv_link_bytes_per_s) and self.kv_link_bytes_per_s > 0):
+            raise ClusterConfigError(
+                f"kv_link_bytes_per_s: must be a finite number > 0, got {self.kv_link_bytes_per_s}"
+            )
+        if not (math.isfinite(self.kv_link_latency_s) and self.kv_link_latency_s >= 0):
+            raise ClusterConfigError(
+                f"kv_link_latency_s: must be a finite number >= 0, got {self.kv_link_latency_s}"
             )
         if self.max_decode_jump_steps < 1:
             raise ClusterConfigError(
@@ -178,6 +226,10 @@ class ClusterConfig:
     def num_replicas(self) -> int:
         return sum(g.count for g in self.groups)
 
+    @property
+    def is_disaggregated(self) -> bool:
+        return any(g.role == ReplicaRole.PREFILL for g in self.groups)
+
 
 @dataclass
 class _Replica:
@@ -185,6 +237,8 @@ class _Replica:
     endpoint_id: str
     engine: Engine
     resolved: ResolvedEngine
+    role: ReplicaRole = ReplicaRole.MIXED
+    link_free_at: float = 0.0  # P/D: when this prefill replica's KV link is next free
     is_busy: bool = False
     # The steps in flight since the last step end: their end times (one step, or a
     # decode jump's run), how many the engine has taken, and what those returned.
@@ -232,6 +286,11 @@ class _CallState:
     reserved_tokens: int
     chunk_times: list[float] = field(default_factory=list)
     num_cached_tokens: int = 0
+    # P/D: the prefill replica while the prompt is being prefilled there.
+    prefill: _Replica | None = None
+    prefill_reserved_tokens: int = 0
+    token_ids: tuple[int, ...] = ()
+    block_hashes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -262,6 +321,10 @@ class ClusterRun:
     # calls that waited for a slot at once.
     rejections: Mapping[str, int] = field(default_factory=dict)
     max_queue_depth: int = 0
+    # P/D: prompts whose KV crossed a link, and their mean time from the prefill's end
+    # to the decode replica (link queueing + transfer + latency).
+    num_kv_transfers: int = 0
+    mean_kv_transfer_s: float = 0.0
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -322,7 +385,9 @@ class ClusterSimulation:
                     tuple(vocab), tokenizer.eos_token_id, seed=config.seed + i
                 )
                 engine = Engine(resolved.config, resolved.cost_model.step_cost, sampler)
-                self._replicas.append(_Replica(i, f"replica-{i:03d}", engine, resolved))
+                role = ReplicaRole(group.role)
+                name = "replica" if role == ReplicaRole.MIXED else role.value
+                self._replicas.append(_Replica(i, f"{name}-{i:03d}", engine, resolved, role))
         self._by_id = {r.endpoint_id: r for r in self._replicas}
         first = config.groups[0].engine
         self.model_name = model_name or first.model
@@ -349,6 +414,9 @@ class ClusterSimulation:
         self._decisions: dict[str, int] = {r.endpoint_id: 0 for r in self._replicas}
         self._num_open_sessions = 0
         self._waiting: deque[_Waiter] = deque()
+        self._is_pd = config.is_disaggregated
+        self._num_kv_transfers = 0
+        self._kv_transfer_s = 0.0
         self._rejections: dict[str, int] = {}
         self._max_queue_depth = 0
         self._busy_s = {r.endpoint_id: 0.0 for r in self._replicas}
@@ -388,6 +456,8 @@ class ClusterSimulation:
             elif kind is EventKind.DISPATCH:
                 call, state, sent_at = ev.payload
                 self._dispatch(call, state, sent_at, ev.time_s)
+            elif kind is EventKind.KV_TRANSFER:
+                self._kv_arrived(ev.payload, ev.time_s)
             elif kind is EventKind.ADMISSION_TIMEOUT:
                 self._wait_timeout(ev.payload, ev.time_s)
             elif kind is EventKind.ARRIVAL:
@@ -402,6 +472,8 @@ class ClusterSimulation:
             dict(self._decisions),
             dict(sorted(self._rejections.items())),
             self._max_queue_depth,
+            self._num_kv_transfers,
+            self._kv_transfer_s / self._num_kv_transfers if self._num_kv_transfers else 0.0,
         )
 
     def _schedule_stage(self, state: _SessionState, now_s: float) -> None:
@@ -487,8 +559,20 @@ class ClusterSimulation:
             # The gateway routes among the endpoints below their cap only.
             cap = limits.max_in_flight_per_endpoint
             snapshots = [s for s in snapshots if s.num_in_flight_requests < cap]
+        prefill: _Replica | None = None
+        if self._is_pd:
+            # The decode replica with the routing profile, then the prefill replica
+            # with the same profile among the prefill pool.
+            roles = {r.endpoint_id: r.role for r in self._replicas}
+            pre = [s for s in snapshots if roles[s.endpoint_id] == ReplicaRole.PREFILL]
+            snapshots = [s for s in snapshots if roles[s.endpoint_id] == ReplicaRole.DECODE]
+            pre_result = self._handler.decide(ctx, pre, now=now_s, rng=self._rng, timer=_zero_timer)
+            if pre_result.is_routed:
+                self._handler.observe(ctx, pre_result)
+                assert pre_result.decision.endpoint_id is not None
+                prefill = self._by_id[pre_result.decision.endpoint_id]
         result = self._handler.decide(ctx, snapshots, now=now_s, rng=self._rng, timer=_zero_timer)
-        if not result.is_routed:
+        if not result.is_routed or (self._is_pd and prefill is None):
             self._records.append(_failed_record(call, state, sent_at, "no_endpoint"))
             self._call_done(state, now_s)
             return
@@ -507,22 +591,69 @@ class ClusterSimulation:
         replica.num_in_flight_tokens += reserved
         if replica.num_in_flight_requests > replica.max_in_flight_requests:
             replica.max_in_flight_requests = replica.num_in_flight_requests
+        cs = _CallState(call, state, replica, sent_at, len(token_ids), reserved)
+        self._calls[call.call_id] = cs
+        if prefill is not None:
+            # The prompt and one token on the prefill replica; the call reaches its
+            # decode replica when the KV does (`_prefill_done`, `_kv_arrived`).
+            cs.prefill = prefill
+            cs.prefill_reserved_tokens = len(token_ids) + 1
+            cs.token_ids, cs.block_hashes = token_ids, hashes
+            self._decisions[prefill.endpoint_id] += 1
+            prefill.num_in_flight_requests += 1
+            prefill.num_in_flight_tokens += cs.prefill_reserved_tokens
+            prefill.max_in_flight_requests = max(
+                prefill.max_in_flight_requests, prefill.num_in_flight_requests
+            )
+            request = EngineRequest(
+                call.call_id, token_ids, 1, ignore_eos=True, prompt_block_hashes=hashes
+            )
+            self._add_to_engine(prefill, request, now_s)
+            return
+        request = EngineRequest(
+            request_id=call.call_id,
+            prompt_token_ids=token_ids,
+            max_tokens=call.max_tokens,
+            ignore_eos=True,
+            prompt_block_hashes=hashes,
+        )
+        self._add_to_engine(replica, request, now_s)
+
+    def _add_to_engine(self, replica: _Replica, request: EngineRequest, now_s: float) -> None:
         if replica.is_busy:
             self._cut_jump(replica, now_s)
-        self._calls[call.call_id] = _CallState(
-            call, state, replica, sent_at, len(token_ids), reserved
-        )
-        replica.engine.add_request(
-            EngineRequest(
-                request_id=call.call_id,
-                prompt_token_ids=token_ids,
-                max_tokens=call.max_tokens,
-                ignore_eos=True,
-                prompt_block_hashes=hashes,
-            )
-        )
+        replica.engine.add_request(request)
         if not replica.is_busy:
             self._start_step(replica, now_s)
+
+    def _prefill_done(self, cs: _CallState, now_s: float) -> None:
+        """The prefill replica computed the prompt: its KV crosses that replica's link
+        (one transfer at a time) to the decode replica."""
+        prefill = cs.prefill
+        assert prefill is not None
+        cs.prefill = None
+        prefill.num_in_flight_requests -= 1
+        prefill.num_in_flight_tokens -= cs.prefill_reserved_tokens
+        d = prefill.resolved.cost_model.deployment
+        num_bytes = cs.num_prompt_tokens * d.model.kv_bytes_per_token(d.precision.kv_cache)
+        start_s = max(now_s, prefill.link_free_at)
+        prefill.link_free_at = start_s + num_bytes / self.config.kv_link_bytes_per_s
+        arrive_s = prefill.link_free_at + self.config.kv_link_latency_s
+        self._num_kv_transfers += 1
+        self._kv_transfer_s += arrive_s - now_s
+        self._queue.push(arrive_s, EventKind.KV_TRANSFER, cs)
+
+    def _kv_arrived(self, cs: _CallState, now_s: float) -> None:
+        n = cs.num_prompt_tokens
+        request = EngineRequest(
+            request_id=cs.call.call_id,
+            prompt_token_ids=cs.token_ids,
+            max_tokens=cs.call.max_tokens,
+            ignore_eos=True,
+            prompt_block_hashes=cs.block_hashes,
+            num_external_computed_tokens=n,
+        )
+        self._add_to_engine(cs.replica, request, now_s)
 
     def _start_step(self, replica: _Replica, now_s: float) -> None:
         engine = replica.engine
@@ -603,6 +734,10 @@ class ClusterSimulation:
                 )
             for out in result.outputs:
                 cs = self._calls[out.request_id]
+                if cs.prefill is replica:  # P/D: the prefill's token is not the client's
+                    if out.finish_reason is not None:
+                        self._prefill_done(cs, now_s)
+                    continue
                 if m == 1:
                     cs.chunk_times.append(ends[i])
                 else:

@@ -142,24 +142,38 @@ class Scheduler:
             while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
                 seq = self.waiting[0]
                 prefix = self.kv.computed_prefix(seq)
-                num_new = seq.num_tokens - prefix.num_tokens
+                # KV computed elsewhere (P/D) is loaded, not computed: it needs blocks
+                # but no step tokens. A recompute after preemption has none left.
+                start = prefix.num_tokens
+                if seq.num_preemptions == 0:
+                    start = max(start, self._external_tokens(seq))
+                num_new = seq.num_tokens - start
                 if not self.config.enable_chunked_prefill and num_new > budget:
                     break
                 num_new = self._chunk(num_new, budget)
-                if not self.kv.allocate(seq, num_new, prefix.hit):
+                if not self.kv.allocate(seq, start - prefix.num_tokens + num_new, prefix.hit):
                     break
                 self.waiting.popleft()
                 seq.status = SeqStatus.RUNNING
-                seq.num_computed_tokens = prefix.num_tokens
+                seq.num_computed_tokens = start
                 if seq.num_cached_tokens < 0:
                     seq.num_cached_tokens = prefix.num_tokens
                 out.num_prefix_query_tokens += seq.num_tokens
                 out.num_prefix_hit_tokens += prefix.num_tokens
                 self.running.append(seq)
                 out.admitted.append(seq)
-                out.scheduled.append(ScheduledSeq(seq, num_new, prefix.num_tokens))
+                out.scheduled.append(ScheduledSeq(seq, num_new, start))
                 budget -= num_new
         return out
+
+    def _external_tokens(self, seq: Sequence) -> int:
+        """Prompt tokens whose KV another engine computed: whole blocks, and never the
+        last token (it is computed here to produce logits, as with a cache hit)."""
+        n = seq.request.num_external_computed_tokens
+        if n <= 0:
+            return 0
+        bs = self.kv.block_size
+        return min(n, seq.num_tokens - 1) // bs * bs
 
     def _preempt(self, seq: Sequence) -> None:
         self.kv.free(seq)

@@ -42,6 +42,9 @@ class EngineRequest:
     priority: int = 0
     # Precomputed prompt block hashes (the cluster simulator caches them per prompt).
     prompt_block_hashes: tuple[bytes, ...] | None = None
+    # Leading prompt tokens whose KV arrives from another engine (P/D disaggregation: a
+    # prefill engine computed them); whole blocks, at most all but the last token.
+    num_external_computed_tokens: int = 0
 
 
 @dataclass(eq=False, slots=True)
