@@ -353,3 +353,22 @@ def test_gc_pacer_due(
         gc.set_threshold(*saved_threshold)
         if was_enabled:
             gc.enable()
+
+
+class BrokenResponse(FakeResponse):
+    async def write(self, data: bytes) -> None:
+        raise ValueError("broken")
+
+
+@pytest.mark.parametrize("where", ["render", "write"], ids=["render", "write"])
+async def test_sink_failure_ends_the_request_not_the_loop(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink, _ = _sink(_parsed())
+    sink.open(BrokenResponse() if where == "write" else FakeResponse(), FakeTransport())  # type: ignore[arg-type]
+    if where == "render":
+        monkeypatch.setattr(sink, "_render", lambda emission: 1 / 0)
+    sink.prepare(_emission(11, 1))  # must not raise: it runs in the engine loop
+    sink.emit()
+    await asyncio.wait_for(sink.wait(), 1)  # the handler is woken to raise it
+    assert isinstance(sink.error, ZeroDivisionError if where == "render" else ValueError)

@@ -11,6 +11,7 @@ chunks queue in order and the request's handler writes them with backpressure.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from headway.core.sequence import FinishReason
 from headway.sim import clock
 from headway.sim.protocol import ParsedRequest
 from headway.sim.replica import Emission, Replica, RequestHandle
+
+log = logging.getLogger(__name__)
 
 SSE_DONE = b"data: [DONE]\n\n"
 # Which replica served a response: lets tests and benchmarks see where a router sent it.
@@ -143,7 +146,7 @@ class StreamSink:
         self._data: bytes | None = None  # rendered by prepare, written by emit
         self.queue: deque[bytes] = deque()
         self.is_finished = False  # the chunk with the finish reason went out
-        self.error: ConnectionResetError | None = None
+        self.error: BaseException | None = None  # raised in the handler
         self._waiter: asyncio.Future[None] | None = None
 
     def open(self, resp: web.StreamResponse, transport: asyncio.Transport | None) -> None:
@@ -161,6 +164,15 @@ class StreamSink:
             self._handle.sink = None
 
     def prepare(self, emission: Emission) -> None:
+        # Runs in the replica's engine loop: a failure here must end this request
+        # (in its handler), never the loop.
+        try:
+            self._render(emission)
+        except Exception as exc:
+            log.exception("rendering a chunk of %s failed", self._handle.request_id)
+            self._fail(exc)
+
+    def _render(self, emission: Emission) -> None:
         writer = self._writer
         state = self.state
         text = writer.assembler.advance(state, emission)
@@ -201,6 +213,10 @@ class StreamSink:
             except ConnectionResetError as exc:
                 self._fail(exc)
                 return
+            except Exception as exc:  # never let one stream end the engine loop
+                log.exception("writing a chunk of %s failed", self._handle.request_id)
+                self._fail(exc)
+                return
         state = self.state
         if state.finish_reason is not None:
             self.is_finished = True
@@ -211,7 +227,7 @@ class StreamSink:
     def settle(self, now: float) -> None:
         self._writer._record_timing(self._handle, now)
 
-    def _fail(self, exc: ConnectionResetError) -> None:
+    def _fail(self, exc: BaseException) -> None:
         self.error = exc
         self.close()
         self._wake()
