@@ -10,7 +10,6 @@ replaced by the pool's model name (the upstream serves that name).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -18,8 +17,10 @@ import msgspec
 from headway.openai_errors import ApiError, decode_json_object
 
 
-@dataclass(frozen=True)
-class CompletionRequest:
+class CompletionRequest(msgspec.Struct, frozen=True):
+    """A parsed completion request (a frozen struct: built per request, so cheaper
+    than a frozen dataclass)."""
+
     model: str
     is_chat: bool
     is_stream: bool

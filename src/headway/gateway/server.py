@@ -27,10 +27,9 @@ Each request ends in exactly one accounting record (accounting.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import socket
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -96,6 +95,10 @@ _DROP_RESPONSE_HEADERS = frozenset(
     }
 )
 _DRAIN_POLL_S = 0.02
+# Generated request ids: 128 random bits from a generator seeded from os.urandom (again
+# in a forked child), not a system call per request; ids need to be unique, not secret.
+_request_ids = random.Random()
+os.register_at_fork(after_in_child=_request_ids.seed)
 # A stream's inter-chunk gaps wait for the end of the request in a list of at most
 # this many (then they go to the histogram early).
 _MAX_PENDING_GAPS = 512
@@ -123,11 +126,12 @@ class _Attempt:
     answered, < 500, to the end), `failure`, or `neutral` (nothing learned, e.g. the
     client went away)."""
 
-    __slots__ = ("outcome", "started_at")
+    __slots__ = ("outcome", "started_at", "task")
 
-    def __init__(self, started_at: float) -> None:
+    def __init__(self, started_at: float, task: asyncio.Task[Any] | None) -> None:
         self.outcome = "neutral"
         self.started_at = started_at  # `timeouts.ttft_s` counts from here
+        self.task = task  # the handler's (its deadline cancels it)
 
 
 class _ClientGone(Exception):
@@ -159,9 +163,9 @@ class _Deadline:
         "at",
     )
 
-    def __init__(self, at: float | None) -> None:
+    def __init__(self, at: float | None, task: asyncio.Task[Any] | None = None) -> None:
         self.at = at
-        self._task: asyncio.Task[Any] | None = None
+        self._task = task  # the task that waits (default: the first `wait`'s)
         self._handle: asyncio.TimerHandle | None = None
         self._handle_at = 0.0  # the deadline the armed timer is for
         self._is_waiting = False
@@ -172,12 +176,12 @@ class _Deadline:
         at = self.at
         if at is None:
             return await awaitable
-        if self._handle is None or at < self._handle_at:
-            self._arm(at)
         task = self._task
         if task is None:
             task = self._task = asyncio.current_task()
             assert task is not None
+        if self._handle is None or at < self._handle_at:
+            self._arm(at)
         self._cancelling = task.cancelling()
         self._is_waiting = True
         try:
@@ -198,7 +202,8 @@ class _Deadline:
     def _arm(self, at: float) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        loop = asyncio.get_running_loop()
+        assert self._task is not None
+        loop = self._task.get_loop()
         # Deadlines are on time.monotonic(); the loop may count from another origin.
         delay_s = max(0.0, at - time.monotonic())
         self._handle = loop.call_at(loop.time() + delay_s, self._on_timer)
@@ -596,7 +601,7 @@ class Gateway:
         arrived_at = time.monotonic()
         total_s = self.config.timeouts.total_s
         total_deadline = arrived_at + total_s if total_s else None
-        request_id = request.headers.get(REQUEST_ID) or os.urandom(16).hex()
+        request_id = request.headers.get(REQUEST_ID) or f"{_request_ids.getrandbits(128):032x}"
         reply_headers = {REQUEST_ID: request_id}
         rec = RequestRecord(request_id, "chat" if is_chat else "completions", arrived_at)
         rec.tenant = _tenant(request)
@@ -651,7 +656,7 @@ class Gateway:
                 rec.endpoint = route.endpoint
                 # The first attempt's TTFT counts from arrival (time queued included),
                 # a retry's from its own start.
-                attempt = _Attempt(arrived_at if len(tried) == 1 else time.monotonic())
+                attempt = _Attempt(arrived_at if len(tried) == 1 else time.monotonic(), task)
                 try:
                     resp = await self._proxy(
                         request,
@@ -809,7 +814,7 @@ class Gateway:
         first_deadline = total_deadline
         if req.is_stream and timeouts.ttft_s:
             first_deadline = _earliest(total_deadline, attempt.started_at + timeouts.ttft_s)
-        deadline = _Deadline(first_deadline)
+        deadline = _Deadline(first_deadline, attempt.task)
         try:
             try:
                 upstream = await deadline.wait(self.transport.open(url, payload, headers))
@@ -957,11 +962,9 @@ class Gateway:
         return resp, error is None
 
     async def _start_stream(self, request: web.Request, resp: web.StreamResponse) -> None:
+        # No TCP_NODELAY here: aiohttp sets it on every connection it accepts
+        # (BaseProtocol.connection_made), so each relayed chunk goes out at once.
         await resp.prepare(request)
-        sock = request.transport.get_extra_info("socket") if request.transport else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     async def _error_detail(self, upstream: UpstreamResponse, deadline: float | None) -> str:
         try:
