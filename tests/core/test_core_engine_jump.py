@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from headway.core.costmodel import SeqWork, StepCost
 from headway.core.engine import Engine, EngineConfig, RequestError, StepResult
-from headway.core.kv_events import KvEvent
+from headway.core.kv_events import BlockRemoved, KvEvent
 from headway.core.sampler import DeterministicSampler
 from headway.core.scheduler import SchedulerConfig
 from headway.core.sequence import EngineRequest
@@ -205,10 +205,10 @@ def test_jumps_equal_single_steps(
 @pytest.mark.parametrize(
     ("block_size", "max_tokens", "ignore_eos", "expected_lengths"),
     [
-        # A lone 5-token prompt in blocks of 4: 3 steps to the fill at 8, then the step
-        # that allocates is taken singly, then 3 more to the next fill, ...
-        (4, 12, True, [3, 3, 3]),
-        (16, 30, True, [11, 15, 1]),  # the last jump ends at max_tokens
+        # A lone 5-token prompt in blocks of 4: 3 steps to the fill at 8, then 4 to the
+        # next fill (the first of them allocates a block), ...
+        (4, 12, True, [3, 4, 4]),
+        (16, 30, True, [11, 16, 2]),  # the last jump ends at max_tokens
     ],
     ids=["small-blocks", "ends-at-max-tokens"],
 )
@@ -234,7 +234,7 @@ def test_nothing_to_plan_while_a_request_waits_and_plan_is_dropped_by_other_call
     e.add_request(EngineRequest("a", (1, 2, 3, 4, 5), 20, ignore_eos=True))
     assert e.plan_decode_jump(8) == ()  # still waiting: its prefill comes first
     e.step()
-    assert len(e.plan_decode_jump(8)) == 3
+    assert len(e.plan_decode_jump(8)) == 3  # to the block fill at 8
     e.add_request(EngineRequest("b", (7, 8, 9), 20, ignore_eos=True))
     with pytest.raises(ValueError, match="num_steps"):
         e.decode_jump(1)  # the arrival dropped the plan
@@ -251,3 +251,19 @@ def test_sampler_tokens_at_matches_token_at(key: int, start: int, count: int) ->
     assert s.tokens_at(key, start, count) == [
         s.token_at(key, p) for p in range(start, start + count)
     ]
+
+
+@pytest.mark.parametrize("caching", [True, False], ids=["evicts", "no-cache"])
+def test_plan_allocates_only_blocks_that_cache_nothing(caching: bool) -> None:
+    e = make_engine(6, 4, caching=caching)
+    e.add_request(EngineRequest("a", tuple(range(100, 120)), 1, ignore_eos=True))
+    e.step()  # a: 5 blocks, freed at once (with caching: their hashes stay cached)
+    e.add_request(EngineRequest("b", (1, 2, 3), 20, ignore_eos=True))
+    e.step()  # b's prompt takes the one block never used; its first token fills it
+    e.step()  # ... and the next token needs a block from a's
+    plan = e.plan_decode_jump(8)
+    if caching:
+        assert plan == ()  # the first allocation would evict a's block: a single step
+        assert any(isinstance(ev, BlockRemoved) for ev in e.step().events)
+    else:
+        assert len(plan) == 4  # nothing cached, nothing to evict: allocate and go on

@@ -657,6 +657,28 @@ class ClusterSimulation:
 
     def _start_step(self, replica: _Replica, now_s: float) -> None:
         engine = replica.engine
+        max_jump = self.config.max_decode_jump_steps
+        if max_jump > 1:
+            costs = engine.plan_decode_jump(max_jump)
+            if costs:
+                # A plain decode run from here: the engine takes its steps lazily.
+                end_s = now_s
+                ends = []
+                for cost in costs:
+                    end_s += cost.duration_s
+                    ends.append(end_s)
+                replica.is_busy = True
+                replica.step_ends = ends
+                replica.num_taken = 0
+                replica.results = []
+                replica.step_end_gen += 1
+                self._queue.push(
+                    end_s,
+                    EventKind.STEP_END,
+                    (replica, replica.step_end_gen),
+                    tiebreak=replica.index,
+                )
+                return
         result = engine.step()
         if result.is_idle:
             # Cannot happen while the engine has work: add_request admits only requests
@@ -667,7 +689,6 @@ class ClusterSimulation:
         self._busy_s[replica.endpoint_id] += result.duration_s
         end_s = now_s + result.duration_s
         ends = [end_s]
-        max_jump = self.config.max_decode_jump_steps
         if max_jump > 1 and result.is_silent:
             # Added one at a time, as single steps' ends would be.
             for cost in engine.plan_decode_jump(max_jump - 1):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from headway.core.block_hash import to_event_int
 from headway.core.kv_events import (
@@ -105,6 +106,14 @@ class BlockPool:
                 break
             hit.append(next(iter(blocks)))
         return PrefixHit(tuple(hit))
+
+    def can_allocate_silently(self, num_blocks: int) -> bool:
+        """Whether the next `num_blocks` allocations find free blocks that cache
+        nothing (so none is evicted and no KV event is emitted)."""
+        if num_blocks > len(self._free):
+            return False
+        hashes = self._hash
+        return all(hashes[b] is None for b in islice(self._free, num_blocks))
 
     def num_evictable_in(self, block_ids: Iterable[int]) -> int:
         """How many of `block_ids` sit in the free queue (touching them uses up free space)."""

@@ -12,8 +12,9 @@ never schedules more than `max_num_batched_tokens` tokens or `max_num_seqs` sequ
 Decode jumps (the cluster simulation's fast path; the live simulator never uses them):
 `plan_decode_jump(k)` looks ahead from the current state for a run of *plain decode
 steps*: every running sequence decodes one token per step, nothing waits, and no step
-but the run's last can change what the outside world sees (a finish, a KV event, an
-allocation that could evict, a preemption or an admission). It returns each step's
+but the run's last can change what the outside world sees (a finish, a KV event, a
+preemption or an admission; a step may allocate a block if the block it takes from
+the free queue caches nothing, so that nothing is evicted). It returns each step's
 cost without changing anything; `decode_jump(m)` then takes the first m planned steps
 at once. Taking m <= k planned steps leaves the engine exactly as m calls of `step()`
 would (tokens, block ids, hashes, cached blocks, KV events, counters, outputs with the
@@ -160,6 +161,8 @@ class Engine:
         # The planned decode jump: its steps' costs and how many have been taken.
         self._jump_costs: tuple[StepCost, ...] = ()
         self._jump_done = 0
+        # (step, index in the batch) of each block allocation in the plan, in order.
+        self._jump_allocs: list[tuple[int, int]] = []
 
     # -- queries ----------------------------------------------------------------
     @property
@@ -339,6 +342,7 @@ class Engine:
         max_model_len = self.config.max_model_len
         horizon = max_steps
         contexts: list[int] = []
+        alloc_steps: list[int] = []
         for seq in running:
             c = seq.num_computed_tokens
             num_tokens = seq.num_tokens
@@ -348,9 +352,9 @@ class Engine:
                 return ()
             if seq.num_cached_blocks != c // bs or len(seq.block_hashes) != num_tokens // bs:
                 return ()
-            # Step i computes token c + i - 1, into slot c + i - 1: the blocks held must
-            # cover it (an allocation may evict a cached block: a KV event).
-            horizon = min(horizon, len(seq.block_ids) * bs - c)
+            # Step i computes token c + i - 1, into slot c + i - 1: a step past the
+            # blocks held allocates one (at most one per sequence before its fill).
+            alloc_steps.append(len(seq.block_ids) * bs - c + 1)
             # Step i fills a block when c + i is a multiple of the block size (a
             # BlockStored event): allowed only as the run's last step.
             horizon = min(horizon, bs - c % bs)
@@ -363,6 +367,15 @@ class Engine:
             if horizon < 1:
                 return ()
             contexts.append(c)
+        allocs = sorted((a, i) for i, a in enumerate(alloc_steps) if a <= horizon)
+        if allocs and not self.pool.can_allocate_silently(len(allocs)):
+            # Too few free blocks (a preemption) or one that caches a prefix (an
+            # eviction: a KV event): stop before the first allocation.
+            horizon = allocs[0][0] - 1
+            allocs = []
+            if horizon < 1:
+                return ()
+        self._jump_allocs = allocs
         step_cost = self._step_cost
         costs: list[StepCost] = []
         for i in range(horizon):
@@ -396,11 +409,18 @@ class Engine:
                 f"planned decode steps left"
             )
         self._jump_done = done + num_steps
+        pool = self.pool
+        running = list(self.scheduler.running)
+        # A step's allocations come before any of its tokens, and the steps before
+        # them touch no block: taking them all first, in plan order, gives each
+        # sequence the blocks single steps would.
+        for step, index in self._jump_allocs:
+            if done < step <= done + num_steps:
+                running[index].block_ids.extend(pool.allocate(1))
         kv = self.kv
         bs = self.config.block_size
         counters = self.counters
         tokens_at = self.sampler.tokens_at
-        running = list(self.scheduler.running)
         outputs: list[TokenOutput] = []
         # Sequences share nothing in the steps before the last (no block is allocated,
         # cached or freed in them), so each one's m tokens are taken together; the last
