@@ -3,6 +3,7 @@ gateway skip reading prompts, and that a prompt-blind pool routes without them."
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import MODEL, Fleets
 from gateway_harness import InProcessGateway, pool
 from sim_harness import post
 
+from headway.gateway import server
 from headway.gateway.server import reads_prompts
 from headway.routing import PRESETS
 
@@ -96,3 +98,21 @@ def test_prompts_read_only_for_routing_that_uses_them(
         assert num_reads == (2 if is_read else 0)
     finally:
         gw.stop()
+
+
+def test_generated_request_ids_differ_in_a_forked_worker() -> None:
+    """`--workers` forks the gateway: each worker's id generator is reseeded, so two
+    workers never generate the same id sequence."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write_fd, server._request_ids.getrandbits(128).to_bytes(16, "big"))
+        os._exit(0)
+    os.close(write_fd)
+    try:
+        child_id = os.read(read_fd, 16)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    assert len(child_id) == 16
+    assert child_id != server._request_ids.getrandbits(128).to_bytes(16, "big")
