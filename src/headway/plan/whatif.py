@@ -12,9 +12,13 @@ routing profile with the cluster simulation.
   prefill replicas serve prompts at the token budget, decode replicas run the largest
   batch that meets the TPOT target (and fits the KV cache), the prompt's KV cache
   crosses a link of the given bandwidth in isl x KV bytes per token / bandwidth. The
-  cluster simulation does not model P/D pools (no KV hand-off between engines), so this
-  is analytic; it ignores queueing and the interference chunked prefill causes in the
-  aggregated pool beyond what the mean step prices.
+  analytic answer ignores queueing and the interference chunked prefill causes in the
+  aggregated pool beyond what the mean step prices. With `--simulate N`, the cluster
+  simulation (P/D pools with the KV hand-off, headway.cluster) runs the workload
+  (fixed ISL/OSL, Poisson arrivals at the rate) on every split P + D = N and on N
+  aggregated replicas, and picks the best P:D by simulation: the lowest TTFT p90 among
+  the splits that meet the TPOT target on p90 (without a target: the lowest TTFT p90
+  among those that keep up, i.e. whose TPOT p90 is within 10% of the best).
 * quant: weight and KV-cache precision side by side: memory, KV capacity, the batch
   that fits, saturated throughput, unloaded TPOT. Accuracy is not modelled.
 * router: the fewest replicas per routing profile at the same SLO, and the GPUs and
@@ -235,6 +239,17 @@ def _add_pd(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, help="default: vLLM's by GPU memory")
     p.add_argument("--max-num-batched-tokens", type=int, help="default: vLLM's by GPU memory")
     p.add_argument("--block-size", type=int, default=16)
+    p.add_argument(
+        "--simulate",
+        type=int,
+        metavar="N",
+        help="also simulate every P + D = N split and N aggregated replicas (N >= 2)",
+    )
+    p.add_argument(
+        "--sim-requests", type=int, default=300, help="requests per simulation (default 300)"
+    )
+    p.add_argument("--link-latency-ms", type=float, default=0.0, help="per KV transfer")
+    p.add_argument("--seed", type=int, default=0)
 
 
 @dataclass(frozen=True)
@@ -373,8 +388,7 @@ def _run_pd(args: argparse.Namespace) -> dict[str, Any]:
     tpot = "" if args.tpot_ms is None else f", TPOT <= {args.tpot_ms:g} ms"
     text = [
         f"{d.model.name} on {tp} x {d.gpu.name} per replica ({d.precision.name}), ISL "
-        f"{args.isl:,} / OSL {args.osl:,}, {args.rate:g} requests/s{tpot} (analytic: the "
-        "cluster simulation does not model P/D pools)",
+        f"{args.isl:,} / OSL {args.osl:,}, {args.rate:g} requests/s{tpot} (analytic)",
         f"  prefill replica     {plan.prefill_requests_per_s:10.2f} requests/s "
         f"(prompt alone {1e3 * plan.prefill_s:,.1f} ms)",
         f"  KV transfer         {1e3 * plan.kv_transfer_s:10.2f} ms per prompt over "
@@ -383,14 +397,145 @@ def _run_pd(args: argparse.Namespace) -> dict[str, Any]:
         f"{plan.decode_batch:,})",
         f"  aggregated replica  {plan.aggregated_requests_per_s:10.2f} requests/s (batch "
         f"{plan.aggregated_batch:,}, prefill mixed in)",
-        f"  best P:D ratio      {plan.best_ratio[0]}:{plan.best_ratio[1]}",
+        f"  best P:D ratio      {plan.best_ratio[0]}:{plan.best_ratio[1]} (balanced pools)",
         f"  at {args.rate:g} requests/s: disaggregated {plan.num_prefill_replicas} P + "
         f"{plan.num_decode_replicas} D = {pd_gpus} GPUs; aggregated "
         f"{plan.num_aggregated_replicas} replicas = {agg_gpus} GPUs",
     ]
     if plan.decode_batch == 0:
         text.append("  no decode batch meets the TPOT target on this configuration")
-    return {**asdict(plan), "num_pd_gpus": pd_gpus, "num_aggregated_gpus": agg_gpus, "text": text}
+    out: dict[str, Any] = {
+        **asdict(plan),
+        "num_pd_gpus": pd_gpus,
+        "num_aggregated_gpus": agg_gpus,
+    }
+    if args.simulate is not None:
+        sim = _simulate_pd(args)
+        out["simulated"] = sim
+        text.extend(sim.pop("text"))
+    out["text"] = text
+    return out
+
+
+def _simulate_pd(args: argparse.Namespace) -> dict[str, Any]:
+    """Every P + D = N split and N aggregated replicas in the cluster simulation."""
+    import numpy as np
+
+    from headway.cluster.simulation import (
+        ClusterConfig,
+        ClusterConfigError,
+        ClusterSimulation,
+        ReplicaGroup,
+        ReplicaRole,
+    )
+    from headway.core.arrivals import arrival_offsets_s
+    from headway.core.engine_factory import EngineSpec
+    from headway.core.serving_metrics import summarize
+    from headway.core.workloads import build_workload
+    from headway.resources.tokenizer import default_tokenizer
+
+    n = args.simulate
+    if n < 2:
+        raise UsageError(f"--simulate: needs >= 2 replicas (one of each pool), got {n}")
+    if args.sim_requests < 1:
+        raise UsageError(f"--sim-requests: must be >= 1, got {args.sim_requests}")
+    if not (math.isfinite(args.link_latency_ms) and args.link_latency_ms >= 0):
+        raise UsageError(f"--link-latency-ms: must be >= 0, got {args.link_latency_ms}")
+    catalog = load_catalog_arg(args)
+    tokenizer = default_tokenizer()
+    workload = build_workload(
+        "synthetic", {"input_len": args.isl, "output_len": args.osl}, tokenizer
+    )
+    sessions = list(workload.sessions(args.sim_requests, args.seed))
+    offsets = arrival_offsets_s(len(sessions), args.rate, 1.0, np.random.default_rng(args.seed))
+    arrivals = list(zip(offsets.tolist(), sessions, strict=True))
+    spec = EngineSpec(
+        model=args.model,
+        gpu=args.gpu,
+        precision=args.precision,
+        tp=args.tp,
+        block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
+    layouts: list[tuple[str, tuple[ReplicaGroup, ...]]] = [
+        (
+            f"{p}:{n - p}",
+            (
+                ReplicaGroup(spec, p, ReplicaRole.PREFILL),
+                ReplicaGroup(spec, n - p, ReplicaRole.DECODE),
+            ),
+        )
+        for p in range(1, n)
+    ]
+    layouts.append((f"{n} aggregated", (ReplicaGroup(spec, n),)))
+    rows: list[dict[str, Any]] = []
+    for label, groups in layouts:
+        try:
+            config = ClusterConfig(
+                groups=groups,
+                routing={"preset": "least-request"},
+                seed=args.seed,
+                kv_link_bytes_per_s=args.link_gb_s * 1e9,
+                kv_link_latency_s=args.link_latency_ms / 1e3,
+            )
+            run = ClusterSimulation(config, catalog, tokenizer, tokenizer.output_vocab()).run(
+                arrivals
+            )
+        except (ClusterConfigError, ValueError) as exc:
+            raise UsageError(f"--simulate: {exc}") from None
+        summary = summarize(run.records, run.duration_s)
+        rows.append(
+            {
+                "layout": label,
+                "num_prefill": groups[0].count if len(groups) == 2 else 0,
+                "num_decode": groups[1].count if len(groups) == 2 else 0,
+                "ttft_p90_ms": summary["p90_ttft_ms"],
+                "tpot_p90_ms": summary["p90_tpot_ms"],
+                "output_tokens_per_s": summary["output_throughput"],
+                "failed": summary["failed"],
+                "mean_kv_transfer_ms": 1e3 * run.mean_kv_transfer_s,
+            }
+        )
+    splits = [r for r in rows if r["num_prefill"]]
+    if args.tpot_ms is not None:
+        ok = [
+            r for r in splits if r["tpot_p90_ms"] is not None and r["tpot_p90_ms"] <= args.tpot_ms
+        ]
+    else:
+        best_tpot = min(r["tpot_p90_ms"] for r in splits if r["tpot_p90_ms"] is not None)
+        ok = [
+            r
+            for r in splits
+            if r["tpot_p90_ms"] is not None and r["tpot_p90_ms"] <= 1.1 * best_tpot
+        ]
+    best = min(ok, key=lambda r: r["ttft_p90_ms"]) if ok else None
+    text = [
+        f"  simulated ({args.sim_requests} requests at {args.rate:g}/s, {n} replicas, "
+        "least-request routing):",
+        f"    {'layout':<14}{'TTFT p90 ms':>12}{'TPOT p90 ms':>12}{'out tok/s':>11}"
+        f"{'KV xfer ms':>11}",
+    ]
+    for r in rows:
+        text.append(
+            f"    {r['layout']:<14}{_ms(r['ttft_p90_ms']):>12}{_ms(r['tpot_p90_ms']):>12}"
+            f"{r['output_tokens_per_s']:>11.0f}{r['mean_kv_transfer_ms']:>11.2f}"
+        )
+    if best is not None:
+        text.append(f"  best P:D by simulation: {best['layout']}")
+    else:
+        text.append("  no P:D split meets the TPOT target in simulation")
+    return {
+        "num_replicas": n,
+        "rows": rows,
+        "best_layout": best["layout"] if best is not None else None,
+        "best_ratio": [best["num_prefill"], best["num_decode"]] if best is not None else None,
+        "text": text,
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 # -- quantization ---------------------------------------------------------------------
