@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import socket
 import statistics
@@ -178,6 +179,34 @@ def start_router(
             pass
         time.sleep(0.1)
     return proc, base
+
+
+def replica_requests(rs: he.ReplicaSet) -> list[float]:
+    """Finished requests per replica so far (vllm:request_success_total, all reasons)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    for r in rs.replicas:
+        with urllib.request.urlopen(r.url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        out.append(
+            sum(
+                s.value
+                for fam in text_string_to_metric_families(text)
+                for s in fam.samples
+                if s.name == "vllm:request_success_total"
+            )
+        )
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` (Linux /proc), 0.0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stop_proc(proc: subprocess.Popen[bytes]) -> None:
@@ -358,14 +387,21 @@ def main() -> int:
             for arm in arms:
                 reset_caches(rs)
                 proc, base = start_router(arm, rs, peers, tmp)
+                before, cpu0 = replica_requests(rs), cpu_seconds(proc.pid)
                 try:
                     res = asyncio.run(run_workload(base, rs.served_model_name, args))
+                    # Where the calls went (balance) and what routing cost the router.
+                    res["requests_per_replica"] = [
+                        round(b - a) for a, b in zip(before, replica_requests(rs), strict=True)
+                    ]
+                    res["router_cpu_s"] = round(cpu_seconds(proc.pid) - cpu0, 3)
                 finally:
                     stop_proc(proc)
                 results[arm.label].append(res)
                 print(
                     f"run {run} {arm.label:28s} p50 {res['ttft_p50_ms']} p90 {res['ttft_p90_ms']}"
-                    f" ms  cached {res['cached_share']}  errors {res['num_errors']} {res['errors'][:1]}",
+                    f" ms  cached {res['cached_share']}  split {res['requests_per_replica']}"
+                    f"  router CPU {res['router_cpu_s']} s  errors {res['num_errors']} {res['errors'][:1]}",
                     flush=True,
                 )
     finally:
