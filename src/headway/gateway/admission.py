@@ -108,6 +108,9 @@ class Admission:
                 self._pools_of.setdefault(url, []).append(p.model)
         for p in config.pools:
             metrics.queued.labels(p.model).set(0)
+        # Slots held = the tracker's leases, read when scraped (no gauge update per
+        # request; every admission of a gateway shares its one tracker).
+        metrics.in_flight.set_function(lambda: tracker.num_in_flight)
         self._successor: Admission | None = None
 
     def handover(self, new: Admission) -> None:
@@ -216,11 +219,9 @@ class Admission:
 
     def _grant(self, route: Route, num_tokens: int) -> Slot:
         lease = self._tracker.acquire(route.endpoint, route.charged_tokens(num_tokens))
-        self._metrics.in_flight.inc()
         return Slot(route, lease, self)
 
     def _released(self, endpoint: str) -> None:
-        self._metrics.in_flight.dec()
         self._freed(endpoint)
 
     def _freed(self, endpoint: str) -> None:
