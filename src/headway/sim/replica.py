@@ -246,9 +246,11 @@ class Replica:
         for rid in result.admitted_ids:
             handle = self._handles.get(rid)
             if handle is not None and handle.scheduled_at is None:
-                handle.scheduled_at = started_at
+                # A request may arrive after the step's scheduled start while the step
+                # waits for a gap, and still join it: it did not queue.
+                handle.scheduled_at = max(started_at, handle.arrived_at)
                 if self.on_queue_time is not None:
-                    self.on_queue_time(started_at - handle.arrived_at)
+                    self.on_queue_time(handle.scheduled_at - handle.arrived_at)
 
     def _prepare(self, result: StepResult, due: float) -> list[tuple[RequestHandle, Emission]]:
         """Render the step's streamed chunks ahead of its end; returns who gets what."""
