@@ -44,6 +44,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--scrape-interval", type=float, default=0.25, help="seconds")
     r.add_argument("--kv-event-delay", type=float, default=0.005, help="seconds")
     r.add_argument("--no-kv-events", action="store_true", help="no precise prefix index")
+    r.add_argument(
+        "--frontend-overhead-ms",
+        type=float,
+        default=0.0,
+        help="model ms from a request's send to its routing (the live front end's cost)",
+    )
+    a = p.add_argument_group("admission (the gateway's; off unless a cap is given)")
+    a.add_argument("--max-in-flight-per-endpoint", type=int, help="in-flight cap per replica")
+    a.add_argument("--admission-max-queue", type=int, default=1024, help="calls waiting at most")
+    a.add_argument(
+        "--admission-max-wait", type=float, default=30.0, help="seconds a call waits at most"
+    )
     w = p.add_argument_group("load")
     w.add_argument("--workload", default="shared-prefix", help="workload name or trace file")
     w.add_argument(
@@ -67,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from headway.bench.workload_source import build_from_source
     from headway.cluster.results import document, point
     from headway.cluster.simulation import (
+        AdmissionLimits,
         ClusterConfig,
         ClusterConfigError,
         ClusterSimulation,
@@ -89,6 +102,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.burstiness > 0:
         return fail("--burstiness: must be > 0")
     profiles = args.profile or ["round-robin", "kv-aware"]
+    try:
+        admission = (
+            AdmissionLimits(
+                args.max_in_flight_per_endpoint, args.admission_max_queue, args.admission_max_wait
+            )
+            if args.max_in_flight_per_endpoint is not None
+            else None
+        )
+    except ClusterConfigError as exc:
+        field, detail = str(exc).split(": ", 1)
+        flags = {
+            "admission.max_in_flight_per_endpoint": "--max-in-flight-per-endpoint",
+            "admission.max_queue": "--admission-max-queue",
+            "admission.max_wait_s": "--admission-max-wait",
+        }
+        return fail(f"{flags.get(field, field)}: {detail}")
     try:
         workload, tokenizer = build_from_source(
             args.workload, dict(args.workload_param), args.tokenizer
@@ -131,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
                 kv_event_delay_s=args.kv_event_delay,
                 is_kv_events_enabled=not args.no_kv_events,
                 seed=args.seed,
+                frontend_overhead_s=args.frontend_overhead_ms / 1e3,
+                admission=admission,
             )
             sim = ClusterSimulation(config, catalog, tokenizer, tokenizer.output_vocab())
         except ClusterConfigError as exc:
@@ -171,6 +202,10 @@ def _metadata(args: argparse.Namespace, params: Any) -> dict[str, Any]:
             "scrape_interval_s": args.scrape_interval,
             "kv_event_delay_s": args.kv_event_delay,
             "is_kv_events_enabled": not args.no_kv_events,
+            "frontend_overhead_ms": args.frontend_overhead_ms,
+            "max_in_flight_per_endpoint": args.max_in_flight_per_endpoint,
+            "admission_max_queue": args.admission_max_queue,
+            "admission_max_wait_s": args.admission_max_wait,
         },
         "warnings": [],
         "is_partial": False,
