@@ -106,6 +106,7 @@ class LatencyPoint:
     metric: str
     value: float
     set: str
+    is_full_reservation: bool = False  # the source's engine admits only what fits whole
 
     @property
     def scenario(self) -> Scenario:
@@ -118,6 +119,7 @@ class LatencyPoint:
             self.osl,
             self.load_kind,
             self.load_value,
+            self.is_full_reservation,
         )
 
     @property
@@ -137,12 +139,14 @@ class Scenario:
     osl: int
     load_kind: str
     load_value: int
+    is_full_reservation: bool = False
 
     @property
     def label(self) -> str:
+        admission = " full-reservation" if self.is_full_reservation else ""
         return (
             f"{self.model} {self.gpu} {self.precision} tp{self.tp} {self.isl}/{self.osl} "
-            f"{self.load_kind}={self.load_value}"
+            f"{self.load_kind}={self.load_value}{admission}"
         )
 
 
@@ -174,6 +178,8 @@ def load_latency_points(doc: Mapping[str, Any]) -> list[LatencyPoint]:
                 metric=str(raw["metric"]),
                 value=float(raw["value"]),
                 set=str(raw["set"]),
+                is_full_reservation=(sources.get(raw["source"]) or {}).get("admission")
+                == "full_reservation",
             )
         except KeyError as exc:
             raise DataError(f"{where}.{exc.args[0]}: missing") from None
@@ -288,10 +294,24 @@ class Simulator:
         self.num_runs = 0
         self.cpu_s = 0.0
 
-    def cycle_s(self, sc: Scenario) -> float:
-        """A steady-state estimate of one request's life at concurrency N (default cost
-        model): OSL steps of the mean step with B = min(N, what fits) requests in flight,
-        times N / B when requests queue for room. Users start staggered over it."""
+    def full_reservation_limit(self, sc: Scenario) -> int:
+        """max_num_seqs that admits only requests whose whole ISL + OSL fits the KV cache
+        alongside the others (TensorRT-LLM's GUARANTEED_NO_EVICT capacity scheduler, the
+        default of the engine behind NIM's numbers), so nothing is ever preempted."""
+        from headway.core.engine_factory import EngineSpec, resolve_engine
+
+        resolved = resolve_engine(
+            EngineSpec(model=sc.model, gpu=sc.gpu, precision=sc.precision, tp=sc.tp),
+            self.catalog,
+        )
+        block = resolved.config.block_size
+        blocks_per_request = -(-(sc.isl + sc.osl) // block)
+        fits = resolved.config.num_gpu_blocks // blocks_per_request
+        return max(1, min(fits, resolved.config.scheduler.max_num_seqs))
+
+    def service_s(self, sc: Scenario) -> float:
+        """A steady-state estimate of one request's service (default cost model): OSL
+        steps of the mean step with B = min(N, what fits) requests in flight."""
         from headway.core.engine_factory import EngineSpec, resolve_engine
         from headway.core.throughput import step_work
 
@@ -299,18 +319,22 @@ class Simulator:
             EngineSpec(model=sc.model, gpu=sc.gpu, precision=sc.precision, tp=sc.tp),
             self.catalog,
         )
-        n = sc.load_value
-        fits = resolved.capacity_tokens // (sc.isl + (sc.osl + 1) // 2)
-        batch = max(1, min(n, fits, resolved.config.scheduler.max_num_seqs))
-        step_s = resolved.cost_model.step_time_s(step_work(batch, sc.isl, sc.osl))
-        return sc.osl * step_s * n / batch
+        fits = (
+            self.full_reservation_limit(sc)
+            if sc.is_full_reservation
+            else resolved.capacity_tokens // (sc.isl + (sc.osl + 1) // 2)
+        )
+        batch = max(1, min(sc.load_value, fits, resolved.config.scheduler.max_num_seqs))
+        return sc.osl * resolved.cost_model.step_time_s(step_work(batch, sc.isl, sc.osl))
 
     def arrivals(self, sc: Scenario) -> list[tuple[float, Any]]:
         """(start time, session) per user. A batch load sends everything at t=0. A
-        closed-loop load starts user u at u/N of one request's life (`cycle_s`): the
-        phases of a long-running closed loop are spread out, while N users started
-        together stay bunched in a deterministic simulation (same service times) and
-        queue behind each other's prefills for the whole run."""
+        closed-loop load starts the N users at seeded uniform random times within one
+        request's service (`service_s`): the phases of a long-running closed loop are
+        spread out and random (so prompts sometimes arrive while another is in
+        prefill), while N users started together would stay bunched for the whole run
+        of a deterministic simulation (same service times), queueing behind each other's
+        prefills, and evenly spaced ones would never meet."""
         if sc not in self._arrivals:
             from headway.core.workloads import Session, Stage
 
@@ -329,10 +353,14 @@ class Simulator:
                 s.stages[0].calls[0]
                 for s in workload(content).sessions(users * per_user, self.seed)
             ]
-            stagger_s = 0.0 if sc.load_kind == "batch" else self.cycle_s(sc) / users
+            if sc.load_kind == "batch":
+                starts = [0.0] * users
+            else:
+                rng = np.random.default_rng([self.seed, users, sc.isl, sc.osl])
+                starts = sorted(rng.uniform(0.0, self.service_s(sc), users).tolist())
             self._arrivals[sc] = [
                 (
-                    u * stagger_s,
+                    starts[u],
                     Session(
                         f"u{u}",
                         tuple(Stage(0.0, (c,)) for c in calls[u * per_user : (u + 1) * per_user]),
@@ -355,6 +383,7 @@ class Simulator:
             precision=sc.precision,
             tp=sc.tp,
             enable_prefix_caching=False,
+            max_num_seqs=self.full_reservation_limit(sc) if sc.is_full_reservation else None,
         )
         config = ClusterConfig(
             groups=(ReplicaGroup(spec, 1),),
@@ -380,16 +409,16 @@ class Simulator:
 
 
 def steady_state(records: Sequence[Any], last_start_s: float) -> dict[str, Any]:
-    """Mean TTFT, TPOT and end-to-end latency of the requests sent while every user was
-    in the loop (from the last user's start to the first user's last send), and the
-    output tokens/s emitted in that window. Falls back to all requests when the window
-    holds none (one request per user, or a batch load)."""
+    """Mean TTFT, TPOT and end-to-end latency of the requests that ran wholly while every
+    user was in the loop (from the last user's start until the first user's last request
+    ends), and the output tokens/s emitted in that window. Falls back to all requests when the
+    window holds none (one request per user, or a batch load)."""
     ok = [r for r in records if r.is_success and r.chunk_times]
-    last_sends: dict[str, float] = {}
+    last_ends: dict[str, float] = {}
     for r in ok:
-        last_sends[r.session_id] = max(last_sends.get(r.session_id, 0.0), r.sent_at)
-    window_end_s = min(last_sends.values()) if last_sends else 0.0
-    kept = [r for r in ok if last_start_s <= r.sent_at <= window_end_s]
+        last_ends[r.session_id] = max(last_ends.get(r.session_id, 0.0), r.chunk_times[-1])
+    window_end_s = min(last_ends.values()) if last_ends else 0.0
+    kept = [r for r in ok if last_start_s <= r.sent_at and r.chunk_times[-1] <= window_end_s]
     if window_end_s > last_start_s and kept:
         lo, hi = last_start_s, window_end_s
         num_tokens = sum(1 for r in ok for t in r.chunk_times if lo <= t < hi)
