@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -188,30 +189,38 @@ def test_routing_quality_tiny(tmp_path: Path) -> None:
     assert "target kv_aware_knee_ge_2x_round_robin" in proc.stdout
 
 
-def test_routing_quality_sim_weights(tmp_path: Path) -> None:
-    out = tmp_path / "w.json"
-    weights = {"2:1:1": [["precise-prefix", 2], ["token-load", 1], ["least-request", 1]]}
+def _simulate(tmp_path: Path, flag: str, variants: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Run the script's simulation-only mode (`flag` = --sim-weights | --sim-profiles)
+    on the tiny scenario at two rungs; (its JSON, its stdout)."""
+    out = tmp_path / "sim.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--tiny", "--rr-knee", "6", "--ladder", "1,1.5",
-         "--sim-weights", json.dumps(weights), "--out", str(out)],
+         flag, json.dumps(variants), "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    result = doc["weights"]["2:1:1"]
-    assert [s["type"] for s in result["profile"]["scorers"]] == [
+    assert set(doc["weights"]) == set(variants)
+    for name in variants:
+        rungs = doc["weights"][name]["rungs"]
+        assert [r["rate_sessions_per_s"] for r in rungs] == [6.0, 9.0]
+        assert all(r["num_measured"] > 0 for r in rungs)
+    return doc, proc.stdout
+
+
+def test_routing_quality_sim_weights(tmp_path: Path) -> None:
+    weights = {"2:1:1": [["precise-prefix", 2], ["token-load", 1], ["least-request", 1]]}
+    doc, _ = _simulate(tmp_path, "--sim-weights", weights)
+    assert [s["type"] for s in doc["weights"]["2:1:1"]["profile"]["scorers"]] == [
         "precise-prefix",
         "token-load",
         "least-request",
     ]
-    assert [r["rate_sessions_per_s"] for r in result["rungs"]] == [6.0, 9.0]
-    assert all(r["num_measured"] > 0 for r in result["rungs"])
 
 
 def test_routing_quality_sim_profiles(tmp_path: Path) -> None:
-    out = tmp_path / "p.json"
     profiles = {
         "preset": "kv-aware",
         "no-affinity": {
@@ -222,18 +231,6 @@ def test_routing_quality_sim_profiles(tmp_path: Path) -> None:
             ],
         },
     }
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--rr-knee", "6", "--ladder", "1,1.5",
-         "--sim-profiles", json.dumps(profiles), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(out.read_text())
-    assert set(doc["weights"]) == {"preset", "no-affinity"}
-    for name in profiles:
-        rungs = doc["weights"][name]["rungs"]
-        assert [r["rate_sessions_per_s"] for r in rungs] == [6.0, 9.0]
-        assert all(r["num_measured"] > 0 for r in rungs)
-    assert "no-affinity: knee" in proc.stdout
+    doc, stdout = _simulate(tmp_path, "--sim-profiles", profiles)
+    assert doc["weights"]["preset"]["profile"] == "kv-aware"
+    assert "no-affinity: knee" in stdout
