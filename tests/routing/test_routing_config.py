@@ -167,12 +167,12 @@ PRESET_SHAPES: dict[str, tuple[list[str], list[tuple[str, float]], str]] = {
         "max-score",
     ),
     "kv-aware": (
-        [*_ELIGIBLE, "saturation", "prefix-affinity-until-saturated"],
+        [*_ELIGIBLE, "prefix-affinity-until-saturated", "saturation"],
         [("precise-prefix", 2.0), ("token-load", 1.0), ("least-request", 1.0)],
         "max-score",
     ),
     "kv-aware-approx": (
-        [*_ELIGIBLE, "saturation", "prefix-affinity-until-saturated"],
+        [*_ELIGIBLE, "prefix-affinity-until-saturated", "saturation"],
         [("approx-prefix", 2.0), ("token-load", 1.0), ("least-request", 1.0)],
         "max-score",
     ),

@@ -103,6 +103,22 @@ def test_kv_aware_keeps_a_holder_one_request_busier(preset: str) -> None:
     assert decide(handler, next_turn, busier) == home
 
 
+@pytest.mark.parametrize(
+    "saturated",
+    [{"kv_cache_usage": 0.95}, {"num_queued_requests": 9}],
+    ids=["kv-usage-over-bound", "queue-over-bound"],
+)
+def test_kv_aware_keeps_a_saturated_holder(saturated: dict[str, float]) -> None:
+    """Saturation comes after affinity: a warm holder whose engine is over the queue or
+    KV-use bound still gets its cache hit (recomputing the prompt elsewhere would cost
+    more), while a cold prompt avoids the saturated endpoint."""
+    handler, _ = kv_aware()
+    eps = tuple(snap(i, **CAP, **(saturated if i == "c" else {})) for i in "abcd")
+    assert decide(handler, ctx(block_hashes=BLOCKS), eps) == "c"
+    cold = ctx(request_id="cold", block_hashes=(7, 8, 9))
+    assert decide(handler, cold, eps) != "c"
+
+
 def test_prefix_approx_keeps_affinity_until_overloaded() -> None:
     handler = build_handler({"preset": "prefix-approx"})
     c = ctx(chunk_hashes=CHUNKS)

@@ -53,23 +53,23 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         "prefix-approx": _profile((*_ELIGIBLE, _affinity("approx")), _scorer("token-load", 1.0)),
         # Cache affinity first, then a trade-off. The prefix-affinity filter keeps the
         # endpoints holding the longest prefix (precise, from KV events; approximate
-        # for a stale endpoint) unless their token load is out of bounds; among what
-        # is left, precise prefix 2 : token load 1 : in-flight requests 1 (load terms
-        # relative to the candidates). Without the filter, relative load terms move a
-        # request off its cache holder as soon as the holder has one more request in
-        # flight than another endpoint (measured: 0.59-0.70 cached share on two vLLM
-        # replicas where hard affinity kept 0.76). In-flight tokens are charged net of
-        # the expected cache hit (gateway/routing.py), so a holder serving long cached
-        # prompts is not mistaken for a loaded one. docs/policies.md has the numbers.
+        # for a stale endpoint) unless their token load is out of bounds; saturation
+        # then drops saturated endpoints from what is left (failing open, so a lone
+        # warm holder stays: its engine queue or KV use is no reason to recompute the
+        # prompt elsewhere, measured: saturation in front of affinity collapsed the hit
+        # rate at 7x round-robin's knee in routing_quality); among the rest, precise
+        # prefix 2 : token load 1 : in-flight requests 1 (load terms relative to the
+        # candidates). In-flight tokens are charged net of the expected cache hit
+        # (gateway/routing.py). docs/policies.md has the numbers.
         "kv-aware": _profile(
-            (*_UNSATURATED, _affinity("auto")),
+            (*_ELIGIBLE, _affinity("auto"), "saturation"),
             _scorer("precise-prefix", 2.0),
             _scorer("token-load", 1.0),
             _scorer("least-request", 1.0),
         ),
         # The same with the gateway's approximate prefix index (no KV events).
         "kv-aware-approx": _profile(
-            (*_UNSATURATED, _affinity("approx")),
+            (*_ELIGIBLE, _affinity("approx"), "saturation"),
             _scorer("approx-prefix", 2.0),
             _scorer("token-load", 1.0),
             _scorer("least-request", 1.0),
