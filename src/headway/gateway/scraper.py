@@ -50,7 +50,16 @@ class ScrapeView:
 
 
 class _EndpointState:
-    __slots__ = ("adapter", "is_stale", "last_error", "metrics", "pattern", "updated_at", "version")
+    __slots__ = (
+        "adapter",
+        "is_stale",
+        "last_error",
+        "metrics",
+        "pattern",
+        "updated_at",
+        "version",
+        "view",
+    )
 
     def __init__(self, adapter: EngineAdapter) -> None:
         self.adapter = adapter
@@ -60,6 +69,7 @@ class _EndpointState:
         self.is_stale = False
         self.last_error = ""
         self.version = 0
+        self.view: ScrapeView | None = None  # the last one handed out (reused while equal)
 
 
 class MetricsScraper:
@@ -189,7 +199,13 @@ class MetricsScraper:
         if state is None:
             return None
         self._evaluate(url, state, self._clock() if now is None else now)
-        return ScrapeView(state.metrics, state.updated_at, state.is_stale, state.version)
+        view = state.view
+        # Routing asks once per request: build a new view only when something changed.
+        if view is None or view.version != state.version or view.updated_at != state.updated_at:
+            view = state.view = ScrapeView(
+                state.metrics, state.updated_at, state.is_stale, state.version
+            )
+        return view
 
     def _evaluate(self, url: str, state: _EndpointState, now: float) -> None:
         since = state.updated_at if state.updated_at is not None else self._started_at
