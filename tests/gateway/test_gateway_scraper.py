@@ -164,6 +164,27 @@ def test_stale_transitions_on_a_fake_clock(caplog: pytest.LogCaptureFixture) -> 
     assert changes[-1] == ("http://a", True)
 
 
+def test_view_is_reused_only_while_nothing_changed() -> None:
+    """`view` hands out the same object while the endpoint's state is unchanged, and
+    a fresh one when a scrape brings new values or only a new time."""
+    clock = FakeClock()
+    cfg = CollectorsConfig(scrape_interval_s=0.25, stale_after_intervals=4)
+    scraper = MetricsScraper({"http://a": EngineKind.VLLM}, cfg, clock=clock)
+    metrics = EngineMetrics(1, 2, 0.5, 16, 100)
+    scraper.record_success("http://a", metrics)
+    first = scraper.view("http://a")
+    assert first is not None and scraper.view("http://a") is first
+    clock.now += 0.25
+    scraper.record_success("http://a", metrics)  # same values, a later scrape
+    again = scraper.view("http://a")
+    assert again is not None and again is not first
+    assert (again.updated_at, again.version) == (clock.now, first.version)
+    scraper.record_success("http://a", EngineMetrics(3, 2, 0.5, 16, 100))  # new values
+    newer = scraper.view("http://a")
+    assert newer is not None and newer.version == again.version + 1
+    assert newer.metrics is not None and newer.metrics.num_queued_requests == 3
+
+
 def test_scrape_real_sim_and_a_stopped_endpoint(fleets) -> None:  # type: ignore[no-untyped-def]
     clock = FakeClock()
     dead = closed_port_url()
