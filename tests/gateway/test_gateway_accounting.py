@@ -394,3 +394,26 @@ def test_buffered_lines_flushed_on_close(tmp_path: Path) -> None:
         logging.getLogger(ACCESS_LOGGER).setLevel(logging.NOTSET)
         logging.getLogger(ACCESS_LOGGER).propagate = True
     assert json.loads(path.read_text())["request_id"] == "r-close"
+
+
+def test_buffered_lines_survive_a_closed_loop() -> None:
+    """Lines queued under a loop that closed before its timer ran go out with the
+    next loop's batch (a timer on a closed loop never fires)."""
+    stream = _Writes()
+    handler = BufferedLineHandler(stream, flush_after_s=10.0)
+
+    async def first() -> None:
+        handler.write_line("one")
+
+    async def second() -> None:
+        handler.flush_after_s = 0.0
+        handler.write_line("two")
+        for _ in range(100):  # bounded: the new timer runs within a loop iteration or two
+            if stream.writes:
+                break
+            await asyncio.sleep(0)
+
+    asyncio.run(first())
+    assert stream.writes == []
+    asyncio.run(second())
+    assert stream.getvalue() == "one\ntwo\n"

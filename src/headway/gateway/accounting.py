@@ -223,6 +223,7 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines: list[str] = []
         self._num_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -238,13 +239,17 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self._write_batch()
             self._lines.append(line)
             self._num_bytes += size
-            if self._timer is None:
+            timer_loop = self._timer_loop
+            if self._timer is None or (timer_loop is not None and timer_loop.is_closed()):
+                # (A timer on a loop closed since will never run: arm a new one.)
                 try:
                     loop = asyncio.get_running_loop()
                 except RuntimeError:  # no loop to flush later: write now
+                    self._timer = None
                     self._write_batch()
                     return
                 self._timer = loop.call_later(self.flush_after_s, self._on_timer)
+                self._timer_loop = loop
 
     def _on_timer(self) -> None:
         with self.lock:  # type: ignore[union-attr]
