@@ -1,0 +1,126 @@
+"""Smoke test of benchmarks/planner_vs_published.py (--tiny), its data file and its
+committed result."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from headway.core.costmodel import Efficiency
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "planner_vs_published.py"
+DATA = REPO / "benchmarks" / "data" / "published_latency.yaml"
+RESULT = REPO / "benchmarks" / "results" / "planner_vs_published.json"
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import planner_vs_published as pvp  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "x.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "MAPE default" in proc.stdout and "MAPE fitted" in proc.stdout
+    doc: dict[str, Any] = json.loads(out.read_text())
+    return doc
+
+
+def test_tiny_run_reports_both_kinds_and_sets(tiny_result: dict[str, Any]) -> None:
+    doc = tiny_result
+    assert {"git_sha", "command", "machine", "efficiency", "points"} <= set(doc)
+    assert "--tiny" in doc["command"] and doc["config"]["tiny"] is True
+    for label in ("default", "fitted"):
+        for kind in ("throughput", "latency"):
+            m = doc["mape_pct"][label][kind]
+            assert m["num_calibration"] > 0 and m["num_held_out"] > 0
+            assert m["held_out"] >= 0
+    # The fit starts from the defaults and keeps the best calibration loss.
+    loss = doc["config"]["fit"]["calibration_loss_pct"]
+    default = doc["mape_pct"]["default"]
+    assert (
+        loss
+        <= (default["throughput"]["calibration"] + default["latency"]["calibration"]) / 2 + 1e-9
+    )
+    kinds = {p["kind"] for p in doc["points"]}
+    assert kinds == {"throughput", "latency"}
+    for p in doc["points"]:
+        assert p["published"] > 0
+        assert p["default"]["predicted"] > 0 and p["fitted"]["predicted"] > 0
+
+
+def test_batch_latency_is_prefill_plus_decode_steps(tiny_result: dict[str, Any]) -> None:
+    """vLLM's latency test (8 x 32 in / 128 out): every request of the batch finishes at
+    the same step, so the mean end-to-end latency is 128 steps of the simulated engine,
+    hundreds of milliseconds for an 8B model, not microseconds or minutes."""
+    row = next(p for p in tiny_result["points"] if p["id"] == "vllm-8b-h100-tp1-e2el")
+    assert 200.0 < row["default"]["predicted"] < 3000.0
+    assert row["default"]["prompt_tokens_per_request"] == pytest.approx(32, abs=1)
+
+
+def test_data_file_declares_every_split() -> None:
+    doc = yaml.safe_load(DATA.read_text())
+    points = pvp.load_latency_points(doc)
+    assert points
+    for kind in ("throughput", "latency"):
+        sets = {p.set for p in points if p.kind == kind}
+        assert sets == {"calibration", "held_out"}, kind
+    for source in doc["sources"].values():
+        assert source["url"].startswith("https://")
+    assert doc["trtllm"]["split"]["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"set": "train"}, "points[0].set"),
+        ({"metric": "tpot_p50"}, "points[0].metric"),
+        ({"source": "nowhere"}, "points[0].source"),
+        ({"load": {"rate": 2}}, "points[0].load"),
+        ({"value": 0}, "points[0]"),
+    ],
+    ids=["set", "metric", "source", "load", "value"],
+)
+def test_bad_points_name_the_field(change: dict[str, Any], field: str) -> None:
+    doc = yaml.safe_load(DATA.read_text())
+    doc["points"][0] = {**doc["points"][0], **change}
+    with pytest.raises(pvp.DataError) as info:
+        pvp.load_latency_points(doc)
+    assert str(info.value).startswith(field)
+
+
+def test_efficiency_is_restored_after_the_patched_block() -> None:
+    import headway.cluster.simulation as simulation
+
+    original = simulation.resolve_engine
+    with pvp.engines_with_efficiency(Efficiency(step_overhead_s=1e-3)):
+        assert simulation.resolve_engine is not original
+    assert simulation.resolve_engine is original
+
+
+def test_committed_result_is_a_full_run() -> None:
+    """The committed JSON is a full run made with today's Efficiency defaults. If this
+    fails after a cost-model change, rerun the benchmark and commit its JSON."""
+    doc = json.loads(RESULT.read_text())
+    assert doc["config"]["tiny"] is False
+    assert doc["efficiency"]["default"] == dataclasses.asdict(Efficiency())
+    assert doc["data"]["num_latency_points"] == len(
+        pvp.load_latency_points(yaml.safe_load(DATA.read_text()))
+    )
+    for label in ("default", "fitted"):
+        assert set(doc["meets_target"][label]) == {"throughput", "latency"}
