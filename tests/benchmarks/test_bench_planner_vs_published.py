@@ -124,3 +124,15 @@ def test_committed_result_is_a_full_run() -> None:
     )
     for label in ("default", "fitted"):
         assert set(doc["meets_target"][label]) == {"throughput", "latency"}
+
+
+def test_simulated_engines_step_with_the_given_efficiency() -> None:
+    """The fit moves the simulation: a 10 ms fixed step cost makes vLLM's latency test
+    (128 steps of a batch of 8) last at least 1.28 s, against well under that by default."""
+    from headway.resources.catalog import load_catalog
+
+    sim = pvp.Simulator(load_catalog(), requests_per_user=1, seed=0)
+    sc = pvp.Scenario("llama-3.1-8b", "h100-sxm", "bf16", 1, 32, 128, "batch", 8)
+    default = sim.run(sc, Efficiency())["summary"]["mean_e2el_ms"]
+    slow = sim.run(sc, Efficiency(step_overhead_s=0.01))["summary"]["mean_e2el_ms"]
+    assert default < 1280.0 <= slow
