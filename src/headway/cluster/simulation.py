@@ -341,11 +341,30 @@ class PromptEncoder:
     `core.tokenizer.ChatEncoder`, which encodes message by message with a cache and
     checks itself against whole-prompt encoding), so a prompt's tokens and block hashes
     are those the live engine would see; shared prefixes hash through a `BlockHashMemo`.
+
+    Prompts that share their leading messages (a system prompt, earlier turns) share
+    leading blocks: the last prompt seen with the same leading messages is kept, and
+    the whole blocks a new prompt has in common with it (compared token by token, so
+    the reuse never depends on how the template splits) reuse its digests and their
+    event ints instead of looking each block up again.
     """
 
-    def __init__(self, tokenizer: Tokenizer, block_size: int, hash_seed: str | None) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        block_size: int,
+        hash_seed: str | None,
+        max_prefixes: int = 4096,
+    ) -> None:
         self._chat = ChatEncoder(tokenizer)
         self._hasher = BlockHasher(block_size, hash_seed, memo=BlockHashMemo())
+        self._block_size = block_size
+        self._max_prefixes = max_prefixes
+        # Leading messages -> the last prompt with them: tokens, digests, event ints.
+        self._by_prefix: dict[
+            tuple[tuple[str, str], ...],
+            tuple[tuple[int, ...], tuple[bytes, ...], tuple[int, ...]],
+        ] = {}
 
     @staticmethod
     def _messages(call: Call) -> list[dict[str, str]]:
@@ -353,8 +372,40 @@ class PromptEncoder:
 
     def encode(self, call: Call) -> tuple[tuple[int, ...], tuple[bytes, ...]]:
         """The prompt's token ids and the engine's block hashes of its full blocks."""
+        token_ids, digests, _ = self.encode_with_ints(call)
+        return token_ids, digests
+
+    def encode_with_ints(
+        self, call: Call
+    ) -> tuple[tuple[int, ...], tuple[bytes, ...], tuple[int, ...]]:
+        """`encode`, and the digests as the int block hashes KV events carry."""
         token_ids = tuple(self._chat.encode(self._messages(call)))
-        return token_ids, tuple(self._hasher.hash_all(token_ids))
+        key = tuple((m.role, m.content) for m in call.messages[:-1])
+        bs = self._block_size
+        digests: list[bytes] = []
+        ints: tuple[int, ...] = ()
+        seen = self._by_prefix.get(key)
+        if seen is not None:
+            old_tokens, old_digests, old_ints = seen
+            # The most leading whole blocks the two prompts share (by bisection).
+            lo, hi = 0, min(len(old_digests), len(token_ids) // bs)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if token_ids[: mid * bs] == old_tokens[: mid * bs]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            digests = list(old_digests[:lo])
+            ints = old_ints[:lo]
+        num_known = len(digests)
+        self._hasher.extend(digests, token_ids[num_known * bs :], token_offset=num_known * bs)
+        ints += tuple(to_event_int(h) for h in digests[num_known:])
+        result = (token_ids, tuple(digests), ints)
+        if key:
+            if seen is None and len(self._by_prefix) >= self._max_prefixes:
+                del self._by_prefix[next(iter(self._by_prefix))]
+            self._by_prefix[key] = result
+        return result
 
     def chunk_hashes(self, call: Call) -> tuple[int, ...]:
         """The gateway's approximate prefix keys of the rendered prompt."""
@@ -541,14 +592,14 @@ class ClusterSimulation:
 
     def _route(self, call: Call, state: _SessionState, sent_at: float, now_s: float) -> None:
         """Route a call sent at `sent_at` and hand it to its engine at `now_s`."""
-        token_ids, hashes = self._encoder.encode(call)
+        token_ids, hashes, hash_ints = self._encoder.encode_with_ints(call)
         headers = Headers.of(call.headers)
         ctx = RequestContext(
             request_id=call.call_id,
             model=self.model_name,
             num_prompt_tokens_est=len(token_ids),
             max_output_tokens=call.max_tokens,
-            block_hashes=tuple(to_event_int(h) for h in hashes),
+            block_hashes=hash_ints,
             chunk_hashes=self._encoder.chunk_hashes(call),
             headers=headers,
             session_id=headers.get("x-session-id"),
