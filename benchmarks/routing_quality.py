@@ -841,7 +841,7 @@ def evaluate_targets(
     peer_knees = {p: knees[p]["knee_multiple"] for p in peers if p in knees}
 
     def p90(label: str) -> float | None:
-        row = table.get(label, {}).get("1.0x")
+        row = table.get(label, {}).get("1x")  # the table's keys are f"{multiple:g}x"
         return None if row is None else row["ttft_p90_all_ms"]
 
     kv_p90, rr_p90 = p90("kv-aware"), p90("round-robin")
@@ -855,6 +855,9 @@ def evaluate_targets(
         "kv_aware_knee_above_every_peer": {
             "kv_aware_knee_multiple": kv,
             "peers": peer_knees,
+            "peers_without_a_miss": [
+                p for p in peers if p in knees and knees[p]["first_miss_multiple"] is None
+            ],
             "met": (
                 kv is not None
                 and bool(peer_knees)
@@ -884,6 +887,17 @@ def evaluate_targets(
             ).get("ttft_p90_all_ms"),
         },
     }
+    above = out["kv_aware_knee_above_every_peer"]
+    if (
+        not above["met"]
+        and above["peers_without_a_miss"]
+        and kv is not None
+        and all(k is None or kv >= k for k in peer_knees.values())
+    ):
+        # A tie at the top of the ladder: neither missed a rung, so the run cannot
+        # rank them; a higher ladder (--ladder) could.
+        above["met"] = None
+        above["note"] = "tie at the top of the ladder; raise --ladder to rank"
     beat = out["kv_aware_beats_prefix_approx"]
     a, b = beat["kv_aware_ttft_p90_at_1_5x_ms"], beat["prefix_approx_ttft_p90_at_1_5x_ms"]
     beat["met"] = (kv is not None and (approx is None or kv > approx)) or (

@@ -151,6 +151,63 @@ def test_workload_shares_system_prompt_per_customer(rq: ModuleType) -> None:
     )
 
 
+def _arms(rq: ModuleType) -> list[Any]:
+    return [
+        rq.Arm("round-robin", "headway", "round-robin"),
+        rq.Arm("prefix-approx", "headway", "prefix-approx"),
+        rq.Arm("kv-aware", "headway", "kv-aware"),
+        rq.Arm("sglang-router cache_aware", "sglang-router", "cache_aware"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kv", "peer", "kv_p90", "peer_p90", "above", "fifth", "below"),
+    [
+        ((4.0, 5.0), (3.0, 4.0), 20.0, 30.0, True, True, True),
+        ((4.0, 5.0), (5.0, None), 20.0, 15.0, False, True, False),
+        ((8.0, None), (8.0, None), 200.0, 30.0, None, False, False),
+    ],
+    ids=["kv-aware-ahead", "peer-ahead", "tie-at-the-top"],
+)
+def test_evaluate_targets(
+    rq: ModuleType,
+    kv: tuple[float, float | None],
+    peer: tuple[float, float | None],
+    kv_p90: float,
+    peer_p90: float,
+    above: bool | None,
+    fifth: bool,
+    below: bool,
+) -> None:
+    """Knees (last met, first missed) and the 1x table rows -> the issue's targets."""
+
+    def knee(k: tuple[float, float | None]) -> dict[str, Any]:
+        return {"knee_multiple": k[0], "first_miss_multiple": k[1]}
+
+    def row(p90: float) -> dict[str, Any]:
+        return {"1x": {"ttft_p90_all_ms": p90}, "1.5x": {"ttft_p90_all_ms": p90}}
+
+    knees = {
+        "round-robin": knee((1.0, 1.5)),
+        "prefix-approx": knee((2.0, 3.0)),
+        "kv-aware": knee(kv),
+        "sglang-router cache_aware": knee(peer),
+    }
+    table = {
+        "round-robin": row(500.0),
+        "prefix-approx": row(300.0),
+        "kv-aware": row(kv_p90),
+        "sglang-router cache_aware": row(peer_p90),
+    }
+    t = rq.evaluate_targets(_arms(rq), knees, table)
+    assert t["kv_aware_knee_ge_2x_round_robin"]["met"] is True
+    assert t["kv_aware_knee_above_every_peer"]["met"] is above
+    assert t["kv_aware_ttft_p90_at_1x_le_fifth_of_round_robin"]["kv_aware_ms"] == kv_p90
+    assert t["kv_aware_ttft_p90_at_1x_le_fifth_of_round_robin"]["met"] is fifth
+    assert t["kv_aware_ttft_p90_at_1x_below_every_peer"]["met"] is below
+    assert t["kv_aware_beats_prefix_approx"]["met"] is True
+
+
 def test_routing_quality_tiny(tmp_path: Path) -> None:
     out = tmp_path / "rq.json"
     proc = subprocess.run(
