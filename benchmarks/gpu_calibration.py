@@ -43,20 +43,18 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-try:
-    import headway  # noqa: F401
-except ImportError:  # run with another interpreter (a torch venv): use the checkout
-    sys.path.insert(0, str(REPO / "src"))
-
-from headway.core.catalog import ModelSpec  # noqa: E402
-from headway.plan.calibration import RAW_SCHEMA, CalibrationError, fit_efficiency  # noqa: E402
-from headway.resources.catalog import load_catalog  # noqa: E402
-
+CATALOG_YAML = REPO / "src" / "headway" / "resources" / "data" / "catalog.yaml"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# The measure phase runs under whatever Python has torch (the GPU machine's), which may be
+# older than the project's 3.11: it needs only the standard library, PyYAML and torch, and
+# reads the model shapes from the catalog file itself. Only --fit imports headway.
+RAW_SCHEMA = "headway.gpu_calibration.raw/1"  # = headway.plan.calibration.RAW_SCHEMA
 
 # Shapes: dense catalog models, tokens per step for decode (batch of one-token steps)
 # and prefill (chunks of prompts), attention batches and contexts.
@@ -78,7 +76,37 @@ TINY_SHAPE_DIVISOR = 8  # --tiny on CPU: layer widths / 8 so a run takes seconds
 GPU_NAME_HINTS = (("gb200", "gb200"), ("b200", "b200"), ("h200", "h200"), ("h100", "h100-sxm"))
 
 
-def gemm_shapes(model: ModelSpec, divisor: int = 1) -> list[tuple[str, int, int]]:
+@dataclass(frozen=True)
+class Shapes:
+    """What the measurements need of a catalog model."""
+
+    name: str
+    hidden_size: int
+    num_attention_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+
+
+def load_shapes(names: Sequence[str]) -> list[Shapes]:
+    """The named models' shapes from the built-in catalog file."""
+    import yaml
+
+    models = yaml.safe_load(CATALOG_YAML.read_text())["models"]
+    return [
+        Shapes(
+            name,
+            int(models[name]["hidden_size"]),
+            int(models[name]["num_attention_heads"]),
+            int(models[name]["num_kv_heads"]),
+            int(models[name]["head_dim"]),
+            int(models[name]["intermediate_size"]),
+        )
+        for name in names
+    ]
+
+
+def gemm_shapes(model: Shapes, divisor: int = 1) -> list[tuple[str, int, int]]:
     """(op, n, k) of one layer's GEMMs at TP 1: output width n from input width k."""
     h = model.hidden_size // divisor
     q = model.num_attention_heads * model.head_dim // divisor
@@ -141,7 +169,7 @@ def measure_gemms(
     torch: Any,
     timer: Timer,
     device: str,
-    models: Sequence[ModelSpec],
+    models: Sequence[Shapes],
     token_counts: Sequence[tuple[str, int]],
     divisor: int,
 ) -> list[dict[str, Any]]:
@@ -206,7 +234,7 @@ def measure_attention(
     torch: Any,
     timer: Timer,
     device: str,
-    model: ModelSpec,
+    model: Shapes,
     decode: dict[str, tuple[int, ...]],
     prefill: dict[str, tuple[int, ...]],
     divisor: int,
@@ -279,9 +307,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("gpu_calibration: error: --device cuda: torch sees no CUDA device")
     torch.manual_seed(0)
-    catalog = load_catalog()
     tiny = args.tiny
-    models = [catalog.model(m) for m in (TINY_MODELS if tiny else MODELS)]
+    models = load_shapes(TINY_MODELS if tiny else MODELS)
     divisor = TINY_SHAPE_DIVISOR if tiny and not device.startswith("cuda") else 1
     tokens = [("decode", m) for m in (TINY_DECODE_TOKENS if tiny else DECODE_TOKENS)]
     tokens += [("prefill", m) for m in (TINY_PREFILL_TOKENS if tiny else PREFILL_TOKENS)]
@@ -305,7 +332,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     )
     return {
         "schema": RAW_SCHEMA,
-        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(  # noqa: UP017 (3.10)
+            timespec="seconds"
+        ),
         "device": device,
         "device_name": device_name,
         "torch_version": torch.__version__,
@@ -320,7 +349,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- fit ---------------------------------------------------------------------------------
+def _import_headway() -> None:
+    try:
+        import headway  # noqa: F401
+    except ImportError:  # another interpreter than the project venv: use the checkout
+        sys.path.insert(0, str(REPO / "src"))
+
+
 def gpu_for(raw: dict[str, Any], override: str | None) -> str:
+    from headway.plan.calibration import CalibrationError
+
     if override:
         return override
     name = str(raw.get("device_name", "")).lower()
@@ -338,6 +376,7 @@ def published_check(gpu: str, before: Any, after: Any, requests_per_user: int) -
     import yaml
 
     import planner_vs_published as pvp
+    from headway.resources.catalog import load_catalog
 
     catalog = load_catalog()
     doc = yaml.safe_load(pvp.DEFAULT_DATA.read_text())
@@ -359,6 +398,12 @@ def published_check(gpu: str, before: Any, after: Any, requests_per_user: int) -
 
 
 def fit(args: argparse.Namespace) -> int:
+    _import_headway()
+    from headway.plan.calibration import RAW_SCHEMA as FIT_RAW_SCHEMA
+    from headway.plan.calibration import CalibrationError, fit_efficiency
+    from headway.resources.catalog import load_catalog
+
+    assert FIT_RAW_SCHEMA == RAW_SCHEMA
     try:
         raw = json.loads(Path(args.fit).read_text())
         gpu_name = gpu_for(raw, args.gpu)
