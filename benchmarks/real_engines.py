@@ -34,9 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,7 +51,7 @@ sys.path.insert(0, str(REPO / "scripts" / "engines"))
 
 import headway_engines as he  # noqa: E402
 
-from _common import write_result  # noqa: E402
+from _common import cpu_seconds, free_port, stop_process, write_result  # noqa: E402
 
 WORDS = ("alpha", "river", "stone", "cloud", "market", "signal", "garden", "copper", "vector")
 
@@ -72,12 +70,6 @@ ARMS = (
     Arm("vllm-router kv_aware", "vllm-router", "kv_aware"),
     Arm("sglang-router cache_aware", "sglang-router", "cache_aware"),
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 60) -> None:
@@ -135,7 +127,7 @@ def start_router(
     urls = [r.url for r in rs.replicas]
     log = (tmp / f"router-{arm.label.replace(' ', '_')}-{time.monotonic_ns()}.log").open("wb")
     if arm.router == "headway":
-        port = _free_port()
+        port = free_port()
         config = {
             "listen": {"host": "127.0.0.1", "port": port},
             "prompt": {"hash_seed": rs.hash_seed},
@@ -151,7 +143,7 @@ def start_router(
         if arm.policy == "kv-aware":
             _wait_kv_index_live(base)
         return proc, base
-    port, prom = _free_port(), _free_port()
+    port, prom = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     if arm.router == "vllm-router":
         cmd = [peers["vllm-router"], "--host", "127.0.0.1", "--port", str(port),
@@ -198,25 +190,6 @@ def replica_requests(rs: he.ReplicaSet) -> list[float]:
             )
         )
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (Linux /proc), 0.0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stop_proc(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def reset_caches(rs: he.ReplicaSet, timeout_s: float = 30) -> None:
@@ -396,7 +369,7 @@ def main() -> int:
                     ]
                     res["router_cpu_s"] = round(cpu_seconds(proc.pid) - cpu0, 3)
                 finally:
-                    stop_proc(proc)
+                    stop_process(proc)
                 results[arm.label].append(res)
                 print(
                     f"run {run} {arm.label:28s} p50 {res['ttft_p50_ms']} p90 {res['ttft_p90_ms']}"

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from headway.core.workloads.text import TextFactory, tag_code, text_factory
 from headway.core.workloads.types import SESSION_HEADER
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, prefix_cache_counters, write_result
+from _common import REPO, cpu_seconds, free_port, prefix_cache_counters, stop_process, write_result
 
 HEADWAY_PRESETS = (
     "round-robin",
@@ -407,20 +406,6 @@ class ClusterModel:
 
 
 # -- live: processes ---------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _busy_cpu_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
@@ -563,7 +548,7 @@ class LiveFleet:
             base = str(info["url"])
             _wait_http(base + "/v1/models", self.router, "headway serve")
             return base
-        port, prom = _free_port(), _free_port()
+        port, prom = free_port(), free_port()
         base = f"http://127.0.0.1:{port}"
         exe = self.peers[arm.router]
         if arm.router == "vllm-router":
@@ -594,24 +579,14 @@ class LiveFleet:
 
     def stop_router(self) -> None:
         if self.router is not None:
-            _stop(self.router)
+            stop_process(self.router)
             self.router = None
 
     def stop(self) -> None:
         self.stop_router()
         if self.sim is not None:
-            _stop(self.sim)
+            stop_process(self.sim)
             self.sim = None
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 # -- live: one staircase ---------------------------------------------------------------------
@@ -711,7 +686,7 @@ async def run_live_staircase(
     async def mark(k: int, which: str, at: float) -> None:
         await sleep_until(at)
         taken_at = now_s()
-        cpu = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         busy = _busy_cpu_seconds()
         try:
             queries, hits = await scrape_prefix_counters(fleet.replica_urls)
