@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from headway.core.tokenizer import ChatEncoder, ChatTemplate, ChatTemplateError
@@ -31,6 +31,10 @@ def whole(msgs: Sequence[dict[str, str]], gen: bool = True) -> list[int]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(msgs=messages, gen=st.booleans())
+@example(msgs=[{"role": "system", "content": "  "}], gen=False)  # merged with the header's \n\n
+@example(
+    msgs=[{"role": "user", "content": "\n x"}, {"role": "assistant", "content": " y"}], gen=True
+)
 def test_piecewise_equals_whole_prompt_for_the_shipped_tokenizer(
     msgs: list[dict[str, str]], gen: bool
 ) -> None:

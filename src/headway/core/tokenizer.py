@@ -100,9 +100,11 @@ class ChatEncoder:
     header, its content, its end-of-turn marker), cached by text, and the pieces
     concatenated. That equals encoding the rendered prompt when the tokenizer's
     pre-tokenizer splits at those boundaries (special tokens always split; a byte-level
-    BPE splits before a space-led word). It is checked, not assumed: the first
-    `num_checked` prompts, and every `check_every`-th after, are also encoded whole and
-    compared; one mismatch switches the encoder to whole-prompt encoding for good.
+    BPE splits before a space-led word; content that starts with whitespace is encoded
+    together with its header, whose "\n\n" it would merge with). It is checked, not
+    assumed: the first `num_checked` prompts, and every `check_every`-th after, are also
+    encoded whole and compared; one mismatch switches the encoder to whole-prompt
+    encoding for good.
 
     The piece cache is bounded (`max_pieces`, oldest first out).
     """
@@ -154,8 +156,14 @@ class ChatEncoder:
             if not isinstance(role, str) or not role:
                 raise ChatTemplateError(f"messages[{i}].role: must be a non-empty string")
             text = message_text(msg.get("content"), f"messages[{i}].content")
-            ids += self._piece(f"{START_HEADER}{role}{END_HEADER}\n\n")
-            ids += self._piece(text)
+            header = f"{START_HEADER}{role}{END_HEADER}\n\n"
+            if text[:1].isspace():
+                # Leading whitespace would merge with the header's "\n\n" in one
+                # pre-token: encode the two together (found by Hypothesis: "  ").
+                ids += self._piece(header + text)
+            else:
+                ids += self._piece(header)
+                ids += self._piece(text)
             ids += self._piece(END_OF_TURN)
         if add_generation_prompt:
             ids += self._piece(f"{START_HEADER}assistant{END_HEADER}\n\n")
