@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import argparse
 import array
-import contextlib
 import dataclasses
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ import numpy as np
 import yaml
 
 from headway.core.catalog import Catalog
-from headway.core.costmodel import CostModel, Efficiency
+from headway.core.costmodel import Efficiency
 from headway.resources.catalog import load_catalog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -250,33 +249,6 @@ class MemoTokenizer:
         return tuple(self._inner.output_vocab())
 
 
-@contextlib.contextmanager
-def engines_with_efficiency(efficiency: Efficiency) -> Iterator[None]:
-    """Within the block, the cluster simulation's engines step with `efficiency`.
-
-    `core.engine_factory.resolve_engine` sizes an engine with the default `Efficiency`
-    (only gpu_memory_utilization is a spec field), and `ClusterSimulation` takes no cost
-    model, so the resolver the simulation module calls is wrapped: same sizing (the KV
-    cache is computed by the original), a cost model with `efficiency`. A field for the
-    efficiency in `EngineSpec` would make this unnecessary (see docs/planner.md)."""
-    import headway.cluster.simulation as simulation
-
-    original = simulation.resolve_engine
-
-    def resolve(spec: Any, catalog: Catalog) -> Any:
-        resolved = original(spec, catalog)
-        eff = dataclasses.replace(efficiency, gpu_memory_utilization=spec.gpu_memory_utilization)
-        return dataclasses.replace(
-            resolved, cost_model=CostModel(resolved.cost_model.deployment, eff)
-        )
-
-    simulation.resolve_engine = resolve  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        simulation.resolve_engine = original  # type: ignore[assignment]
-
-
 class Simulator:
     """Runs scenarios in the cluster simulation; builds each scenario's sessions once."""
 
@@ -384,6 +356,7 @@ class Simulator:
             tp=sc.tp,
             enable_prefix_caching=False,
             max_num_seqs=self.full_reservation_limit(sc) if sc.is_full_reservation else None,
+            efficiency=efficiency,
         )
         config = ClusterConfig(
             groups=(ReplicaGroup(spec, 1),),
@@ -391,10 +364,7 @@ class Simulator:
             is_kv_events_enabled=False,
             seed=self.seed,
         )
-        with engines_with_efficiency(efficiency):
-            sim = ClusterSimulation(
-                config, self.catalog, self.tokenizer, self.tokenizer.output_vocab()
-            )
+        sim = ClusterSimulation(config, self.catalog, self.tokenizer, self.tokenizer.output_vocab())
         run = sim.run(arrivals)
         self.num_runs += 1
         self.cpu_s += time.process_time() - started

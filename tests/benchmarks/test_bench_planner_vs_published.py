@@ -104,13 +104,21 @@ def test_bad_points_name_the_field(change: dict[str, Any], field: str) -> None:
     assert str(info.value).startswith(field)
 
 
-def test_efficiency_is_restored_after_the_patched_block() -> None:
-    import headway.cluster.simulation as simulation
+def test_engine_spec_efficiency_reaches_the_cost_model() -> None:
+    """The fitted factors travel in `EngineSpec.efficiency` (vLLM's memory flag wins)."""
+    from headway.core.engine_factory import EngineSpec, resolve_engine
+    from headway.resources.catalog import load_catalog
 
-    original = simulation.resolve_engine
-    with pvp.engines_with_efficiency(Efficiency(step_overhead_s=1e-3)):
-        assert simulation.resolve_engine is not original
-    assert simulation.resolve_engine is original
+    spec = EngineSpec(
+        model="llama-3.1-8b",
+        gpu="h100",
+        gpu_memory_utilization=0.8,
+        efficiency=Efficiency(step_overhead_s=1e-3, gpu_memory_utilization=0.5),
+    )
+    eff = resolve_engine(spec, load_catalog()).cost_model.efficiency
+    assert eff.step_overhead_s == 1e-3 and eff.gpu_memory_utilization == 0.8
+    default = resolve_engine(EngineSpec(model="llama-3.1-8b", gpu="h100"), load_catalog())
+    assert default.cost_model.efficiency == Efficiency(gpu_memory_utilization=0.9)
 
 
 def test_committed_result_is_a_full_run() -> None:

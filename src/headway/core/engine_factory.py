@@ -11,7 +11,7 @@ vLLM 0.32's by GPU memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from headway.core.catalog import Catalog
 from headway.core.catalog import precision as precision_by_name
@@ -50,6 +50,9 @@ class EngineSpec:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     hash_seed: str | None = None
+    # The cost model's efficiency factors (None: the defaults); `gpu_memory_utilization`
+    # above wins over the one inside, as with vLLM's flag. Calibration sets these.
+    efficiency: Efficiency | None = None
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,10 @@ def resolve_engine(spec: EngineSpec, catalog: Catalog) -> ResolvedEngine:
         deployment = Deployment(model, gpu, prec, spec.tp)
     except ValueError as exc:
         raise EngineSpecError("tp", str(exc)) from None
-    cost_model = CostModel(
-        deployment, Efficiency(gpu_memory_utilization=spec.gpu_memory_utilization)
+    efficiency = replace(
+        spec.efficiency or Efficiency(), gpu_memory_utilization=spec.gpu_memory_utilization
     )
+    cost_model = CostModel(deployment, efficiency)
     num_blocks = spec.num_gpu_blocks_override or cost_model.kv_capacity_blocks(spec.block_size)
     if num_blocks < 1:
         raise EngineSpecError(
