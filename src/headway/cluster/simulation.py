@@ -356,7 +356,9 @@ class PromptEncoder:
         hash_seed: str | None,
         max_prefixes: int = 4096,
     ) -> None:
-        self._chat = ChatEncoder(tokenizer)
+        # Room for every distinct message of a long run: with the default 4,096 pieces
+        # a 100,000-request run evicts (and re-encodes) its hot system prompts.
+        self._chat = ChatEncoder(tokenizer, max_pieces=32768)
         self._hasher = BlockHasher(block_size, hash_seed, memo=BlockHashMemo())
         self._block_size = block_size
         self._max_prefixes = max_prefixes
