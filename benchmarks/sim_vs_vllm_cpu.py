@@ -431,9 +431,16 @@ async def run_workload(base: str, tiny: bool, seed: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------ engines
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` so far (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_tree_affinity(pid: int) -> list[dict[str, Any]]:
-    """Name and allowed CPUs of `pid` and its descendants (Linux /proc), to show which
-    cores vLLM's API process and engine core may run on."""
+    """Name, allowed CPUs and CPU seconds so far of `pid` and its descendants (Linux
+    /proc): which cores vLLM's API process, engine core and worker may run on, and
+    how busy each is."""
     out: list[dict[str, Any]] = []
     pending = [pid]
     while pending:
@@ -441,11 +448,12 @@ def process_tree_affinity(pid: int) -> list[dict[str, Any]]:
         try:
             comm = Path(f"/proc/{p}/comm").read_text().strip()
             cpus = sorted(os.sched_getaffinity(p))
+            cpu_s = _cpu_s(p)
             for task in Path(f"/proc/{p}/task").iterdir():
                 pending += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
-        out.append({"pid": p, "comm": comm, "cpus": cpus})
+        out.append({"pid": p, "comm": comm, "cpus": cpus, "cpu_s": cpu_s})
     return out
 
 
@@ -555,7 +563,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             samples = asyncio.run(measure_steps(url, args.tiny, args.seed))
             fit = fit_profile(model, samples)
             diag = fit_profile(model, samples, free_efficiency=True)
+            cpu_before = {p["pid"]: p["cpu_s"] for p in process_tree_affinity(rs.replicas[0].pid)}
+            t_workload = time.monotonic()
             vllm_figs = asyncio.run(run_workload(url, args.tiny, args.seed))
+            workload_s = time.monotonic() - t_workload
+            # Share of one core each vLLM process used during the workload.
+            for proc in affinity:
+                after = _cpu_s(proc["pid"])
+                proc["workload_core_share"] = round(
+                    (after - cpu_before.get(proc["pid"], after)) / workload_s, 3
+                )
         catalog_file = tmp / "fitted.yaml"
         catalog_file.write_text(yaml.safe_dump(profile_yaml(fit)))
         with sim_replica(catalog_file, tmp) as sim_url:
@@ -563,7 +580,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"vLLM ready in {start_s:.0f} s")
     for proc in affinity:
-        print(f"vLLM process {proc['pid']} {proc['comm']}: cpus {proc['cpus']}")
+        print(
+            f"vLLM process {proc['pid']} {proc['comm']}: cpus {proc['cpus']}, "
+            f"core share during the workload {proc['workload_core_share']}"
+        )
     print("step            measured_ms  fitted_ms  diagnostic_ms")
     for s, p, q in zip(samples, fit.predicted_s, diag.predicted_s, strict=True):
         print(f"{s.label:<15} {s.measured_s * 1000:>11.2f} {p * 1000:>10.2f} {q * 1000:>14.2f}")
