@@ -36,15 +36,19 @@ class SseRelayFilter:
                 return b""
             self._sep = b"\r\n\r\n" if b"\r\n" in data else b"\n\n"
         sep = self._sep
-        end = data.rfind(sep)
-        if end < 0:
-            if len(data) > MAX_PENDING_BYTES:
-                self._pending = b""
-                return data
-            self._pending = data
-            return b""
-        end += len(sep)
-        complete, self._pending = data[:end], data[end:]
+        if data.endswith(sep):  # the usual read: whole events, nothing to hold back
+            complete = data
+            self._pending = b""
+        else:
+            end = data.rfind(sep)
+            if end < 0:
+                if len(data) > MAX_PENDING_BYTES:
+                    self._pending = b""
+                    return data
+                self._pending = data
+                return b""
+            end += len(sep)
+            complete, self._pending = data[:end], data[end:]
         if b'"usage"' not in complete and _DONE not in complete:
             return complete  # the common case: plain token chunks, no parsing
         kept: list[bytes] = []
