@@ -15,7 +15,11 @@ hop: ~15 ms of wall time). It is measured from lone requests, live against simul
 (their TTFT difference, median), and passed to the cluster as
 `ClusterConfig.frontend_overhead_s` for the load run. The lone requests are sent twice
 and the second pass counts: the first pass tokenizes cold prompts, which the load run,
-whose prompts share system prompts, mostly does not (both passes are reported).
+whose prompts share system prompts, mostly does not (both passes are reported). A
+probe of known system prompts with new questions (the load run's mix) was tried and
+overestimated: 1.62 ms of model time where the load run's TTFT p50 showed 0.48 ms
+(time-scale 0.1); the all-warm pass measured 0.47 ms in a run that showed 1.06 ms.
+Run-to-run noise on a shared machine is of that order.
 
 Printed for each: TTFT p50/p90, TPOT p50, output tokens/s (model time) and the
 engines' prefix-cache hit rate, live against simulated with the measured front-end
@@ -244,7 +248,7 @@ def main() -> int:
     _, plain = _simulated(args, args.rate, args.num_requests)
     _, simulated = _simulated(args, args.rate, args.num_requests, frontend_s)
     overhead_ms = 1000.0 * frontend_s
-    rows = []
+    rows: list[dict[str, Any]] = []
     print(
         f"front-end overhead of the live path (lone requests): {overhead_ms:.2f} ms model "
         f"time (cold prompts: {cold_ms:.2f} ms), simulated as frontend_overhead_s"
