@@ -19,7 +19,11 @@ whose prompts share system prompts, mostly does not (both passes are reported). 
 probe of known system prompts with new questions (the load run's mix) was tried and
 overestimated: 1.62 ms of model time where the load run's TTFT p50 showed 0.48 ms
 (time-scale 0.1); the all-warm pass measured 0.47 ms in a run that showed 1.06 ms.
-Run-to-run noise on a shared machine is of that order.
+Run-to-run noise on a shared machine is of that order. On a quiet machine
+(time-scale 0.25) one run measured warm 0.72 ms, known system prompt + new question
+4.54 ms, cold 3.91 ms, while its load run showed 1.86 ms at TTFT p50 and 1.24 ms at
+p90: a lone request's front end is not the loaded one's, and the warm probe is the
+closer (and lower) estimate.
 
 Printed for each: TTFT p50/p90, TPOT p50, output tokens/s (model time) and the
 engines' prefix-cache hit rate, live against simulated with the measured front-end
