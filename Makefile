@@ -36,7 +36,7 @@ test-engines: venv
 	$(BIN)/python scripts/engines/headway_engines.py build-llamacpp
 	$(BIN)/python scripts/engines/headway_engines.py make-model
 	$(BIN)/python scripts/engines/headway_engines.py make-gguf
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m engine tests/engines
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m engine tests/engines tests/benchmarks/test_bench_sim_vs_vllm_cpu.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

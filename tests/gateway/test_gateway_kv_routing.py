@@ -219,6 +219,25 @@ def test_in_flight_load_is_charged_net_of_the_expected_cache_hit(
     poll(lambda: tracker.load(route["endpoint"]).num_tokens, lambda n: n == 0, what="released")
 
 
+def test_gateway_counts_first_block_hash_checks(
+    kv_gateway: InProcessGateway, kv_fleets: KvFleets
+) -> None:
+    """The subscriber re-hashes chain starts with the gateway's hasher: against the
+    simulator (same seed and scheme) every check matches."""
+    wait_synced(kv_gateway, kv_fleets.map.urls)
+    client = openai_client(kv_gateway.url)
+    messages = [{"role": "user", "content": f"{uuid.uuid4().hex} " + "hash check " * 40}]
+    client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    name = "headway_gateway_kv_event_hash_checks_total"
+    matches = poll(
+        lambda: sum(gauge(kv_gateway.url, name).get(k, 0.0) for k in gauge(kv_gateway.url, name) if ("result", "match") in k),
+        lambda n: n >= 1,
+        what="hash checks counted",
+    )  # fmt: skip
+    mismatches = [v for k, v in gauge(kv_gateway.url, name).items() if ("result", "mismatch") in k]
+    assert matches >= 1 and not any(mismatches)
+
+
 def test_session_stickiness(kv_fleets: KvFleets) -> None:
     gw = InProcessGateway(
         {

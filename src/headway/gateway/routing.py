@@ -293,12 +293,14 @@ class Router:
             if result.is_routed:
                 endpoint = result.decision.endpoint_id
                 assert endpoint is not None
-                block_size = self.block_size(current)
-                expected = router.expected_cached_tokens(pool_ctx, endpoint, block_size)
+                expected, predicted = 0, None
+                if pool_ctx.block_hashes or pool_ctx.chunk_hashes:  # else nothing to match
+                    block_size = self.block_size(current)
+                    expected = router.expected_cached_tokens(pool_ctx, endpoint, block_size)
+                    predicted = router.predicted_cached_tokens(pool_ctx, endpoint, block_size)
                 router.observe(pool_ctx, result)
                 if self._outliers is not None:
                     self._outliers.routed(endpoint)
-                predicted = router.predicted_cached_tokens(pool_ctx, endpoint, block_size)
                 return Route(current, endpoint, result, predicted, expected)
             fallback = current.fallback
             current = self._pools[fallback].pool if fallback in self._pools else None

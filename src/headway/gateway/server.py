@@ -49,7 +49,8 @@ from headway.gateway.discovery import (
     make_discovery,
 )
 from headway.gateway.health import HealthChecker
-from headway.gateway.kv_subscriber import KvEventSubscriber
+from headway.gateway.kv_metrics import KvEventMetrics
+from headway.gateway.kv_subscriber import FirstBlockCheck, KvEventSubscriber
 from headway.gateway.metrics import GatewayMetrics
 from headway.gateway.outlier import OutlierDetector, RetryBudget
 from headway.gateway.prompt_blocks import PromptInfo, PromptReader
@@ -297,6 +298,10 @@ class Gateway:
             without_source=without,
             on_stale_change=lambda url, stale: self.metrics.kv_index_stale.labels(url).set(stale),
             on_batch=self._count_kv_batch,
+            # A wrong hash seed or scheme shows at once, not as silent routing misses.
+            first_block_check=FirstBlockCheck(
+                config.prompt.hash_seed, KvEventMetrics.of(self.metrics.registry)
+            ),
         )
         return index, subscriber
 
