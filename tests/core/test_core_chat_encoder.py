@@ -91,3 +91,24 @@ def test_pieces_cache_is_bounded() -> None:
 def test_bad_messages_raise_like_the_template(bad: list[object]) -> None:
     with pytest.raises(ChatTemplateError):
         ChatEncoder(TOK).encode(bad)  # type: ignore[arg-type]
+
+
+class _Counting:
+    """The shipped tokenizer, counting the texts it encodes."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def encode(self, text: str) -> list[int]:
+        self.texts.append(text)
+        return TOK.encode(text)
+
+
+def test_piece_cache_evicts_the_least_recently_used() -> None:
+    counting = _Counting()
+    enc = ChatEncoder(counting, num_checked=0, check_every=10**9, max_pieces=6)  # type: ignore[arg-type]
+    hot = {"role": "system", "content": "the hot system prompt"}
+    for i in range(20):
+        enc.encode([hot, {"role": "user", "content": f"question {i}"}], False)
+    # Kept while cold questions come and go: encoded once, not once per eviction round.
+    assert counting.texts.count("the hot system prompt") == 1

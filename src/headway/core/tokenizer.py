@@ -106,7 +106,7 @@ class ChatEncoder:
     encoded whole and compared; one mismatch switches the encoder to whole-prompt
     encoding for good.
 
-    The piece cache is bounded (`max_pieces`, oldest first out).
+    The piece cache is bounded (`max_pieces`, least recently used first out).
     """
 
     def __init__(
@@ -127,8 +127,10 @@ class ChatEncoder:
         self.is_piecewise = True
 
     def _piece(self, text: str) -> tuple[int, ...]:
-        ids = self._pieces.get(text)
-        if ids is None:
+        ids = self._pieces.pop(text, None)
+        if ids is not None:
+            self._pieces[text] = ids  # most recently used last: hot system prompts stay
+        else:
             ids = self._pieces[text] = tuple(self._tokenizer.encode(text))
             if len(self._pieces) > self._max_pieces:
                 with contextlib.suppress(RuntimeError, KeyError, StopIteration):
