@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from bench_smoke import run_benchmark
 
 from headway.core.costmodel import Efficiency
 
@@ -20,17 +19,8 @@ RESULT = REPO / "benchmarks" / "results" / "costmodel_vs_published.json"
 @pytest.fixture(scope="module")
 def tiny_result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     out = tmp_path_factory.mktemp("bench") / "x.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "MAPE default" in proc.stdout and "MAPE fitted" in proc.stdout
-    doc: dict[str, object] = json.loads(out.read_text())
+    doc, stdout = run_benchmark(SCRIPT, out, "--tiny")
+    assert "MAPE default" in stdout and "MAPE fitted" in stdout
     return doc
 
 
