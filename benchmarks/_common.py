@@ -126,3 +126,12 @@ def stop_process(proc: Any, timeout_s: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+async def sse_json(resp: Any) -> Any:
+    """The JSON objects of an aiohttp response's SSE `data:` lines, `[DONE]` left out
+    (an async generator)."""
+    async for raw in resp.content:
+        line = raw.strip()
+        if line.startswith(b"data: ") and line != b"data: [DONE]":
+            yield json.loads(line[6:])

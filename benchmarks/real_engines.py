@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO / "scripts" / "engines"))
 
 import headway_engines as he  # noqa: E402
 
-from _common import cpu_seconds, free_port, stop_process, write_result  # noqa: E402
+from _common import cpu_seconds, free_port, sse_json, stop_process, write_result  # noqa: E402
 
 WORDS = ("alpha", "river", "stone", "cloud", "market", "signal", "garden", "copper", "vector")
 
@@ -234,11 +234,7 @@ async def one_request(
     async with http.post(base + "/v1/chat/completions", json=body) as resp:
         if resp.status != 200:
             return {"error": f"HTTP {resp.status}: {(await resp.text())[:200]}"}
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
+        async for chunk in sse_json(resp):
             for choice in chunk.get("choices") or []:
                 # The first chunk with a choice carries the first token (its text may be
                 # empty: greedy decoding of random weights often picks special tokens,

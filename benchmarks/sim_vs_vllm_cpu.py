@@ -72,7 +72,7 @@ sys.path.insert(0, str(REPO / "scripts" / "engines"))
 
 import headway_engines as he  # noqa: E402
 
-from _common import prefix_cache_counters, write_result  # noqa: E402
+from _common import prefix_cache_counters, sse_json, write_result  # noqa: E402
 from headway.core.catalog import Dtype, GpuSpec, ModelSpec, Precision  # noqa: E402
 from headway.core.costmodel import CostModel, Deployment, Efficiency, SeqWork  # noqa: E402
 from headway.resources.catalog import load_catalog  # noqa: E402
@@ -268,11 +268,7 @@ async def stream_one(http: Any, base: str, prompt: list[int], max_tokens: int) -
     async with http.post(base + "/v1/completions", json=body) as resp:
         if resp.status != 200:
             return {"error": f"HTTP {resp.status}: {(await resp.text())[:200]}"}
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
+        async for chunk in sse_json(resp):
             if chunk.get("choices"):
                 now = time.monotonic()
                 first = now if first is None else first
