@@ -81,3 +81,42 @@ def test_errors_name_the_field(catalog: Catalog, spec: EngineSpec, field: str) -
         resolve_engine(spec, catalog)
     assert err.value.field == field
     assert str(err.value).startswith(f"{field}:")
+
+
+_DEVICE = {
+    "hbm_gib": 80, "hbm_bandwidth_tb_s": 3.35, "tflops": {"bf16": 989},
+    "interconnect_gb_s": 450, "board_power_w": 700,
+}  # fmt: skip
+
+
+def test_device_efficiency_overrides_reach_the_cost_model(catalog: Catalog) -> None:
+    from headway.core.costmodel import Efficiency
+    from headway.resources.catalog import parse_catalog
+
+    device = {**_DEVICE, "efficiency": {"step_overhead_s": 7e-4, "per_sequence_overhead_s": 0}}
+    merged = catalog.merged(parse_catalog({"gpus": {"fitted": device}}))
+    eff = resolve_engine(
+        EngineSpec(model="llama-3.1-8b", gpu="fitted"), merged
+    ).cost_model.efficiency
+    assert (eff.step_overhead_s, eff.per_sequence_overhead_s) == (7e-4, 0.0)
+    assert eff.max_mfu == Efficiency().max_mfu  # the rest stay at their defaults
+    # A spec's own factors win over the device's.
+    spec = EngineSpec(model="llama-3.1-8b", gpu="fitted", efficiency=Efficiency())
+    assert resolve_engine(spec, merged).cost_model.efficiency.step_overhead_s == 300e-6
+
+
+@pytest.mark.parametrize(
+    ("efficiency", "message"),
+    [
+        ({"max_mfuu": 0.5}, "gpus.x.efficiency.max_mfuu: unknown field"),
+        ({"gpu_memory_utilization": 0.5}, "gpus.x.efficiency.gpu_memory_utilization: unknown"),
+        ({"max_mfu": -1}, "gpus.x.efficiency.max_mfu: must be a number >= 0"),
+        ([1, 2], "gpus.x.efficiency: must map"),
+    ],
+    ids=["unknown", "vllm-flag-not-a-device-field", "negative", "not-a-mapping"],
+)
+def test_device_efficiency_errors_name_the_field(efficiency: object, message: str) -> None:
+    from headway.resources.catalog import CatalogError, parse_catalog
+
+    with pytest.raises(CatalogError, match=message.replace(".", r"\.")):
+        parse_catalog({"gpus": {"x": {**_DEVICE, "efficiency": efficiency}}})

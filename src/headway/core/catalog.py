@@ -41,6 +41,9 @@ class GpuSpec:
     interconnect_bandwidth_bytes_per_s: float
     board_power_w: float
     aliases: tuple[str, ...] = ()
+    # Cost-model `Efficiency` fields fitted for this device, (name, value) pairs, which
+    # replace the defaults for engines on it (e.g. a CPU profile fitted to vLLM-CPU).
+    efficiency_overrides: tuple[tuple[str, float], ...] = ()
 
     def peak_flops_per_s(self, dtype: Dtype) -> float:
         """Peak dense throughput for `dtype`, falling back to the widest format the GPU has.

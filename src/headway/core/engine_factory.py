@@ -94,9 +94,10 @@ def resolve_engine(spec: EngineSpec, catalog: Catalog) -> ResolvedEngine:
         deployment = Deployment(model, gpu, prec, spec.tp)
     except ValueError as exc:
         raise EngineSpecError("tp", str(exc)) from None
-    efficiency = replace(
-        spec.efficiency or Efficiency(), gpu_memory_utilization=spec.gpu_memory_utilization
-    )
+    # The spec's factors, else the device's fitted ones over the defaults; vLLM's
+    # memory flag always comes from the spec.
+    base = spec.efficiency or Efficiency(**dict(gpu.efficiency_overrides))
+    efficiency = replace(base, gpu_memory_utilization=spec.gpu_memory_utilization)
     cost_model = CostModel(deployment, efficiency)
     num_blocks = spec.num_gpu_blocks_override or cost_model.kv_capacity_blocks(spec.block_size)
     if num_blocks < 1:

@@ -7,6 +7,7 @@ e.g. ``gpus.h100.hbm_gib: must be a positive number``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -23,6 +24,7 @@ from headway.core.catalog import (
     ModelSpec,
     MoeSpec,
 )
+from headway.core.costmodel import Efficiency
 
 _GIB = 1024**3
 
@@ -60,7 +62,26 @@ _GPU_KEYS = (
     "tflops",
     "interconnect_gb_s",
     "board_power_w",
+    "efficiency",
 )
+# Efficiency fields a device may fit; gpu_memory_utilization is vLLM's flag, not the device's.
+_DEVICE_EFFICIENCY_KEYS = tuple(
+    f.name for f in dataclasses.fields(Efficiency) if f.name != "gpu_memory_utilization"
+)
+
+
+def _efficiency(entry: Mapping[str, Any], where: str) -> tuple[tuple[str, float], ...]:
+    eff = entry.get("efficiency", {})
+    if not isinstance(eff, Mapping):
+        raise CatalogError(f"{where}.efficiency: must map Efficiency fields to numbers")
+    _check_keys(eff, _DEVICE_EFFICIENCY_KEYS, f"{where}.efficiency")
+    out = []
+    for key in sorted(eff):
+        value = eff[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise CatalogError(f"{where}.efficiency.{key}: must be a number >= 0, got {value!r}")
+        out.append((str(key), float(value)))
+    return tuple(out)
 
 
 def parse_gpu(name: str, entry: Any) -> GpuSpec:
@@ -87,6 +108,7 @@ def parse_gpu(name: str, entry: Any) -> GpuSpec:
         interconnect_bandwidth_bytes_per_s=_num(entry, "interconnect_gb_s", where) * 1e9,
         board_power_w=_num(entry, "board_power_w", where),
         aliases=_aliases(entry, where),
+        efficiency_overrides=_efficiency(entry, where),
     )
 
 
