@@ -19,6 +19,11 @@ Execution invariants:
 * Scheduling lag = the time a call is actually sent minus the time it was due (session
   start or stage ready time). It measures the client itself; the point is flagged
   `is_schedule_kept = False` when its p99 exceeds `max_scheduling_lag_ms`.
+* Every wait for a due time (arrivals, stage ready times) goes through one timer per
+  process: `headway.precise_timer.PreciseTimer` by default (a helper thread wakes the
+  loop within a fraction of a millisecond, never before the due time; event-loop timers
+  fire up to ~1.3 ms late, a floor under the p99 lag at any rate). `HEADWAY_BENCH_TIMER
+  =loop` selects the event loop's timer instead, for comparison.
 * Stop (Ctrl-C, `stop_event`): nothing new is issued, in-flight calls are cancelled and
   recorded with error "cancelled", and the records so far are returned (`is_partial`).
 * Multi-process: session i of the plan runs in worker i mod N; every worker derives the
@@ -39,7 +44,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -48,11 +53,20 @@ from headway.core.arrivals import arrival_offsets_s
 from headway.core.serving_metrics import RequestRecord
 from headway.core.tokenizer import Tokenizer
 from headway.core.workloads import Call, ChatMessage, Session, Stage, Workload
+from headway.precise_timer import PreciseTimer
 
 # Without num_requests and an arrival rate (duration and a concurrency cap only), the
 # plan asks the workload for this many sessions; generation is lazy.
 UNBOUNDED_NUM_SESSIONS = 10_000_000
 DEFAULT_MAX_SCHEDULING_LAG_MS = 10.0
+# Wake-ups due within this of an earlier one share its hand-off to the loop (the later
+# ones then yield until their own due time): one thread wake for a burst of arrivals.
+TIMER_BATCH_WINDOW_S = 50e-6
+# How long before its due time a session's task is started (see `PointRunner._main`);
+# more than the event loop timer's lateness (~1.3 ms).
+DISPATCH_LEAD_S = 0.002
+TIMER_ENV = "HEADWAY_BENCH_TIMER"
+TIMER_KINDS = ("precise", "loop")
 
 
 @dataclass(frozen=True)
@@ -180,9 +194,57 @@ def substitute_answers(call: Call, answers: Mapping[str, str]) -> tuple[ChatMess
 
 
 async def sleep_until(at: float, clock: Callable[[], float] = now_s) -> None:
+    """Sleep until `at` on the event loop's timer (coarse: 0..~1.3 ms late); for
+    waits where that does not matter. The runner's due-time waits use its `timer`."""
     delay = at - clock()
     if delay > 0:
         await asyncio.sleep(delay)
+
+
+class Timer(Protocol):
+    """What the runner waits for due times with."""
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Return at `deadline` (the runner's clock), or at once if it has passed."""
+        ...
+
+
+@dataclass
+class LoopTimer:
+    """The event loop's own timer (`asyncio.sleep`): resumes 0..~1.3 ms late (the
+    baseline `PreciseTimer` is compared with)."""
+
+    clock: Callable[[], float] = now_s
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Sleep until `deadline` on the event loop's timer."""
+        await sleep_until(deadline, self.clock)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def timer_kind_from_env() -> str:
+    """The timer `HEADWAY_BENCH_TIMER` selects (default `precise`); spawned client
+    processes inherit the variable, so every process of a point uses the same kind."""
+    kind = os.environ.get(TIMER_ENV, "precise") or "precise"
+    if kind not in TIMER_KINDS:
+        raise ValueError(f"{TIMER_ENV} must be one of {', '.join(TIMER_KINDS)}, got {kind!r}")
+    return kind
+
+
+def make_timer(kind: str, clock: Callable[[], float]) -> PreciseTimer | LoopTimer:
+    """A timer of `kind` on the running loop, reading `clock` (CLOCK_MONOTONIC seconds)."""
+    if kind == "precise":
+        return PreciseTimer(
+            asyncio.get_running_loop(),
+            clock=clock,
+            batch_window_s=TIMER_BATCH_WINDOW_S,
+            name="headway-bench-timer",
+        )
+    if kind == "loop":
+        return LoopTimer(clock)
+    raise ValueError(f"timer kind must be one of {', '.join(TIMER_KINDS)}, got {kind!r}")
 
 
 @dataclass
@@ -195,6 +257,9 @@ class PointRunner:
     use_model_answers: bool = False
     on_call_done: Callable[[RequestRecord], None] | None = None
     clock: Callable[[], float] = now_s
+    # None: `run` makes one of `timer_kind` for its duration (and closes it).
+    timer: Timer | None = None
+    timer_kind: str = field(default_factory=timer_kind_from_env)
     lags_s: list[float] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _deadline: float = math.inf
@@ -208,23 +273,15 @@ class PointRunner:
         """Run `plan` with offset 0 at `started_at` (monotonic seconds); returns when
         every call has ended or `stop_event` is set (then partial)."""
         self._deadline = started_at + self.duration_s if self.duration_s is not None else math.inf
-        main = asyncio.ensure_future(self._main(plan, started_at))
-        is_partial = False
-        if stop_event is None:
-            await main
-        else:
-            stopper = asyncio.ensure_future(stop_event.wait())
-            try:
-                await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopper.cancel()
-            if not main.done():
-                is_partial = True
-                main.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await main
-            else:
-                main.result()
+        owned_timer = None
+        if self.timer is None:
+            self.timer = owned_timer = make_timer(self.timer_kind, self.clock)
+        try:
+            is_partial = await self._run_main(plan, started_at, stop_event)
+        finally:
+            if owned_timer is not None:
+                owned_timer.close()
+                self.timer = None
         return PointRun(
             records=tuple(self.client.sink),
             lags_s=tuple(self.lags_s),
@@ -233,6 +290,31 @@ class PointRunner:
             num_processes=1,
             is_partial=is_partial,
         )
+
+    async def _run_main(
+        self, plan: Iterable[ScheduledSession], started_at: float, stop_event: asyncio.Event | None
+    ) -> bool:
+        """Run the plan to its end (False) or until `stop_event` (True: partial)."""
+        main = asyncio.ensure_future(self._main(plan, started_at))
+        if stop_event is None:
+            await main
+            return False
+        stopper = asyncio.ensure_future(stop_event.wait())
+        try:
+            await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not main.done():
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await main
+            return True
+        main.result()
+        return False
+
+    async def _sleep_until(self, at: float) -> None:
+        assert self.timer is not None  # set for the whole of `run`
+        await self.timer.sleep_until(at)
 
     async def _main(self, plan: Iterable[ScheduledSession], started_at: float) -> None:
         semaphore = (
@@ -245,12 +327,17 @@ class PointRunner:
                 due_at = started_at + item.offset_s
                 if due_at >= self._deadline:
                     break
-                await sleep_until(due_at, self.clock)
+                # The session's task starts a little ahead and waits for its due time
+                # itself (stage 0), on the timer: the send then follows the wake-up
+                # directly, not one task hop later. A coarse sleep is enough here.
+                await sleep_until(due_at - DISPATCH_LEAD_S, self.clock)
                 if semaphore is not None:
+                    # Sessions take slots in arrival order, so taking one up to the lead
+                    # early starts every session at max(due, slot freed), as at due.
                     await semaphore.acquire()
                     # Waiting for a free slot is the load's closed loop, not client lag.
                     due_at = max(due_at, self.clock())
-                if self.clock() >= self._deadline:
+                if max(due_at, self.clock()) >= self._deadline:
                     if semaphore is not None:
                         semaphore.release()
                     break
@@ -275,7 +362,7 @@ class PointRunner:
                 ready_at += stage.delay_s
                 if ready_at >= self._deadline:
                     return
-                await sleep_until(ready_at, self.clock)
+                await self._sleep_until(ready_at)
                 if len(stage.calls) == 1:
                     # No gather: it would wrap the call in a task, one more loop turn of lag.
                     results = [
