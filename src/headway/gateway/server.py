@@ -48,6 +48,7 @@ from headway.gateway.discovery import (
     apply_endpoints,
     make_discovery,
 )
+from headway.gateway.h1_transport import SchemeTransport
 from headway.gateway.health import HealthChecker
 from headway.gateway.kv_metrics import KvEventMetrics
 from headway.gateway.kv_subscriber import FirstBlockCheck, KvEventSubscriber
@@ -60,7 +61,6 @@ from headway.gateway.scraper import MetricsScraper
 from headway.gateway.sse import SseRelayFilter
 from headway.gateway.tracker import InFlightTracker
 from headway.gateway.transport import (
-    AiohttpTransport,
     Transport,
     UpstreamConnectError,
     UpstreamReadError,
@@ -265,7 +265,7 @@ class Gateway:
         self._kv_batch_children: dict[str, tuple[Any, Any]] = {}
         self._reads_prompts_of: dict[str, tuple[PoolConfig, bool]] = {}
         self.admission = Admission(config, self.router, self.tracker, self.metrics)
-        self.transport: Transport = transport or AiohttpTransport(
+        self.transport: Transport = transport or SchemeTransport(
             connect_timeout_s=config.timeouts.connect_s
         )
         self.started_at = int(time.time())
