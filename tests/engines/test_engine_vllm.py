@@ -146,7 +146,7 @@ def _gateway_config(rs: he.ReplicaSet, path: Path) -> Path:
             "hash_seed": rs.hash_seed,
         },
         "observability": {"route_header": True},
-        "access_log": {"enabled": False},
+        "access_log": {"enabled": True},  # in the gateway log: what each request did
         "pools": [
             {
                 "model": rs.served_model_name,
@@ -443,12 +443,20 @@ def test_engine_client_disconnect_aborts_on_vllm(stack: Stack) -> None:
             deadline_s=30,
             what=f"vLLM on {url} reports the request running",
         )
-        poll(  # the gauge is read at scrape time; give a starved gateway a moment
-            lambda: _gateway_slots(stack.gateway.url)["in_flight"],
-            lambda n: n == 1.0,
-            deadline_s=10,
-            what="the gateway counts the request in flight",
-        )
+        try:
+            poll(  # the gauge is read at scrape time; give a starved gateway a moment
+                lambda: _gateway_slots(stack.gateway.url)["in_flight"],
+                lambda n: n == 1.0,
+                deadline_s=10,
+                what="the gateway counts the request in flight",
+            )
+        except AssertionError as exc:  # once seen in CI: say what the gateway thought
+            lines = get(stack.gateway.url, "/metrics").text.splitlines()
+            state = [ln for ln in lines if "in_flight" in ln or "outcomes" in ln]
+            raise AssertionError(
+                f"{exc}; vLLM {during}; gateway: {state}; gateway log tail:\n"
+                + _log_tail(str(stack.gateway.stderr_path))
+            ) from None
         disconnected_at = time.monotonic()
         # Drop the connection mid-stream (leaving the `with` closes the socket).
     after = poll(
