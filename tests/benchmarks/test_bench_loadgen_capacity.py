@@ -11,7 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "loadgen_capacity.
 STEP_KEYS = {
     "offered_rate", "achieved_rate", "chunks_per_s", "completed", "failed", "lag_p50_ms",
     "lag_p99_ms", "client_cpu_cores", "stub_cpu_cores", "foreign_cpu_cores", "is_rate_kept",
-    "is_lag_kept", "client_cpu_us_per_request",
+    "is_lag_kept", "client_cpu_us_per_request", "timer",
 }  # fmt: skip
 
 
@@ -28,16 +28,20 @@ def test_loadgen_capacity_tiny(tmp_path: Path) -> None:
     assert doc["benchmark"] == "loadgen_capacity"
     assert {"git_sha", "command", "machine", "config", "isolation"} <= set(doc)
     assert doc["vllm_bench_serve"]["skipped"] == "--no-vllm"
-    for mode, processes in (("single_process", 1), ("multi_process", 2)):
-        assert {"capacity_lag_bound", "capacity_rate_kept", "client_cpu_us_per_request"} <= set(
-            doc[mode]
-        )
-        steps = doc[mode]["steps"]
-        assert steps, mode
-        for step in steps:
-            assert step.keys() >= STEP_KEYS
-            assert step["num_processes"] == processes
-            # The stub never fails and answers every chunk; lag is not asserted (load).
-            assert step["failed"] == 0 and step["completed"] > 0
-            assert step["chunks_per_s"] > 0
+    # The precise timer's steps first (the headline), the event loop's as the baseline.
+    assert doc["config"]["timers"] == ["precise", "loop"] and doc["timer"] == "precise"
+    for timer, block in (("precise", doc), ("loop", doc["loop_timer"])):
+        for mode, processes in (("single_process", 1), ("multi_process", 2)):
+            assert {"capacity_lag_bound", "capacity_rate_kept", "client_cpu_us_per_request"} <= set(
+                block[mode]
+            )
+            steps = block[mode]["steps"]
+            assert steps, (timer, mode)
+            for step in steps:
+                assert step.keys() >= STEP_KEYS
+                assert step["num_processes"] == processes
+                assert step["timer"] == timer
+                # The stub never fails and answers every chunk; lag is not asserted (load).
+                assert step["failed"] == 0 and step["completed"] > 0
+                assert step["chunks_per_s"] > 0
     assert "one client process:" in proc.stdout
