@@ -17,7 +17,7 @@ Invariants:
 * Sleepers are woken in deadline order; sleepers due within `batch_window_s` of one
   another share one hand-off (one thread wake-up and one loop wake-up for all).
 * `wake_bias_s` learns only from wake-ups that were due on their own, never from ones
-  batched early, and stays within [0, 0.5 ms].
+  batched early, and stays within [0, `max_wake_bias_s`] (default 0.5 ms).
 
 All times are readings of the timer's clock (default `time.perf_counter()`, which is
 CLOCK_MONOTONIC on Linux, like `time.monotonic()`).
@@ -52,10 +52,14 @@ class PreciseTimer:
         *,
         clock: Callable[[], float] = now,
         batch_window_s: float = 0.0,
+        max_wake_bias_s: float = MAX_WAKE_BIAS_S,
         name: str = "headway-precise-timer",
     ) -> None:
         if not batch_window_s >= 0.0:
             raise ValueError(f"batch_window_s must be >= 0, got {batch_window_s}")
+        if not max_wake_bias_s >= 0.0:
+            raise ValueError(f"max_wake_bias_s must be >= 0, got {max_wake_bias_s}")
+        self._max_wake_bias_s = max_wake_bias_s
         self._loop = loop
         self._clock = clock
         self._batch_window_s = batch_window_s
@@ -102,7 +106,7 @@ class PreciseTimer:
             # Learn the hand-off delay, not how busy the loop was: follow early or quick
             # wake-ups closely and late ones slowly; clamp so nothing can make it absurd.
             gain = 0.3 if error < self.wake_bias_s else 0.02
-            self.wake_bias_s = min(max(self.wake_bias_s + gain * error, 0.0), MAX_WAKE_BIAS_S)
+            self.wake_bias_s = min(max(self.wake_bias_s + gain * error, 0.0), self._max_wake_bias_s)
         while clock() < deadline:
             await asyncio.sleep(0)
 

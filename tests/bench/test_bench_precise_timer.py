@@ -90,14 +90,36 @@ async def test_timer_reads_the_injected_clock() -> None:
         timer.close()
 
 
-@pytest.mark.parametrize("batch_window_s", [-1e-6, float("nan")], ids=["negative", "nan"])
-def test_timer_rejects_a_bad_batch_window(batch_window_s: float) -> None:
+@pytest.mark.parametrize(
+    ("batch_window_s", "max_wake_bias_s", "field_name"),
+    [
+        (-1e-6, 0.0, "batch_window_s"),
+        (float("nan"), 0.0, "batch_window_s"),
+        (0.0, -1e-6, "max_wake_bias_s"),
+    ],
+    ids=["negative-window", "nan-window", "negative-bias-cap"],
+)
+def test_timer_rejects_bad_settings(
+    batch_window_s: float, max_wake_bias_s: float, field_name: str
+) -> None:
     loop = asyncio.new_event_loop()
     try:
-        with pytest.raises(ValueError, match="batch_window_s"):
-            PreciseTimer(loop, batch_window_s=batch_window_s)
+        with pytest.raises(ValueError, match=field_name):
+            PreciseTimer(loop, batch_window_s=batch_window_s, max_wake_bias_s=max_wake_bias_s)
     finally:
         loop.close()
+
+
+async def test_timer_bias_stays_within_its_cap() -> None:
+    timer = PreciseTimer(asyncio.get_running_loop(), max_wake_bias_s=0.0)
+    try:
+        start = now()
+        await asyncio.wait_for(
+            asyncio.gather(*(timer.sleep_until(start + 0.0005 * i) for i in range(20))), 5
+        )
+    finally:
+        timer.close()
+    assert timer.wake_bias_s == 0.0
 
 
 async def test_timer_close_stops_its_thread() -> None:
@@ -239,6 +261,7 @@ async def test_runner_makes_its_own_timer_for_the_run(kind: str, timer_type: typ
         # A precise timer never wakes a send before its due time.
         assert all(lag >= 0 for lag in run.lags_s)
         assert not seen[0]._thread.is_alive()
+        assert 0.0 <= seen[0].wake_bias_s <= runner_module.TIMER_MAX_WAKE_BIAS_S
     assert len(run.lags_s) == 5
 
 

@@ -62,6 +62,10 @@ DEFAULT_MAX_SCHEDULING_LAG_MS = 10.0
 # Wake-ups due within this of an earlier one share its hand-off to the loop (the later
 # ones then yield until their own due time): one thread wake for a burst of arrivals.
 TIMER_BATCH_WINDOW_S = 50e-6
+# Cap on how early the timer thread hands a wake-up over (the simulator allows 0.5 ms).
+# An idle loop's hand-off takes tens of µs; the learned bias only grows past that while
+# the loop is busy, and every early wake-up is spent yielding until the due time.
+TIMER_MAX_WAKE_BIAS_S = 0.0002
 # How long before its due time a session's task is started (see `PointRunner._main`);
 # more than the event loop timer's lateness (~1.3 ms).
 DISPATCH_LEAD_S = 0.002
@@ -240,6 +244,7 @@ def make_timer(kind: str, clock: Callable[[], float]) -> PreciseTimer | LoopTime
             asyncio.get_running_loop(),
             clock=clock,
             batch_window_s=TIMER_BATCH_WINDOW_S,
+            max_wake_bias_s=TIMER_MAX_WAKE_BIAS_S,
             name="headway-bench-timer",
         )
     if kind == "loop":
