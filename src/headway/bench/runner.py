@@ -22,8 +22,10 @@ Execution invariants:
 * Every wait for a due time (arrivals, stage ready times) goes through one timer per
   process: `headway.precise_timer.PreciseTimer` by default (a helper thread wakes the
   loop within a fraction of a millisecond, never before the due time; event-loop timers
-  fire up to ~1.3 ms late, a floor under the p99 lag at any rate). `HEADWAY_BENCH_TIMER
-  =loop` selects the event loop's timer instead, for comparison.
+  fire up to ~1.3 ms late, a floor under the p99 lag at any rate). The environment
+  variable `HEADWAY_BENCH_TIMER=loop` selects the event loop's timer, for comparison.
+* A session's task is started `DISPATCH_LEAD_S` before its arrival and waits for the
+  arrival on the timer itself, so the send follows the wake-up directly.
 * Stop (Ctrl-C, `stop_event`): nothing new is issued, in-flight calls are cancelled and
   recorded with error "cancelled", and the records so far are returned (`is_partial`).
 * Multi-process: session i of the plan runs in worker i mod N; every worker derives the
