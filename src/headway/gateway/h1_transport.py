@@ -75,10 +75,12 @@ class _Connection(asyncio.Protocol):
         self.is_closed = False
         self.idle_since = 0.0
         self.num_exchanges = 0
+        # One parser per connection: llhttp parses a keep-alive connection's
+        # responses one after another (a parse error closes the connection).
+        self._parser = httptools.HttpResponseParser(self)
         self._reset()
 
     def _reset(self) -> None:
-        self._parser = httptools.HttpResponseParser(self)
         self._header_pairs: list[tuple[str, str]] = []
         self._has_length = False  # Content-Length or chunked: the body's end is known
         self.status = 0
