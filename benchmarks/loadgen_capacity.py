@@ -15,9 +15,10 @@ machine used meanwhile (`foreign_cpu_cores`: the measurement is only as clean as
 is small).
 
 Every due-time wait of the client goes through its precise timer (a helper thread,
-`headway.precise_timer`); `--timers precise,loop` (the default) runs the same steps
-again with the event loop's timer (`HEADWAY_BENCH_TIMER=loop`), whose up to ~1.3 ms
-late wake-ups set a floor under p99 lag at any rate: the baseline, under `loop_timer`.
+`headway.precise_timer`); `--timers precise,loop` (the default) runs every step again
+with the event loop's timer (`HEADWAY_BENCH_TIMER=loop`, right after the precise one at
+the same rate), whose up to ~1.3 ms late wake-ups set a floor under p99 lag at any
+rate: the baseline, under `loop_timer`.
 
 vLLM (`vllm/benchmarks/serve.py` from the venv at --vllm-venv, `--backend openai-chat`,
 random dataset with the shipped tokenizer written out as a local tokenizer dir) runs at
@@ -245,25 +246,35 @@ def step_up(
     args: argparse.Namespace,
     num_processes: int,
     stub_pid: int,
-    timer: str = "precise",
-) -> dict[str, Any]:
-    """Run the steps in order until the client no longer achieves the offered rate (or a
-    call fails); the capacities are the highest steps within each bound."""
-    rows: list[dict[str, Any]] = []
+    timers: list[str],
+) -> dict[str, dict[str, Any]]:
+    """Run the steps in order, each rate with every timer in turn (so a timer's figures
+    and its baseline's see the same moments of a shared machine), a timer's series
+    stopping when the client no longer achieves the offered rate (or a call fails); the
+    capacities are the highest steps within each bound. Keyed by timer."""
+    rows: dict[str, list[dict[str, Any]]] = {timer: [] for timer in timers}
+    running = list(timers)
     for rate in rates:
-        row = headway_step(url, rate, args, num_processes, stub_pid, timer)
-        rows.append(row)
-        print(
-            f"  headway x{num_processes} {timer:7s}  rate {rate:7.1f}/s  achieved {row['achieved_rate']:7.1f}/s"
-            f"  chunks {row['chunks_per_s']:8.0f}/s  lag p50 {row['lag_p50_ms']:.3f} ms"
-            f"  p99 {row['lag_p99_ms']:.3f} ms  client cpu {row['client_cpu_cores']:.2f}"
-            f"  foreign cpu {row['foreign_cpu_cores']:.2f}"
-            + ("" if row["is_lag_kept"] else "  (lag over bound)")
-            + ("" if row["is_rate_kept"] else "  <- rate not kept"),
-            flush=True,
-        )
-        if not row["is_rate_kept"]:
+        for timer in list(running):
+            row = headway_step(url, rate, args, num_processes, stub_pid, timer)
+            rows[timer].append(row)
+            print(
+                f"  headway x{num_processes} {timer:7s}  rate {rate:7.1f}/s  achieved {row['achieved_rate']:7.1f}/s"
+                f"  chunks {row['chunks_per_s']:8.0f}/s  lag p50 {row['lag_p50_ms']:.3f} ms"
+                f"  p99 {row['lag_p99_ms']:.3f} ms  client cpu {row['client_cpu_cores']:.2f}"
+                f"  foreign cpu {row['foreign_cpu_cores']:.2f}"
+                + ("" if row["is_lag_kept"] else "  (lag over bound)")
+                + ("" if row["is_rate_kept"] else "  <- rate not kept"),
+                flush=True,
+            )
+            if not row["is_rate_kept"]:
+                running.remove(timer)
+        if not running:
             break
+    return {timer: _series(rows[timer]) for timer in timers}
+
+
+def _series(rows: list[dict[str, Any]]) -> dict[str, Any]:
     kept = [r for r in rows if r["is_rate_kept"]]
     lag_kept = [r for r in kept if r["is_lag_kept"]]
     top = kept[-1] if kept else None
@@ -431,14 +442,15 @@ def main() -> None:
         tmp = Path(tmpdir)
         stub = Stub(args.chunks, stub_cpus, tmp)
         try:
-            by_timer: dict[str, dict[str, Any]] = {}
-            for timer in timers:
-                by_timer[timer] = {
-                    "single_process": step_up(stub.url, rates, args, 1, stub.proc.pid, timer),
-                    "multi_process": step_up(
-                        stub.url, rates, args, args.processes, stub.proc.pid, timer
-                    ),
+            single_by_timer = step_up(stub.url, rates, args, 1, stub.proc.pid, timers)
+            multi_by_timer = step_up(stub.url, rates, args, args.processes, stub.proc.pid, timers)
+            by_timer = {
+                timer: {
+                    "single_process": single_by_timer[timer],
+                    "multi_process": multi_by_timer[timer],
                 }
+                for timer in timers
+            }
             vllm_rows, vllm_best, vllm_skipped = run_vllm(stub.url, rates, args, tmp)
         finally:
             stub.stop()
