@@ -66,6 +66,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--mean-output-tokens", type=float, default=200.0,
                    help="mean natural answer length when ignore_eos is not set")  # fmt: skip
+    g.add_argument("--api-overhead-ms", type=float, default=0.0,
+                   help="the API server's latency per request (model ms; default 0): a "
+                        "request reaches the engine this long after it arrived; counted in "
+                        "TTFT and e2e latency, not in queue time")  # fmt: skip
     g = p.add_argument_group("engine (vLLM's flags)")
     g.add_argument("--block-size", type=int, default=16)
     g.add_argument("--max-num-seqs", type=int, default=None,
@@ -158,6 +162,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         ("--port", 0 <= args.port <= 65535 - args.replicas),
         ("--processes", 1 <= args.processes <= max(args.replicas, 1)),
         ("--gpu-memory-utilization", 0 < args.gpu_memory_utilization <= 1),
+        ("--api-overhead-ms", 0 <= args.api_overhead_ms < float("inf")),
     ]
     for flag, ok in checks:
         if not ok:
@@ -210,6 +215,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         fault_replicas=fault_replicas,
         max_body_bytes=args.max_body_bytes,
         mean_output_tokens=args.mean_output_tokens,
+        api_overhead_s=args.api_overhead_ms / 1000,
         num_processes=args.processes,
     )
 

@@ -50,6 +50,13 @@ class RequestState:
     num_cached_tokens: int = 0
     finish_reason: str | None = None
     stop_reason: str | int | None = None  # the stop string or stop token that ended it
+    # When the request reached the modeled API server (`clock.now()`), if it passed
+    # through one (`--api-overhead-ms`); None: when the engine got it (the handle's).
+    front_end_at: float | None = None
+
+    def arrived_at(self, handle: RequestHandle) -> float:
+        """Where TTFT and e2e latency start: vLLM's arrival time, the API server's."""
+        return handle.arrived_at if self.front_end_at is None else self.front_end_at
 
 
 def usage(state: RequestState, report_cached: bool) -> dict[str, Any]:
@@ -225,7 +232,7 @@ class StreamSink:
             self._fail(StreamDropped("fault injection: stream dropped"))
 
     def settle(self, now: float) -> None:
-        self._writer._record_timing(self._handle, now)
+        self._writer._record_timing(self._handle, self.state, now)
 
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
@@ -264,10 +271,10 @@ class CompletionWriter:
         self._on_first_token = on_first_token
         self._on_token_gap = on_token_gap
 
-    def _record_timing(self, handle: RequestHandle, now: float) -> None:
+    def _record_timing(self, handle: RequestHandle, state: RequestState, now: float) -> None:
         if handle.first_token_at is None:
             handle.first_token_at = now
-            self._on_first_token(now - handle.arrived_at)
+            self._on_first_token(now - state.arrived_at(handle))
         elif handle.last_token_at is not None:
             self._on_token_gap(now - handle.last_token_at)
         handle.last_token_at = now
@@ -363,7 +370,7 @@ class CompletionWriter:
     ) -> web.Response:
         while state.finish_reason is None:
             emission = await handle.next()
-            self._record_timing(handle, clock.now())
+            self._record_timing(handle, state, clock.now())
             self.assembler.advance(state, emission)
             if state.finish_reason is not None and emission.output.finish_reason is None:
                 self.replica.finish(handle.request_id, FinishReason.STOP)

@@ -56,6 +56,11 @@ class SimConfig:
     fault_replicas: tuple[int, ...] | None = None  # None: all replicas
     max_body_bytes: int = 64 * 1024 * 1024
     mean_output_tokens: float = 200.0
+    # The modeled API server's latency per request (model seconds): tokenisation,
+    # input processing and the hops between vLLM's API process and its engine core.
+    # A request reaches the engine this long after it arrived; TTFT and e2e latency
+    # count it, queue time does not (as in vLLM's histograms). 0: no front end.
+    api_overhead_s: float = 0.0
     # Processes the fleet's replicas are split across (contiguous index ranges); a
     # process started for one range has `replica_indices` set and starts no others.
     num_processes: int = 1

@@ -95,6 +95,7 @@ class Fleet:
             "precision": d.precision.name,
             "tp": d.tp,
             "time_scale": self.config.time_scale,
+            "api_overhead_ms": self.config.api_overhead_s * 1000,
             "num_gpu_blocks": first.num_gpu_blocks if first else None,
             "block_size": self.config.block_size,
             "replicas": [
@@ -161,7 +162,9 @@ class Fleet:
             replica = Replica(
                 i, engine, cfg.time_scale, FaultInjector(faults, cfg.seed + i), timer, publisher
             )
-            server = ReplicaServer(replica, cfg, shared_tok, template, sources, self._crashed)
+            server = ReplicaServer(
+                replica, cfg, shared_tok, template, sources, self._crashed, timer=timer
+            )
             runner = web.AppRunner(server.make_app(), handler_cancellation=True, access_log=None)
             await runner.setup()
             port = cfg.port + i if cfg.port else 0

@@ -76,8 +76,10 @@ class ReplicaServer:
         template: ChatTemplate,
         kv_event_sources: dict[str, Any] | None,
         on_crash: Callable[[ReplicaServer], None],
+        timer: clock.PreciseTimer | None = None,
     ) -> None:
         self.replica = replica
+        self._timer = timer  # for the front end's waits (asyncio.sleep without one)
         self.config = config
         self.tokenizer = tokenizer
         self.template = template
@@ -161,6 +163,7 @@ class ReplicaServer:
             raise ApiError(404, f"The model `{model}` does not exist.", "model")
 
     async def _complete(self, request: web.Request, is_chat: bool) -> web.StreamResponse:
+        received_at = clock.now()
         faults = self.replica.faults
         if faults.config.hang:
             await asyncio.Event().wait()  # until the client gives up
@@ -202,6 +205,7 @@ class ReplicaServer:
             cache_salt=parsed.cache_salt,
             priority=parsed.priority,
         )
+        front_end_at = await self._front_end(received_at)
         try:
             handle = self.replica.submit(engine_request)
         except RequestError as exc:
@@ -209,6 +213,7 @@ class ReplicaServer:
             raise ApiError(status, str(exc)) from None
         prefix = "chatcmpl-" if is_chat else "cmpl-"
         state = RequestState(parsed, prefix + request_id, int(time.time()), parsed.model)
+        state.front_end_at = front_end_at
         drop_after = faults.config.drop_stream_after_tokens
         self.active_requests[id(request)] = request
         resp: web.StreamResponse | None = None
@@ -238,11 +243,25 @@ class ReplicaServer:
             self.counters.num_requests_success.get(reason, 0) + 1
         )
         now = clock.now()
-        self.metrics.observe_e2e(now - handle.arrived_at)
+        self.metrics.observe_e2e(now - state.arrived_at(handle))
         if handle.scheduled_at is not None and handle.first_token_at is not None:
             self.metrics.observe_prefill(handle.first_token_at - handle.scheduled_at)
             self.metrics.observe_decode(now - handle.first_token_at)
         return resp
+
+    async def _front_end(self, received_at: float) -> float | None:
+        """The modeled API server's latency (`--api-overhead-ms`, model time) from
+        `received_at`, before the engine gets the request; returns `received_at`, or
+        None without a front end (the request goes to the engine at once)."""
+        overhead_s = self.config.api_overhead_s
+        if overhead_s <= 0:
+            return None
+        due = received_at + overhead_s / self.replica.time_scale
+        if self._timer is not None:
+            await self._timer.sleep_until(due, is_deadline=False)
+        else:
+            await asyncio.sleep(max(0.0, due - clock.now()))
+        return received_at
 
     def _abort(self, request_id: str) -> None:
         seq = self.replica.engine.sequence(request_id)
