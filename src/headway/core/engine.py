@@ -185,7 +185,9 @@ class Engine:
         return self._seqs.get(request_id)
 
     # -- requests ---------------------------------------------------------------
-    def add_request(self, request: EngineRequest) -> None:
+    def check_request(self, request: EngineRequest) -> None:
+        """Raise `RequestError` if the engine could never serve `request` (a replica
+        checks a request when it arrives, before it joins a step)."""
         rid = request.request_id
         if rid in self._seqs:
             raise RequestError(f"request_id: {rid!r} is already in the engine")
@@ -216,6 +218,11 @@ class Engine:
                 f"max_num_batched_tokens ({sched.max_num_batched_tokens}) and chunked "
                 f"prefill is disabled"
             )
+
+    def add_request(self, request: EngineRequest) -> None:
+        """Queue `request` (the next `step` may schedule it); raises `RequestError`
+        as `check_request` does."""
+        self.check_request(request)
         self._jump_costs = ()
         seq = Sequence(request, self._arrivals)
         self._arrivals += 1
@@ -223,9 +230,9 @@ class Engine:
         if request.prompt_block_hashes is not None:
             seq.block_hashes = list(request.prompt_block_hashes)
         self.kv.update_hashes(seq)
-        self._seqs[rid] = seq
+        self._seqs[request.request_id] = seq
         if not request.ignore_eos:
-            self._natural_len[rid] = self.sampler.natural_length(seq.sample_key)
+            self._natural_len[request.request_id] = self.sampler.natural_length(seq.sample_key)
         self.scheduler.add(seq)
 
     def abort_request(self, request_id: str) -> AbortResult:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from headway.core.engine import Engine, StepResult, TokenOutput
+from headway.core.engine import Engine, RequestError, StepResult, TokenOutput
 from headway.core.kv_events import EventBatch
 from headway.core.sequence import EngineRequest, FinishReason
 from headway.sim import clock
@@ -128,6 +128,8 @@ class Replica:
         # Observers the HTTP layer plugs in for vLLM's request-phase histograms.
         self.on_queue_time: Callable[[float], None] | None = None
         self._handles: dict[str, RequestHandle] = {}
+        # Arrived, not yet in the engine: request id -> (request, arrival time).
+        self._pending: dict[str, tuple[EngineRequest, float]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
@@ -169,22 +171,44 @@ class Replica:
         return len(self._handles)
 
     def submit(self, request: EngineRequest) -> RequestHandle:
-        """Queue a request on the engine; raises core.engine.RequestError if invalid."""
-        self.engine.add_request(request)
-        handle = RequestHandle(request.request_id, clock.now())
-        self._handles[request.request_id] = handle
+        """Accept a request for the next step that starts after it arrived; raises
+        core.engine.RequestError if the engine could never serve it.
+
+        Causality: a step's start is scheduled at the previous step's end, but it is
+        computed a little later (after that step's writes, in a gap between other
+        replicas' step ends). A request that arrives in between must not join it (a
+        real engine's batch does not take requests that arrive after it started):
+        it waits in `_pending` for the next step."""
+        rid = request.request_id
+        if rid in self._pending:
+            raise RequestError(f"request_id: {rid!r} is already in the engine")
+        self.engine.check_request(request)
+        handle = RequestHandle(rid, clock.now())
+        self._pending[rid] = (request, handle.arrived_at)
+        self._handles[rid] = handle
         self._wake.set()
         return handle
+
+    def _admit_pending(self, step_start: float) -> None:
+        """Hand the engine every pending request that arrived by `step_start`."""
+        admitted = [rid for rid, (_, at) in self._pending.items() if at <= step_start]
+        for rid in admitted:  # in arrival order (dicts keep insertion order)
+            request, _ = self._pending.pop(rid)
+            self.engine.add_request(request)
 
     def abort(self, request_id: str) -> int:
         """Drop a request now (client gone); returns KV blocks freed."""
         self._handles.pop(request_id, None)
+        if self._pending.pop(request_id, None) is not None:
+            self.engine.counters.num_aborted += 1  # counted like the engine's own aborts
+            return 0
         return self.engine.abort_request(request_id).num_freed_blocks
 
     def finish(self, request_id: str, reason: FinishReason) -> None:
         """End a request for a reason found outside the engine (a stop string)."""
         self._handles.pop(request_id, None)
-        self.engine.finish_request(request_id, reason)
+        if self._pending.pop(request_id, None) is None:
+            self.engine.finish_request(request_id, reason)
 
     def release(self, request_id: str) -> None:
         self._handles.pop(request_id, None)
@@ -204,9 +228,13 @@ class Replica:
         next_start = clock.now()
         while True:
             if not self.engine.has_work:
-                self._wake.clear()
-                await self._wake.wait()
-                next_start = clock.now()
+                if not self._pending:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                # Idle until a request came: the next step starts at its arrival (the
+                # loop's wake-up delay is not queueing).
+                next_start = max(next_start, min(at for _, at in self._pending.values()))
             # Computing and rendering the next step can wait a little; a replica whose
             # step ends meanwhile cannot. Put it off while another step's end is near.
             # So can a due garbage collection.
@@ -216,6 +244,7 @@ class Replica:
             if gc_generation is not None and clock.GC_PACER.due() is not None:
                 clock.GC_PACER.collect(gc_generation)
             started_at = clock.now()
+            self._admit_pending(next_start)
             result = self.engine.step()
             self._note_admitted(result, next_start)
             self.model_time_s += result.duration_s
