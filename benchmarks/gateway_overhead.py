@@ -472,6 +472,8 @@ _COMPONENTS = (
     ("access log", ("gateway/accounting.py", "logging/")),
     ("timeouts (upstream deadline)", ("asyncio/timeouts.py", "_until (", "_Deadline.")),
     ("HTTP writes, both sides (aiohttp StreamWriter)", ("aiohttp/http_writer.py", "aiohttp/web_response.py")),
+    ("upstream client (gateway/h1_transport.py, httptools)", ("gateway/h1_transport.py",
+                                                              "httptools")),
     ("upstream client (aiohttp client)", ("aiohttp/client", "aiohttp/connector.py",
                                           "gateway/transport.py", "aiohttp/helpers.py")),
     ("body buffers (aiohttp streams)", ("aiohttp/streams.py",)),
@@ -480,6 +482,10 @@ _COMPONENTS = (
     ("event loop and socket I/O (uvloop, C)", ("Runner.run (",)),
     ("asyncio tasks/futures", ("asyncio/",)),
 )  # fmt: skip
+
+
+# Leaf frames (native) of a thread that waits for I/O in the event loop's poll.
+_IDLE_LEAVES = ("epoll_wait", "epoll_pwait", "__GI_epoll", "__libc_epoll")
 
 
 def _component(frames: list[str]) -> str:
@@ -491,12 +497,18 @@ def _component(frames: list[str]) -> str:
 
 
 def _profile(fleet: Fleet, py_spy: str, stream: bool, concurrency: int) -> dict[str, Any]:
-    """py-spy on the gateway during one extra (unmeasured) arm: the share of samples
-    per function, self (leaf frame) and inclusive (anywhere on the stack)."""
+    """py-spy on the gateway during one extra (unmeasured) arm: the share of busy
+    samples per function, self (leaf frame) and inclusive (anywhere on the stack).
+
+    Native frames are sampled (`--native`) so that idle time can be told apart: py-spy
+    counts a thread blocked in uvloop's `epoll_wait` as active (no Python frame above
+    `Runner.run` says otherwise), which once made "the event loop" look like a third
+    of the gateway's time at concurrency 1. Samples whose leaf is the poll are idle
+    and dropped; C frames are then charged to their nearest Python caller."""
     raw = fleet.tmp / f"profile-{stream}.txt"
     spy = subprocess.Popen(
         [py_spy, "record", "--pid", str(fleet.pids["headway"]), "--format", "raw",
-         "--rate", "500", "--output", str(raw), "--nonblocking"],
+         "--rate", "500", "--output", str(raw), "--nonblocking", "--native"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     time.sleep(1.0)
@@ -517,6 +529,8 @@ def _profile(fleet: Fleet, py_spy: str, stream: bool, concurrency: int) -> dict[
             continue
         # Per function, not per line: "f (file.py:12)" -> "f (file.py)".
         frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        if frames[-1].startswith(_IDLE_LEAVES):
+            continue  # blocked in the loop's poll: idle, not busy
         total += int(n)
         self_time[frames[-1]] += int(n)
         by_component[_component(frames)] += int(n)
