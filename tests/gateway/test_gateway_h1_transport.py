@@ -96,6 +96,20 @@ async def _read_request(reader: asyncio.StreamReader) -> bytes:
     return head + await reader.readexactly(length)
 
 
+async def _expect_ok(url: str, num_requests: int, pause_s: float = 0.0) -> None:
+    """`num_requests` requests one after another through one transport, each answered
+    "ok" (a pause after each lets the upstream close the idle connection first)."""
+    t = H1Transport(connect_timeout_s=5)
+    try:
+        for _ in range(num_requests):
+            resp = await t.open(url + "/x", b"", {})
+            assert await resp.read_all(10) == b"ok"
+            resp.finish(is_complete=True)
+            await asyncio.sleep(pause_s)
+    finally:
+        await t.close()
+
+
 async def test_keep_alive_connection_is_reused_and_request_is_well_formed(
     upstream: AiohttpUpstream,
 ) -> None:
@@ -260,16 +274,7 @@ async def test_connection_closed_while_idle_is_replaced_transparently(
         await writer.drain()
         writer.close()
 
-    url = await raw_server(handler)
-    t = H1Transport(connect_timeout_s=5)
-    try:
-        for _ in range(3):
-            resp = await t.open(url + "/x", b"", {})
-            assert await resp.read_all(10) == b"ok"
-            resp.finish(is_complete=True)
-            await asyncio.sleep(0.05)
-    finally:
-        await t.close()
+    await _expect_ok(await raw_server(handler), num_requests=3, pause_s=0.05)
     assert len(served) == 3 and len(set(served)) == 3
 
 
@@ -296,15 +301,7 @@ async def test_stale_pooled_connection_is_retried_once_on_a_fresh_one(
             await writer.drain()
         writer.close()
 
-    url = await raw_server(handler)
-    t = H1Transport(connect_timeout_s=5)
-    try:
-        for _ in range(2):
-            resp = await t.open(url + "/x", b"", {})
-            assert await resp.read_all(10) == b"ok"
-            resp.finish(is_complete=True)
-    finally:
-        await t.close()
+    await _expect_ok(await raw_server(handler), num_requests=2)
     assert num_requests_by_conn == [2, 1]
 
 
