@@ -6,6 +6,7 @@ clock and timer where the exact lag is asserted."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -250,13 +251,26 @@ def test_an_unknown_timer_kind_names_the_variable(monkeypatch: pytest.MonkeyPatc
 )
 async def test_runner_makes_its_own_timer_for_the_run(kind: str, timer_type: type) -> None:
     seen: list[Any] = []
+    switch_intervals_s: list[float] = []
     client = FakeClient(now_s)
     runner = PointRunner(cast(StreamingClient, client), LoadLevel(), timer_kind=kind)
-    client.on_call = lambda: seen.append(runner.timer)
+
+    def on_call() -> None:
+        seen.append(runner.timer)
+        switch_intervals_s.append(sys.getswitchinterval())
+
+    client.on_call = on_call
+    before_s = sys.getswitchinterval()
     plan = [session(i, 0.002 * i, 0.0) for i in range(5)]
     run = await asyncio.wait_for(runner.run(plan, now_s() + 0.003), 5)
     assert len(seen) == 5 and all(isinstance(t, timer_type) for t in seen)
     assert runner.timer is None  # made for the run, closed after it
+    # A precise timer's thread gets the GIL quickly during the run; restored after it.
+    expected_s = (
+        min(before_s, runner_module.TIMER_SWITCH_INTERVAL_S) if kind == "precise" else before_s
+    )
+    assert switch_intervals_s == pytest.approx([expected_s] * 5)
+    assert sys.getswitchinterval() == before_s
     if kind == "precise":
         # A precise timer never wakes a send before its due time.
         assert all(lag >= 0 for lag in run.lags_s)
@@ -270,3 +284,19 @@ def test_runner_default_timer_is_precise(monkeypatch: pytest.MonkeyPatch) -> Non
     runner = PointRunner(cast(StreamingClient, FakeClient(now_s)), LoadLevel())
     assert runner.timer_kind == "precise"
     assert runner_module.TIMER_BATCH_WINDOW_S > 0
+
+
+async def test_overlapping_runs_restore_the_switch_interval_after_the_last() -> None:
+    before_s = sys.getswitchinterval()
+    during_s: list[float] = []
+    client_a, client_b = FakeClient(now_s), FakeClient(now_s)
+    a = PointRunner(cast(StreamingClient, client_a), LoadLevel(), timer_kind="precise")
+    b = PointRunner(cast(StreamingClient, client_b), LoadLevel(), timer_kind="precise")
+    client_b.on_call = lambda: during_s.append(sys.getswitchinterval())
+    start = now_s()
+    # b's one call comes after a has ended (a: 0-10 ms, b: 5-40 ms).
+    plan_a = [session(i, 0.005 * i, 0.0) for i in range(3)]
+    plan_b = [session(9, 0.035, 0.0)]
+    await asyncio.wait_for(asyncio.gather(a.run(plan_a, start), b.run(plan_b, start + 0.005)), 5)
+    assert during_s == pytest.approx([min(before_s, runner_module.TIMER_SWITCH_INTERVAL_S)])
+    assert sys.getswitchinterval() == before_s

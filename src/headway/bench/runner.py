@@ -43,6 +43,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -68,6 +69,10 @@ TIMER_BATCH_WINDOW_S = 50e-6
 # An idle loop's hand-off takes tens of µs; the learned bias only grows past that while
 # the loop is busy, and every early wake-up is spent yielding until the due time.
 TIMER_MAX_WAKE_BIAS_S = 0.0002
+# The interpreter's switch interval while a precise timer runs (as in `headway sim`): a
+# timer thread waiting for the GIL behind a busy event loop gets it after this long
+# instead of the default 5 ms.
+TIMER_SWITCH_INTERVAL_S = 0.0002
 # How long before its due time a session's task is started (see `PointRunner._main`);
 # more than the event loop timer's lateness (~1.3 ms).
 DISPATCH_LEAD_S = 0.002
@@ -254,6 +259,29 @@ def make_timer(kind: str, clock: Callable[[], float]) -> PreciseTimer | LoopTime
     raise ValueError(f"timer kind must be one of {', '.join(TIMER_KINDS)}, got {kind!r}")
 
 
+class _SwitchInterval:
+    """Lowers the interpreter's switch interval to `TIMER_SWITCH_INTERVAL_S` while any
+    runner's precise timer runs in this process, and restores it after the last."""
+
+    def __init__(self) -> None:
+        self._num_active = 0
+        self._saved_s = 0.0
+
+    def enter(self) -> None:
+        if self._num_active == 0:
+            self._saved_s = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._saved_s, TIMER_SWITCH_INTERVAL_S))
+        self._num_active += 1
+
+    def exit(self) -> None:
+        self._num_active -= 1
+        if self._num_active == 0:
+            sys.setswitchinterval(self._saved_s)
+
+
+_SWITCH_INTERVAL = _SwitchInterval()
+
+
 @dataclass
 class PointRunner:
     """Runs one plan against one client (one process's share)."""
@@ -283,12 +311,17 @@ class PointRunner:
         owned_timer = None
         if self.timer is None:
             self.timer = owned_timer = make_timer(self.timer_kind, self.clock)
+        is_precise = isinstance(owned_timer, PreciseTimer)
+        if is_precise:
+            _SWITCH_INTERVAL.enter()
         try:
             is_partial = await self._run_main(plan, started_at, stop_event)
         finally:
             if owned_timer is not None:
                 owned_timer.close()
                 self.timer = None
+            if is_precise:
+                _SWITCH_INTERVAL.exit()
         return PointRun(
             records=tuple(self.client.sink),
             lags_s=tuple(self.lags_s),
