@@ -28,6 +28,7 @@ def test_cluster_vs_live_tiny(tmp_path: Path) -> None:
     assert doc["calibration"]["live_ttft_p50_ms"] > 0
     assert set(doc["live_client"]) == {"calibration", "load"}
     assert doc["front_end_overhead_ms"] >= 0 and doc["front_end_overhead_lone_ms"] >= 0
+    assert doc["front_end_overhead_samples"]["num"] > 0
     rows = {r["metric"]: r for r in doc["rows"]}
     assert set(rows) == {
         "ttft_p50_ms", "ttft_p90_ms", "tpot_p50_ms", "output_tokens_per_s", "prefix_hit_rate"
@@ -35,6 +36,7 @@ def test_cluster_vs_live_tiny(tmp_path: Path) -> None:
     for row in rows.values():
         assert row["live"] > 0 and row["simulated"] > 0
         assert row["simulated_with_lone_overhead"] > 0
+        assert row["simulated_with_median_overhead"] > 0
     # The same engine model on both sides: decode pace agrees even in the tiny run.
     assert rows["tpot_p50_ms"]["rel_error"] < 0.25
     assert "largest relative error" in proc.stdout

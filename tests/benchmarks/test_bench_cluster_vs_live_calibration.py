@@ -48,3 +48,24 @@ def test_median_excess_is_per_call(
 def test_calibration_seed_differs_from_the_compared_run(cvl: ModuleType) -> None:
     args = argparse.Namespace(seed=7)
     assert cvl._calibration_seed(args) != args.seed
+
+
+@pytest.mark.parametrize(
+    ("live", "simulated", "expected_s"),
+    [
+        ({"b": 0.030, "a": 0.010}, {"a": 0.007, "b": 0.029}, (0.001, 0.003)),
+        ({"a": 0.002, "b": 0.009}, {"a": 0.003, "b": 0.004}, (0.0, 0.005)),
+        ({"a": 0.002, "x": 0.5}, {"a": 0.001}, (0.001,)),
+        ({}, {"a": 0.001}, ()),
+    ],
+    ids=["sorted", "negative-as-zero", "unmatched", "empty"],
+)
+def test_overhead_samples_are_sorted_clipped_excesses(
+    cvl: ModuleType,
+    live: dict[str, float],
+    simulated: dict[str, float],
+    expected_s: tuple[float, ...],
+) -> None:
+    got = cvl.overhead_samples_s(live, simulated)
+    assert isinstance(got, tuple)
+    assert got == pytest.approx(expected_s, abs=1e-12)

@@ -16,7 +16,10 @@ A call's front end (the HTTP server, the gateway's and the engine's parsing and
 tokenization, the proxy hop: ~15 ms of wall time per request live, which the engine
 model does not include) is `frontend_overhead_s` of virtual time between the client
 sending it (`sent_at`, where TTFT starts) and the gateway routing it to an engine
-(which takes it at once). 0 (the default) routes at the send instant.
+(which takes it at once). 0 (the default) routes at the send instant. Where the front
+end varies from call to call, `frontend_overhead_samples_s` gives measured values
+instead: each call draws one of them, uniformly, from its own generator seeded with
+`seed` (so the routing's random stream is the same with or without them).
 
 Admission control (`ClusterConfig.admission`, off by default) is the gateway's
 (gateway/admission.py), in virtual time: a call is routed only among replicas below
@@ -170,6 +173,9 @@ class ClusterConfig:
     max_decode_jump_steps: int = 64
     # Virtual seconds from a call's send to its routing (see the module docstring).
     frontend_overhead_s: float = 0.0
+    # Or a measured distribution of it: each call draws one value (seeded); empty: the
+    # constant above. Not both.
+    frontend_overhead_samples_s: tuple[float, ...] = ()
     # The gateway's in-flight caps and admission queue; None: every call is routed at
     # once, however loaded the replicas are.
     admission: AdmissionLimits | None = None
@@ -183,6 +189,15 @@ class ClusterConfig:
         if not (math.isfinite(self.frontend_overhead_s) and self.frontend_overhead_s >= 0):
             raise ClusterConfigError(
                 f"frontend_overhead_s: must be a finite number >= 0, got {self.frontend_overhead_s}"
+            )
+        for i, x in enumerate(self.frontend_overhead_samples_s):
+            if not (math.isfinite(x) and x >= 0):
+                raise ClusterConfigError(
+                    f"frontend_overhead_samples_s[{i}]: must be a finite number >= 0, got {x}"
+                )
+        if self.frontend_overhead_samples_s and self.frontend_overhead_s:
+            raise ClusterConfigError(
+                "frontend_overhead_samples_s: give it or frontend_overhead_s, not both"
             )
         roles = {ReplicaRole(g.role) for g in self.groups}
         if roles != {ReplicaRole.MIXED} and roles != {ReplicaRole.PREFILL, ReplicaRole.DECODE}:
@@ -461,6 +476,9 @@ class ClusterSimulation:
         except ValueError as exc:
             raise ClusterConfigError(f"routing.{exc}") from None
         self._rng = np.random.default_rng(config.seed)
+        # The front end's draws have their own stream: the routing's stays as it was.
+        self._overhead_rng = np.random.default_rng([config.seed, 1])
+        self._overhead_samples_s = np.asarray(config.frontend_overhead_samples_s, dtype=float)
         self._queue = EventQueue()
         self._records: list[RequestRecord] = []
         self._calls: dict[str, _CallState] = {}
@@ -539,8 +557,8 @@ class ClusterSimulation:
     def _send_stage(self, state: _SessionState, now_s: float) -> None:
         stage = state.session.stages[state.stage_index]
         state.num_open_calls = len(stage.calls)
-        overhead_s = self.config.frontend_overhead_s
         for call in stage.calls:
+            overhead_s = self._frontend_overhead_s()
             if overhead_s > 0:
                 self._queue.push(now_s + overhead_s, EventKind.DISPATCH, (call, state, now_s))
             else:
@@ -548,6 +566,13 @@ class ClusterSimulation:
         if not stage.calls:
             state.stage_index += 1
             self._schedule_stage(state, now_s)
+
+    def _frontend_overhead_s(self) -> float:
+        """One call's front-end time: the constant, or a draw from the samples."""
+        samples = self._overhead_samples_s
+        if not len(samples):
+            return self.config.frontend_overhead_s
+        return float(samples[self._overhead_rng.integers(len(samples))])
 
     def _dispatch(self, call: Call, state: _SessionState, sent_at: float, now_s: float) -> None:
         """Admit a call sent at `sent_at`: route it at `now_s`, or queue it for a slot
