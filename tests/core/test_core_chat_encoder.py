@@ -112,3 +112,41 @@ def test_piece_cache_evicts_the_least_recently_used() -> None:
         enc.encode([hot, {"role": "user", "content": f"question {i}"}], False)
     # Kept while cold questions come and go: encoded once, not once per eviction round.
     assert counting.texts.count("the hot system prompt") == 1
+
+
+@pytest.mark.parametrize(
+    ("earlier", "msgs", "expected"),
+    [
+        ([], [{"role": "system", "content": "long system"}], len("long system")),
+        (
+            [[{"role": "system", "content": "long system"}]],
+            [{"role": "system", "content": "long system"}, {"role": "user", "content": "q?"}],
+            len("q?"),
+        ),
+        ([[{"role": "user", "content": " led"}]], [{"role": "user", "content": " led"}], 0),
+        (
+            [],
+            [{"role": "user", "content": " led"}],
+            len("<|start_header_id|>user<|end_header_id|>\n\n led"),
+        ),
+        ([], [{"role": "user", "content": 7}], 0),  # unreadable: `encode` raises for it
+    ],
+    ids=["cold", "system-cached", "whitespace-led-cached", "whitespace-led-cold", "bad"],
+)
+def test_num_uncached_chars(
+    earlier: list[list[dict[str, object]]], msgs: list[dict[str, object]], expected: int
+) -> None:
+    enc = ChatEncoder(TOK, num_checked=0, check_every=10**9)
+    for m in earlier:
+        enc.encode(m)
+    assert enc.num_uncached_chars(msgs) == expected
+
+
+def test_num_uncached_chars_counts_the_whole_prompt_when_a_check_is_due() -> None:
+    msgs = [{"role": "user", "content": "hi"}]
+    enc = ChatEncoder(TOK, num_checked=1, check_every=10**9)
+    enc.encode(msgs)  # the first prompt is checked; now "hi" is cached
+    assert enc.num_uncached_chars(msgs) == 0
+    checked = ChatEncoder(TOK, num_checked=2, check_every=10**9)
+    checked.encode(msgs)
+    assert checked.num_uncached_chars(msgs) == len(ChatTemplate().render(msgs))

@@ -131,6 +131,51 @@ def test_reader_cache_and_thread() -> None:
         threaded.close()
 
 
+def test_reader_threads_only_uncached_work() -> None:
+    """A long system prompt seen before is encoded from the piece cache on the loop
+    (no thread hop); a long one not seen before goes to the worker thread. The chat
+    encoder's whole-prompt checks (the first 16 prompts, then every 64th) count in
+    full."""
+    system = "You are a careful agent with many tools. " * 200  # ~8 KB
+    reader = PromptReader(PromptConfig(thread_min_bytes=4096), default_tokenizer())
+
+    def body(system_text: str, question: str) -> dict[str, Any]:
+        return {
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": system_text},
+                {"role": "user", "content": question},
+            ],
+        }
+
+    async def read(b: dict[str, Any]) -> Any:
+        return await reader.read(b, is_chat=True, block_size=16, tokenize=True)
+
+    async def main() -> None:
+        for i in range(16):  # checked against whole-prompt encoding: all threaded
+            await read(body(system, f"warm-up question {i}"))
+        assert reader.num_threaded == 16
+        info = await read(body(system, "a new short question"))
+        assert reader.num_threaded == 16  # only the question was new
+        reader_fresh = PromptReader(PromptConfig(thread_min_bytes=10**9), default_tokenizer())
+        try:
+            assert (
+                await reader_fresh.read(
+                    body(system, "a new short question"), is_chat=True, block_size=16, tokenize=True
+                )
+                == info
+            )  # the same info as encoding the prompt whole
+        finally:
+            reader_fresh.close()
+        await read(body(system.replace("careful", "reckless"), "question"))
+        assert reader.num_threaded == 17
+
+    try:
+        asyncio.run(main())
+    finally:
+        reader.close()
+
+
 @pytest.mark.parametrize("salt", [None, "tenant-a"], ids=["no-salt", "salt"])
 def test_precise_hashes_equal_the_sims(kv_fleets, salt: str | None) -> None:  # type: ignore[no-untyped-def]
     url = kv_fleets.map.urls[1]

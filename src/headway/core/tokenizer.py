@@ -142,6 +142,35 @@ class ChatEncoder:
     ) -> str:
         return self._template.render(messages, add_generation_prompt)
 
+    def num_uncached_chars(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> int:
+        """How many characters `encode(messages)` would hand the tokenizer: the pieces
+        not in the cache, or the whole rendered prompt when it encodes whole (not
+        piecewise, or this call is due for the check). A caller uses it to decide
+        whether encoding is worth a worker thread; a message it cannot read counts 0
+        (`encode` raises for it anyway)."""
+        due = self._num_encoded + 1
+        if not self.is_piecewise or due <= self._num_checked or due % self._check_every == 0:
+            try:
+                return len(self.render(messages, add_generation_prompt))
+            except ChatTemplateError:
+                return 0
+        num_chars = 0
+        for msg in messages:
+            if not isinstance(msg, Mapping):
+                break
+            try:
+                text = message_text(msg.get("content"), "content")
+            except ChatTemplateError:
+                break
+            piece = text
+            if text[:1].isspace():  # encoded with its header, as in `encode`
+                piece = f"{START_HEADER}{msg.get('role')}{END_HEADER}\n\n{text}"
+            if piece not in self._pieces:
+                num_chars += len(piece)
+        return num_chars
+
     def encode(
         self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
     ) -> list[int]:
