@@ -20,8 +20,9 @@ via `scripts/engines/headway_engines.py`):
    free; the MFU ramp is off (`mfu_half_saturation_tokens` 0: for a dense model its
    linear time 2P(n + h)/(max_mfu peak) is an intercept the per-step cost already is,
    so the two cannot be told apart) and the bandwidth is measured, not fitted (a numpy
-   copy on this machine, `copy_bandwidth_tb_s`: no step of this model is memory-bound,
-   so step times cannot pin it). The catalog entry carries the Efficiency factors as
+   copy on this machine, `copy_bandwidth_tb_s`: the tiny model's steps read little
+   besides its weights, a constant per step that step times cannot tell from the
+   per-step cost). The catalog entry carries the Efficiency factors as
    `efficiency:`. A device-only fit (tflops and bandwidth free, GPU Efficiency, the
    earlier catalog fit) is reported for comparison. vLLM runs the model in float32
    and the catalog has no fp32 format: precision bf16, bandwidth for bf16-sized bytes.
@@ -148,8 +149,9 @@ DEVICE_KEYS = ("tflops_bf16", "bandwidth_tb_s")
 # on one core) and a per-sequence cost (decode batches). The MFU ramp is off
 # (`CPU_FIXED`): for a dense model the ramp's linear time is 2P(n + h)/(max_mfu peak),
 # an intercept the per-step cost already is, so the two cannot be told apart.
-# Bandwidth is not fitted: no step of this 4.5 M-parameter model is memory-bound at any
-# bandwidth above ~1 GB/s, so the data cannot pin it; it is measured (`copy_bandwidth`).
+# Bandwidth is not fitted: this 4.5 M-parameter model's steps read little besides its
+# weights, the same bytes every step, which the per-step cost absorbs at any bandwidth;
+# it is measured instead (`copy_bandwidth_tb_s`).
 CPU_FREE = ("tflops_bf16", "step_overhead_s", "per_sequence_overhead_s")
 CPU_FIXED = {"mfu_half_saturation_tokens": 0.0}
 
