@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from sim_harness import MODEL, get, post
 
-from headway.core.tokenizer import ChatTemplate
+from headway.core.tokenizer import ChatEncoder, ChatTemplate
 from headway.gateway.config import PromptConfig
 from headway.gateway.prompt_blocks import (
     PromptReader,
+    TurnHashCache,
     chunk_hashes,
     id_chunk_hashes,
     precise_block_hashes,
@@ -129,6 +130,46 @@ def test_reader_cache_and_thread() -> None:
     finally:
         inline.close()
         threaded.close()
+
+
+@pytest.mark.parametrize(
+    ("block_size", "salt"), [(16, None), (32, "tenant-a"), (7, None)], ids=["16", "32-salt", "7"]
+)
+def test_turn_hash_cache_equals_hashing_from_scratch(block_size: int, salt: str | None) -> None:
+    """A conversation growing turn by turn, and a second one sharing its system
+    prompt: every prompt's hashes equal `precise_block_hashes` of its token ids, and
+    all but the first start from a cached turn boundary."""
+    encoder = ChatEncoder(default_tokenizer(), num_checked=0, check_every=10**9)
+    cache = TurnHashCache()
+    system = {"role": "system", "content": "Tools: search, fetch, run. " * 40}
+    conversations = [
+        [system, {"role": "user", "content": "first question"}],
+        [system, {"role": "user", "content": "first question"},
+         {"role": "assistant", "content": "an answer"}, {"role": "user", "content": "next"}],
+        [system, {"role": "user", "content": "another user's question"}],
+        [{"role": "system", "content": " leading space"}, {"role": "user", "content": "q"}],
+    ]  # fmt: skip
+    for messages in conversations:
+        ids, turns = encoder.encode_turns(messages)
+        expected = precise_block_hashes(ids, block_size, "seed", salt)
+        assert cache.hashes(ids, turns, block_size, "seed", salt) == expected
+    assert cache.num_hits == 2  # the second and third conversations
+    # A different salt or block size never reuses these entries.
+    ids, turns = encoder.encode_turns(conversations[0])
+    other = "other" if salt is None else None
+    assert cache.hashes(ids, turns, block_size, "seed", other) == precise_block_hashes(
+        ids, block_size, "seed", other
+    )
+    assert cache.num_hits == 2
+
+
+def test_turn_hash_cache_is_bounded() -> None:
+    encoder = ChatEncoder(default_tokenizer(), num_checked=0, check_every=10**9)
+    cache = TurnHashCache(max_entries=3)
+    for i in range(5):
+        ids, turns = encoder.encode_turns([{"role": "user", "content": f"prompt {i} " * 20}])
+        cache.hashes(ids, turns, 16, None, None)
+    assert len(cache._entries) == 3
 
 
 def test_reader_threads_only_uncached_work() -> None:

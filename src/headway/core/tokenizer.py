@@ -175,6 +175,25 @@ class ChatEncoder:
         self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
     ) -> list[int]:
         """Token ids of `render(messages)`; raises ChatTemplateError like `render`."""
+        return self._encode(messages, add_generation_prompt, None)
+
+    def encode_turns(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> tuple[list[int], list[tuple[str, str, int]]]:
+        """`encode(messages)` and, per message, (role, text, tokens up to the end of its
+        turn): equal leading turns give equal leading token ids, which a caller may
+        key cached work on. No turns when the prompt was encoded whole (the encoder
+        is not piecewise)."""
+        turns: list[tuple[str, str, int]] = []
+        ids = self._encode(messages, add_generation_prompt, turns)
+        return ids, turns
+
+    def _encode(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool,
+        turns: list[tuple[str, str, int]] | None,
+    ) -> list[int]:
         if not self.is_piecewise:
             return self._tokenizer.encode(self.render(messages, add_generation_prompt))
         if not messages:
@@ -196,6 +215,8 @@ class ChatEncoder:
                 ids += self._piece(header)
                 ids += self._piece(text)
             ids += self._piece(END_OF_TURN)
+            if turns is not None:
+                turns.append((role, text, len(ids)))
         if add_generation_prompt:
             ids += self._piece(f"{START_HEADER}assistant{END_HEADER}\n\n")
         self._num_encoded += 1
@@ -203,5 +224,7 @@ class ChatEncoder:
             whole = self._tokenizer.encode(self.render(messages, add_generation_prompt))
             if whole != ids:
                 self.is_piecewise = False
+                if turns is not None:
+                    turns.clear()
                 return whole
         return ids

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +117,72 @@ def precise_block_hashes(
     return tuple(to_event_int(d) for d in digests)
 
 
+class TurnHashCache:
+    """The event hashes of chat prompts' leading turns, keyed by those turns.
+
+    Consecutive prompts repeat leading turns (a system prompt; a conversation's
+    earlier turns), and equal leading turns encode to equal leading token ids
+    (`ChatEncoder.encode_turns`), hence equal block hashes. So the hashes of the
+    blocks that lie wholly within each turn boundary are kept, and a prompt starts
+    from the longest boundary cached: ~20 us for a 6k-token system prompt instead of
+    ~0.4 ms of per-block memo lookups. Keys carry the block size, hash seed and cache
+    salt. Bounded (LRU); a lock guards it (the reader also computes in a thread).
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Any, tuple[tuple[bytes, ...], tuple[int, ...]]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.num_hits = 0
+
+    def hashes(
+        self,
+        token_ids: Sequence[int],
+        turns: Sequence[tuple[str, str, int]],
+        block_size: int,
+        seed: str | None,
+        salt: str | None,
+        memo: BlockHashMemo | None = None,
+    ) -> tuple[int, ...]:
+        """`precise_block_hashes(token_ids, ...)` for a chat prompt with these turns."""
+        num_blocks = max(0, len(token_ids) - 1) // block_size
+        if num_blocks == 0:
+            return ()
+        base = (block_size, seed, salt)
+        keys: list[tuple[Any, int]] = []  # (key, blocks wholly inside) per turn boundary
+        prefix: tuple[tuple[str, str], ...] = ()
+        for role, text, num_tokens in turns:
+            prefix = (*prefix, (role, text))
+            keys.append(((base, prefix), min(num_tokens // block_size, num_blocks)))
+        digests: list[bytes] = []
+        events: list[int] = []
+        with self._lock:
+            for key, _ in reversed(keys):
+                entry = self._entries.get(key)
+                if entry is not None:
+                    self._entries.move_to_end(key)
+                    self.num_hits += 1
+                    digests = list(entry[0][:num_blocks])
+                    events = list(entry[1][:num_blocks])
+                    break
+        offset = len(digests) * block_size
+        first = (("cache_salt", salt),) if salt else None
+        BlockHasher(block_size, seed, memo=memo).extend(
+            digests,
+            token_ids[offset : num_blocks * block_size],
+            extra_keys_first_block=first,
+            token_offset=offset,
+        )
+        events += [to_event_int(d) for d in digests[len(events) :]]
+        with self._lock:
+            for key, num_inside in keys:
+                if num_inside and key not in self._entries:
+                    self._entries[key] = (tuple(digests[:num_inside]), tuple(events[:num_inside]))
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return tuple(events)
+
+
 class _GilFreeEncoder:
     """The tokenizer, encoding through `encode_batch` where it has one: the `tokenizers`
     library holds the GIL through `encode` but releases it in `encode_batch`, and only
@@ -157,6 +224,7 @@ class PromptReader:
         self._encoder = _GilFreeEncoder(tokenizer)
         self._chat = ChatEncoder(self._encoder)
         self._memo = BlockHashMemo()
+        self._turn_hashes = TurnHashCache()
         self.num_cache_hits = 0
         self.num_threaded = 0
 
@@ -219,15 +287,20 @@ class PromptReader:
         if not tokenize:
             return PromptInfo(None, (), chunks, num_chars)
         ids: Sequence[int]
+        turns: list[tuple[str, str, int]] = []
         if prompt.token_ids is not None:
             ids = prompt.token_ids
         elif prompt.messages is not None:
-            ids = self._chat.encode(prompt.messages, prompt.add_generation_prompt)
+            ids, turns = self._chat.encode_turns(prompt.messages, prompt.add_generation_prompt)
         else:
             assert prompt.text is not None
             ids = self._encoder.encode(prompt.text)
         blocks: tuple[int, ...] = ()
-        if block_size:
+        if block_size and turns:
+            blocks = self._turn_hashes.hashes(
+                ids, turns, block_size, self.config.hash_seed, prompt.salt, self._memo
+            )
+        elif block_size:
             blocks = precise_block_hashes(
                 ids, block_size, self.config.hash_seed, prompt.salt, self._memo
             )

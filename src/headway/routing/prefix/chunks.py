@@ -21,11 +21,19 @@ def chunk_hashes(text: str, chunk_chars: int, salt: str | None = None) -> tuple[
     """Chained 64-bit hashes of the full `chunk_chars`-character chunks of `text`."""
     parent = _root(salt)
     out = []
-    for i in range(0, len(text) - chunk_chars + 1, chunk_chars):
-        parent = hashlib.blake2b(
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+    end = len(text) - chunk_chars + 1
+    if text.isascii():  # one character = one byte: encode once, slice bytes
+        data = text.encode("ascii")
+        for i in range(0, end, chunk_chars):
+            parent = blake2b(parent + data[i : i + chunk_chars], digest_size=8).digest()
+            out.append(from_bytes(parent, "big"))
+        return tuple(out)
+    for i in range(0, end, chunk_chars):
+        parent = blake2b(
             parent + text[i : i + chunk_chars].encode("utf-8", "surrogatepass"), digest_size=8
         ).digest()
-        out.append(int.from_bytes(parent, "big"))
+        out.append(from_bytes(parent, "big"))
     return tuple(out)
 
 
