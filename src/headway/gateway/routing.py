@@ -296,8 +296,11 @@ class Router:
                 expected, predicted = 0, None
                 if pool_ctx.block_hashes or pool_ctx.chunk_hashes:  # else nothing to match
                     block_size = self.block_size(current)
-                    expected = router.expected_cached_tokens(pool_ctx, endpoint, block_size)
                     predicted = router.predicted_cached_tokens(pool_ctx, endpoint, block_size)
+                    if predicted is not None:  # the precise answer both give: match once
+                        expected = max(0, min(predicted, pool_ctx.num_prompt_tokens_est - 1))
+                    else:
+                        expected = router.expected_cached_tokens(pool_ctx, endpoint, block_size)
                 router.observe(pool_ctx, result)
                 if self._outliers is not None:
                     self._outliers.routed(endpoint)
