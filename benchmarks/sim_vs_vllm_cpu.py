@@ -408,8 +408,7 @@ async def probe_lone(
 ) -> list[dict[str, Any]]:
     """Lone requests, one at a time (`max_tokens` 2, fresh random tokens: no cache hit):
     per request its client TTFT and its phases from the engine's histograms (deltas
-    around it), in ms. (Two tokens, not one: `headway sim` records a stream's timing
-    after its step's writes, and a one-chunk stream has ended by then, unrecorded.)"""
+    around it), in ms."""
     rows: list[dict[str, Any]] = []
     for n in lengths:
         for _ in range(reps):

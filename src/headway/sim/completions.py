@@ -132,7 +132,9 @@ class StreamSink:
     Invariant: chunks reach the response in emission order. A chunk is written
     directly only when nothing is queued and the transport's buffer is empty;
     otherwise it is queued for the handler, which is woken for the queue, the end
-    of the stream, or an error.
+    of the stream, or an error. The handler ends the stream only once the last
+    chunk is settled (its timing recorded after the step's writes), so the last
+    token's inter-token latency, and a one-chunk stream's TTFT, are counted.
     """
 
     def __init__(
@@ -153,6 +155,7 @@ class StreamSink:
         self._data: bytes | None = None  # rendered by prepare, written by emit
         self.queue: deque[bytes] = deque()
         self.is_finished = False  # the chunk with the finish reason went out
+        self.is_settled = True  # the last chunk emitted has its timing recorded
         self.error: BaseException | None = None  # raised in the handler
         self._waiter: asyncio.Future[None] | None = None
 
@@ -210,6 +213,7 @@ class StreamSink:
         data, self._data = self._data, None
         if data is None:
             return
+        self.is_settled = False
         resp, transport = self._resp, self._transport
         if resp is None or self.queue or transport is None or transport.get_write_buffer_size():
             self.queue.append(data)
@@ -233,6 +237,9 @@ class StreamSink:
 
     def settle(self, now: float) -> None:
         self._writer._record_timing(self._handle, self.state, now)
+        self.is_settled = True
+        if self.is_finished:
+            self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         self.error = exc
@@ -245,8 +252,9 @@ class StreamSink:
             waiter.set_result(None)
 
     async def wait(self) -> None:
-        """Until there is something for the handler: queued chunks, the end, an error."""
-        while not (self.queue or self.is_finished or self.error):
+        """Until there is something for the handler: queued chunks, the settled end,
+        an error."""
+        while not (self.queue or self.error or (self.is_finished and self.is_settled)):
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -358,7 +366,7 @@ class CompletionWriter:
                     await resp.write(sink.queue.popleft())
                 if sink.error is not None:
                     raise sink.error
-                if sink.is_finished and not sink.queue:
+                if sink.is_finished and sink.is_settled and not sink.queue:
                     break
         finally:
             sink.close()
