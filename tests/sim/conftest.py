@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from sim_harness import Fleet, openai_client, start_fleets
+from sim_harness import Fleet, FleetFactory, openai_client, start_fleets
 
 # Shared fleet: two replicas, KV events (map encoding), cached-token reporting,
 # a small context and body limit so the limit errors are cheap to provoke.
@@ -29,9 +29,6 @@ ARRAY_ARGS = (
     "--kv-events-encoding", "array",
     "--kv-events-topic", "arr",
 )  # fmt: skip
-
-
-FleetFactory = Callable[..., Fleet]
 
 
 @pytest.fixture(scope="session")

@@ -262,3 +262,7 @@ def port_answers(url: str) -> bool:
 
 def openai_client(url: str, timeout_s: float = 20.0) -> OpenAI:
     return OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=timeout_s)
+
+
+FleetFactory = Callable[..., Fleet]
+"""The `start_fleet` fixture's type: starts a `headway sim` with extra CLI arguments."""

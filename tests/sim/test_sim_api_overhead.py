@@ -11,8 +11,7 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import FleetFactory
-from sim_harness import MODEL, poll, post, scrape
+from sim_harness import MODEL, FleetFactory, poll, post, scrape
 
 from headway.sim.cli import CliError, add_arguments, config_from_args
 

@@ -6,8 +6,7 @@ each gap between a request's tokens)."""
 from __future__ import annotations
 
 import pytest
-from conftest import FleetFactory
-from sim_harness import MODEL, poll, post, scrape
+from sim_harness import MODEL, FleetFactory, poll, post, scrape
 
 HISTOGRAMS = (
     "vllm:time_to_first_token_seconds",
