@@ -286,6 +286,34 @@ def test_prefix_reuse_on_repeated_prompt(n: int, block_size: int) -> None:
     assert engine.counters.num_prefix_query_tokens == 2 * n
 
 
+@pytest.mark.parametrize(
+    ("budget", "first_step_hit_tokens"),
+    [(8192, 8), (11, 0)],
+    ids=["same-step", "next-step"],
+)
+def test_requests_admitted_in_one_step_share_its_blocks(
+    budget: int, first_step_hit_tokens: int
+) -> None:
+    """Blocks are cached when the step that computes them is scheduled (vLLM's
+    `allocate_slots`): a request admitted after another in the same step reuses the
+    blocks that step fills (computed once, stored once). With a budget the first
+    prompt uses up, the second is admitted a step later and hits the same blocks."""
+    engine = make_engine(block_size=4, max_num_batched_tokens=budget)
+    shared = prompt(1, 8)
+    engine.add_request(req("a", [*shared, 5, 6, 7], max_tokens=1))
+    engine.add_request(req("b", [*shared, 9, 9, 9], max_tokens=1))
+    first = engine.step()
+    assert first.num_prefix_hit_tokens == first_step_hit_tokens
+    r = Run()
+    r.record(first)
+    run(engine, into=r)
+    assert r.reasons.keys() == {"a", "b"}
+    assert r.cached == {"a": 0, "b": 8}
+    stored = [h for step in r.steps for e in step.events if isinstance(e, BlockStored)
+              for h in e.block_hashes]  # fmt: skip
+    assert len(stored) == len(set(stored))  # every block stored once
+
+
 def test_shared_prefix_partial_hit() -> None:
     engine = make_engine(block_size=4)
     engine.add_request(req("a", [*prompt(1, 8), 5, 6, 7], max_tokens=1))

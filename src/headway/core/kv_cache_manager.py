@@ -90,9 +90,14 @@ class KvCacheManager:
             seq.block_ids.extend(self.pool.allocate(missing))
         return True
 
-    def cache_full_blocks(self, seq: Sequence) -> None:
-        """Register blocks whose tokens are all computed in the prefix cache."""
-        num_full = min(seq.num_computed_tokens // self.block_size, len(seq.block_hashes))
+    def cache_full_blocks(self, seq: Sequence, num_tokens: int | None = None) -> None:
+        """Register the full blocks of the first `num_tokens` tokens (default: those
+        computed) in the prefix cache. The scheduler passes the tokens a step will
+        have computed once it ends, as vLLM's `allocate_slots` does: a request admitted
+        later in the same step may then reuse blocks computed in that step."""
+        if num_tokens is None:
+            num_tokens = seq.num_computed_tokens
+        num_full = min(num_tokens // self.block_size, len(seq.block_hashes))
         start = seq.num_cached_blocks
         if num_full <= start:
             return

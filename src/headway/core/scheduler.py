@@ -132,6 +132,7 @@ class Scheduler:
                     break
             if not allocated:
                 break
+            self._cache_scheduled(seq, seq.num_computed_tokens + num_new)
             scheduled_running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new, seq.num_computed_tokens))
             budget -= num_new
@@ -160,11 +161,20 @@ class Scheduler:
                     seq.num_cached_tokens = prefix.num_tokens
                 out.num_prefix_query_tokens += seq.num_tokens
                 out.num_prefix_hit_tokens += prefix.num_tokens
+                self._cache_scheduled(seq, start + num_new)
                 self.running.append(seq)
                 out.admitted.append(seq)
                 out.scheduled.append(ScheduledSeq(seq, num_new, start))
                 budget -= num_new
         return out
+
+    def _cache_scheduled(self, seq: Sequence, num_tokens_after_step: int) -> None:
+        """Cache the blocks this step fills, at scheduling time (vLLM's
+        `allocate_slots`), so that a request admitted after `seq` in the same step can
+        reuse them; the step computes them before it ends."""
+        bs = self.kv.block_size
+        if min(num_tokens_after_step // bs, len(seq.block_hashes)) > seq.num_cached_blocks:
+            self.kv.cache_full_blocks(seq, min(num_tokens_after_step, seq.num_tokens))
 
     def _external_tokens(self, seq: Sequence) -> int:
         """Prompt tokens whose KV another engine computed: whole blocks, and never the
