@@ -144,23 +144,26 @@ def _figures(summary: dict[str, Any], scale: float, hit_rate: float) -> dict[str
 @dataclass(frozen=True)
 class Live:
     """What the live runs gave: per-call TTFTs (model seconds) of the lone probe's
-    cold and warm passes and of the calibration run, and the load run's figures."""
+    cold and warm passes and of the calibration runs (before and after the load run,
+    in `_calibration_seeds` order), and the load run's figures."""
 
     probe_cold_ttft_s: dict[str, float]
     probe_warm_ttft_s: dict[str, float]
-    calibration_ttft_s: dict[str, float]
+    calibration_ttft_s: tuple[dict[str, float], ...]
     figures: dict[str, float]
     # The bench client's own schedule keeping in the calibration and load runs: a
     # client that fell behind means a machine too busy for the live figures to count.
     clients: dict[str, dict[str, Any]]
 
 
-def _calibration_seed(args: argparse.Namespace) -> int:
-    return int(args.seed) + 1
+def _calibration_seeds(args: argparse.Namespace) -> tuple[int, int]:
+    """The calibration runs' seeds, before and after the load run: never the load
+    run's, so none of the compared calls is used."""
+    return int(args.seed) + 1, int(args.seed) + 2
 
 
 def _live(args: argparse.Namespace, tmp: Path) -> Live:
-    """Run the lone probe (twice), the calibration run and the load run, live."""
+    """Run the lone probe (twice), the calibration runs and the load run, live."""
     sim_args = [
         "sim", "--replicas", str(args.replicas), "--port", "0", "--model", MODEL,
         "--gpu", args.gpu, "--precision", args.precision,
@@ -194,12 +197,16 @@ def _live(args: argparse.Namespace, tmp: Path) -> Live:
 
             cold = bench(args.probe_rate, args.probe_requests, args.seed)
             probe = bench(args.probe_rate, args.probe_requests, args.seed)  # the same again
-            # The calibration run: the load run's rate, another seed (other sessions,
-            # other arrival times); its calls are never compared.
-            calibration = bench(args.rate, args.calibration_requests, _calibration_seed(args))
+            # The calibration runs: the load run's rate, other seeds (other sessions,
+            # other arrival times); their calls are never compared. One before the
+            # load run and one after, so that a machine whose load drifts during the
+            # benchmark is sampled on both sides of the compared run.
+            before_seed, after_seed = _calibration_seeds(args)
+            before = bench(args.rate, args.calibration_requests, before_seed)
             q0, h0 = _prefix_counters(urls)
             point = bench(args.rate, args.num_requests, args.seed)
             q1, h1 = _prefix_counters(urls)
+            after = bench(args.rate, args.calibration_requests, after_seed)
 
     def ttfts(p: dict[str, Any]) -> dict[str, float]:
         return {
@@ -212,9 +219,13 @@ def _live(args: argparse.Namespace, tmp: Path) -> Live:
     return Live(
         ttfts(cold),
         ttfts(probe),
-        ttfts(calibration),
+        (ttfts(before), ttfts(after)),
         _figures(point["summary"], args.time_scale, hit_rate),
-        {"calibration": calibration["client"], "load": point["client"]},
+        {
+            "calibration before": before["client"],
+            "load": point["client"],
+            "calibration after": after["client"],
+        },
     )
 
 
@@ -326,8 +337,9 @@ def main() -> int:
     p.add_argument(
         "--calibration-requests",
         type=int,
-        default=400,
-        help="sessions of the calibration run (the load run's rate, seed + 1)",
+        default=200,
+        help="sessions of each calibration run (the load run's rate; seeds + 1 before "
+        "and + 2 after the load run)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="CI smoke configuration")
@@ -337,12 +349,13 @@ def main() -> int:
         args.replicas, args.num_requests, args.num_groups = 2, 24, 3
         args.system_prompt_tokens, args.output_tokens = 256, 8
         args.probe_rate, args.probe_requests = 4.0, 3
-        args.calibration_requests = 16
+        args.calibration_requests = 8
 
     probe_sim, _ = _simulated(args, args.probe_rate, args.probe_requests)
-    calibration_sim, calibration_plain = _simulated(
-        args, args.rate, args.calibration_requests, seed=_calibration_seed(args)
-    )
+    calibration_sims = [
+        _simulated(args, args.rate, args.calibration_requests, seed=seed)
+        for seed in _calibration_seeds(args)
+    ]
     with tempfile.TemporaryDirectory() as d:
         live_runs = _live(args, Path(d))
     live = live_runs.figures
@@ -350,8 +363,11 @@ def main() -> int:
     # What the live path adds outside the engine model: per call under the load (the
     # method: its distribution; its median as a constant for comparison), and for lone
     # requests (reported, for comparison).
-    samples_s = overhead_samples_s(live_runs.calibration_ttft_s, calibration_sim)
-    median_s = max(0.0, median_excess_s(live_runs.calibration_ttft_s, calibration_sim))
+    pairs = list(zip(live_runs.calibration_ttft_s, calibration_sims, strict=True))
+    samples_s = tuple(
+        sorted(x for live_s, (sim_s, _) in pairs for x in overhead_samples_s(live_s, sim_s))
+    )
+    median_s = float(np.median(samples_s)) if samples_s else 0.0
     lone_s = max(0.0, median_excess_s(live_runs.probe_warm_ttft_s, probe_sim))
     cold_s = median_excess_s(live_runs.probe_cold_ttft_s, probe_sim)
     _, plain = _simulated(args, args.rate, args.num_requests)
@@ -363,8 +379,8 @@ def main() -> int:
     p10, p50, p90 = (1000.0 * float(np.percentile(samples_s or [0.0], q)) for q in (10, 50, 90))
     rows: list[dict[str, Any]] = []
     print(
-        f"front-end overhead of the live path under load (calibration run, seed "
-        f"{_calibration_seed(args)}, {len(samples_s)} calls), model ms: p10 {p10:.2f}, "
+        f"front-end overhead of the live path under load (calibration runs, seeds "
+        f"{_calibration_seeds(args)}, {len(samples_s)} calls), model ms: p10 {p10:.2f}, "
         f"p50 {p50:.2f}, p90 {p90:.2f}, drawn per call; lone requests: {1000 * lone_s:.2f} "
         f"warm, {1000 * cold_s:.2f} cold"
     )
@@ -424,14 +440,20 @@ def main() -> int:
             "front_end_overhead_lone_ms": 1000.0 * lone_s,
             "front_end_overhead_cold_ms": 1000.0 * cold_s,
             "live_client": live_runs.clients,
-            "calibration": {
-                "seed": _calibration_seed(args),
-                "num_requests": args.calibration_requests,
-                "live_ttft_p50_ms": _percentile_ms(live_runs.calibration_ttft_s, 50),
-                "live_ttft_p90_ms": _percentile_ms(live_runs.calibration_ttft_s, 90),
-                "simulated_without_overhead_ttft_p50_ms": calibration_plain["ttft_p50_ms"],
-                "simulated_without_overhead_ttft_p90_ms": calibration_plain["ttft_p90_ms"],
-            },
+            "calibration": [
+                {
+                    "seed": seed,
+                    "num_requests": args.calibration_requests,
+                    "live_ttft_p50_ms": _percentile_ms(live_s, 50),
+                    "live_ttft_p90_ms": _percentile_ms(live_s, 90),
+                    "simulated_without_overhead_ttft_p50_ms": plain_figures["ttft_p50_ms"],
+                    "simulated_without_overhead_ttft_p90_ms": plain_figures["ttft_p90_ms"],
+                    "excess_p50_ms": 1000.0 * median_excess_s(live_s, sim_s),
+                }
+                for seed, (live_s, (sim_s, plain_figures)) in zip(
+                    _calibration_seeds(args), pairs, strict=True
+                )
+            ],
             "rows": rows,
         },
         inputs=["src/headway"],

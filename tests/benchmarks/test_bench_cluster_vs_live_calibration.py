@@ -45,9 +45,10 @@ def test_median_excess_is_per_call(
     assert cvl.median_excess_s(live, simulated) == pytest.approx(expected_s, abs=1e-12)
 
 
-def test_calibration_seed_differs_from_the_compared_run(cvl: ModuleType) -> None:
-    args = argparse.Namespace(seed=7)
-    assert cvl._calibration_seed(args) != args.seed
+@pytest.mark.parametrize("seed", [0, 7], ids=["seed0", "seed7"])
+def test_calibration_seeds_differ_from_the_compared_run(cvl: ModuleType, seed: int) -> None:
+    seeds = cvl._calibration_seeds(argparse.Namespace(seed=seed))
+    assert len(set(seeds)) == 2 and seed not in seeds
 
 
 @pytest.mark.parametrize(
