@@ -6,7 +6,10 @@ millisecond timeouts, so a coroutine that sleeps until t resumes at t + 0..1.3 m
 large share of a short decode step or of a benchmark's gap between arrivals.
 `PreciseTimer` sleeps in one helper thread on a condition variable with a
 high-resolution timeout and wakes the event loop through `call_soon_threadsafe`, so a
-sleeper resumes within about a tenth of a millisecond of its deadline without spinning.
+sleeper resumes within about a tenth of a millisecond of its deadline without spinning
+(while the loop is mostly idle: the thread needs the GIL, which a busy loop holds).
+`AlarmTimer` does the same with the process's ITIMER_REAL and SIGALRM, no thread: for
+a loop on the main thread that may be busy (the benchmark client).
 
 Invariants:
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -172,3 +176,110 @@ def _wake_all(woken: list[tuple[asyncio.Future[bool], bool]]) -> None:
     for fut, is_due_alone in woken:
         if not fut.done():
             fut.set_result(is_due_alone)
+
+
+class AlarmTimer:
+    """`sleep_until` on the process's real-time interval timer, for a loop on the main
+    thread: the kernel raises SIGALRM at the earliest deadline (microsecond resolution),
+    the event loop learns of it through its signal wake-up fd, and wakes the sleepers
+    itself. No helper thread, so no wait for the GIL: behind a busy event loop (one that
+    releases the GIL for every poll) a helper thread can lose the GIL to the loop for
+    milliseconds at a time.
+
+    Same contract as `PreciseTimer.sleep_until` (never early, deadline order, wake-ups
+    within `batch_window_s` share one alarm, a learned `wake_bias_s` up to
+    `max_wake_bias_s`). It takes ITIMER_REAL and SIGALRM for its lifetime: use
+    `is_available()` first (main thread, neither in use, e.g. by pytest-timeout); `close`
+    gives both back.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        clock: Callable[[], float] = now,
+        batch_window_s: float = 0.0,
+        max_wake_bias_s: float = MAX_WAKE_BIAS_S,
+    ) -> None:
+        if not batch_window_s >= 0.0:
+            raise ValueError(f"batch_window_s must be >= 0, got {batch_window_s}")
+        if not max_wake_bias_s >= 0.0:
+            raise ValueError(f"max_wake_bias_s must be >= 0, got {max_wake_bias_s}")
+        if not self.is_available():
+            raise RuntimeError("ITIMER_REAL or SIGALRM is in use, or not on the main thread")
+        self._loop = loop
+        self._clock = clock
+        self._batch_window_s = batch_window_s
+        self._max_wake_bias_s = max_wake_bias_s
+        self._previous_handler = signal.getsignal(signal.SIGALRM)
+        # (fire at, seq, future): main-thread only, so no lock.
+        self._heap: list[tuple[float, int, asyncio.Future[bool]]] = []
+        self._seq = itertools.count()
+        self._armed_for: float | None = None
+        self.wake_bias_s = 0.0
+        self.num_handoffs = 0
+        self.num_wakeups = 0
+        loop.add_signal_handler(signal.SIGALRM, self._on_alarm)
+
+    @staticmethod
+    def is_available() -> bool:
+        """Whether this thread may take ITIMER_REAL and SIGALRM now."""
+        return (
+            threading.current_thread() is threading.main_thread()
+            and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
+        )
+
+    async def sleep_until(self, deadline: float) -> None:
+        """Return at `deadline` (timer clock seconds), or at once if it has passed."""
+        clock = self._clock
+        if deadline <= clock():
+            return
+        fut: asyncio.Future[bool] = self._loop.create_future()
+        heapq.heappush(self._heap, (deadline - self.wake_bias_s, next(self._seq), fut))
+        if self._heap[0][2] is fut:
+            self._arm()
+        is_due_alone = await fut
+        if is_due_alone:
+            error = clock() - deadline
+            # As PreciseTimer: follow early or quick wake-ups closely, late ones slowly.
+            gain = 0.3 if error < self.wake_bias_s else 0.02
+            self.wake_bias_s = min(max(self.wake_bias_s + gain * error, 0.0), self._max_wake_bias_s)
+        while clock() < deadline:
+            await asyncio.sleep(0)
+
+    def close(self) -> None:
+        """Disarm, and give ITIMER_REAL and SIGALRM back (sleepers left are never woken)."""
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        self._armed_for = None
+        self._loop.remove_signal_handler(signal.SIGALRM)
+        signal.signal(signal.SIGALRM, self._previous_handler)
+
+    def _arm(self) -> None:
+        """Point the alarm at the earliest deadline (or disarm it)."""
+        if not self._heap:
+            if self._armed_for is not None:
+                signal.setitimer(signal.ITIMER_REAL, 0.0)
+                self._armed_for = None
+            return
+        fire_at = self._heap[0][0]
+        if fire_at == self._armed_for:
+            return
+        # A zero value would disarm: an overdue deadline rings in a microsecond.
+        signal.setitimer(signal.ITIMER_REAL, max(fire_at - self._clock(), 1e-6))
+        self._armed_for = fire_at
+
+    def _on_alarm(self) -> None:
+        self._armed_for = None
+        t = self._clock()
+        horizon = t + self._batch_window_s
+        num_woken = 0
+        while self._heap and self._heap[0][0] <= horizon:
+            fire_at, _, fut = heapq.heappop(self._heap)
+            num_woken += 1
+            if not fut.done():
+                fut.set_result(fire_at <= t)
+        if num_woken:
+            self.num_handoffs += 1
+            self.num_wakeups += num_woken
+        self._arm()

@@ -6,6 +6,7 @@ clock and timer where the exact lag is asserted."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +27,10 @@ from headway.bench.runner import (
     timer_kind_from_env,
 )
 from headway.core.workloads import Call, ChatMessage, Session, Stage
-from headway.precise_timer import MAX_WAKE_BIAS_S, PreciseTimer, now
+from headway.precise_timer import MAX_WAKE_BIAS_S, AlarmTimer, PreciseTimer, now
+
+# AlarmTimer needs ITIMER_REAL, which pytest-timeout's default (signal) method holds.
+FREE_ALARM = pytest.mark.timeout(60, method="thread")
 
 
 # -- PreciseTimer ----------------------------------------------------------------------
@@ -129,6 +133,68 @@ async def test_timer_close_stops_its_thread() -> None:
     assert not timer._thread.is_alive()
 
 
+# -- AlarmTimer ------------------------------------------------------------------------
+@FREE_ALARM
+@pytest.mark.parametrize(
+    ("offsets_s", "batch_window_s"),
+    [
+        ([0.004, 0.001, 0.002], 0.0),
+        ([0.003, 0.00301, 0.00302, 0.00303], 50e-6),
+        ([0.002, -0.01], 50e-6),
+    ],
+    ids=["unbatched", "batched-burst", "past"],
+)
+async def test_alarm_timer_never_wakes_early_and_keeps_order(
+    offsets_s: list[float], batch_window_s: float
+) -> None:
+    timer = AlarmTimer(asyncio.get_running_loop(), batch_window_s=batch_window_s)
+    woke: list[tuple[float, float]] = []
+
+    async def sleeper(deadline: float) -> None:
+        await timer.sleep_until(deadline)
+        woke.append((deadline, now()))
+
+    try:
+        start = now()
+        await asyncio.wait_for(asyncio.gather(*(sleeper(start + d) for d in offsets_s)), 5)
+    finally:
+        timer.close()
+    assert len(woke) == len(offsets_s)
+    assert all(at >= deadline for deadline, at in woke)
+    assert [d for d, _ in woke] == sorted(d for d, _ in woke)
+    assert 0.0 <= timer.wake_bias_s <= MAX_WAKE_BIAS_S
+
+
+@FREE_ALARM
+async def test_alarm_timer_batches_and_gives_the_alarm_back() -> None:
+    assert AlarmTimer.is_available()
+    timer = AlarmTimer(asyncio.get_running_loop(), batch_window_s=50e-6)
+    try:
+        assert not AlarmTimer.is_available()  # one holder at a time
+        first = now() + 0.05
+        await asyncio.wait_for(
+            asyncio.gather(*(timer.sleep_until(first + 1e-5 * i) for i in range(5))), 5
+        )
+    finally:
+        timer.close()
+    assert (timer.num_handoffs, timer.num_wakeups) == (1, 5)
+    assert AlarmTimer.is_available()
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+@FREE_ALARM
+async def test_alarm_timer_is_unavailable_while_the_alarm_is_in_use() -> None:
+    previous = signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    signal.setitimer(signal.ITIMER_REAL, 100.0)
+    try:
+        assert not AlarmTimer.is_available()
+        with pytest.raises(RuntimeError, match="ITIMER_REAL"):
+            AlarmTimer(asyncio.get_running_loop())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 # -- the runner's waits ----------------------------------------------------------------
 @dataclass
 class FakeResult:
@@ -225,8 +291,14 @@ async def test_runner_waits_on_its_timer_and_records_the_lag(
 
 @pytest.mark.parametrize(
     ("env_value", "expected"),
-    [(None, "precise"), ("", "precise"), ("precise", "precise"), ("loop", "loop")],
-    ids=["unset", "empty", "precise", "loop"],
+    [
+        (None, "precise"),
+        ("", "precise"),
+        ("precise", "precise"),
+        ("thread", "thread"),
+        ("loop", "loop"),
+    ],
+    ids=["unset", "empty", "precise", "thread", "loop"],
 )
 def test_timer_kind_comes_from_the_environment(
     env_value: str | None, expected: str, monkeypatch: pytest.MonkeyPatch
@@ -245,11 +317,19 @@ def test_an_unknown_timer_kind_names_the_variable(monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.parametrize(
-    ("kind", "timer_type"),
-    [("precise", PreciseTimer), ("loop", LoopTimer)],
-    ids=["precise", "loop"],
+    ("kind", "is_alarm_taken", "timer_type"),
+    [
+        pytest.param("precise", False, AlarmTimer, marks=FREE_ALARM, id="precise-alarm"),
+        pytest.param("precise", True, PreciseTimer, marks=FREE_ALARM, id="precise-alarm-taken"),
+        pytest.param("thread", False, PreciseTimer, marks=FREE_ALARM, id="thread"),
+        pytest.param("loop", False, LoopTimer, id="loop"),
+    ],
 )
-async def test_runner_makes_its_own_timer_for_the_run(kind: str, timer_type: type) -> None:
+async def test_runner_makes_its_own_timer_for_the_run(
+    kind: str, is_alarm_taken: bool, timer_type: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if is_alarm_taken:
+        monkeypatch.setattr(AlarmTimer, "is_available", staticmethod(lambda: False))
     seen: list[Any] = []
     switch_intervals_s: list[float] = []
     client = FakeClient(now_s)
@@ -265,17 +345,22 @@ async def test_runner_makes_its_own_timer_for_the_run(kind: str, timer_type: typ
     run = await asyncio.wait_for(runner.run(plan, now_s() + 0.003), 5)
     assert len(seen) == 5 and all(isinstance(t, timer_type) for t in seen)
     assert runner.timer is None  # made for the run, closed after it
-    # A precise timer's thread gets the GIL quickly during the run; restored after it.
+    # A timer thread gets the GIL quickly during the run; restored after it.
     expected_s = (
-        min(before_s, runner_module.TIMER_SWITCH_INTERVAL_S) if kind == "precise" else before_s
+        min(before_s, runner_module.TIMER_SWITCH_INTERVAL_S)
+        if timer_type is PreciseTimer
+        else before_s
     )
     assert switch_intervals_s == pytest.approx([expected_s] * 5)
     assert sys.getswitchinterval() == before_s
-    if kind == "precise":
+    if timer_type is not LoopTimer:
         # A precise timer never wakes a send before its due time.
         assert all(lag >= 0 for lag in run.lags_s)
-        assert not seen[0]._thread.is_alive()
         assert 0.0 <= seen[0].wake_bias_s <= runner_module.TIMER_MAX_WAKE_BIAS_S
+    if timer_type is PreciseTimer:
+        assert not seen[0]._thread.is_alive()
+    if timer_type is AlarmTimer:
+        assert AlarmTimer.is_available()  # given back
     assert len(run.lags_s) == 5
 
 

@@ -28,9 +28,15 @@ def test_loadgen_capacity_tiny(tmp_path: Path) -> None:
     assert doc["benchmark"] == "loadgen_capacity"
     assert {"git_sha", "command", "machine", "config", "isolation"} <= set(doc)
     assert doc["vllm_bench_serve"]["skipped"] == "--no-vllm"
-    # The precise timer's steps first (the headline), the event loop's as the baseline.
-    assert doc["config"]["timers"] == ["precise", "loop"] and doc["timer"] == "precise"
-    for timer, block in (("precise", doc), ("loop", doc["loop_timer"])):
+    # The precise timer's steps first (the headline); the thread timer's and the event
+    # loop's (the baseline) beside them.
+    assert doc["config"]["timers"] == ["precise", "thread", "loop"]
+    assert doc["timer"] == "precise"
+    for timer, block in (
+        ("precise", doc),
+        ("thread", doc["thread_timer"]),
+        ("loop", doc["loop_timer"]),
+    ):
         for mode, processes in (("single_process", 1), ("multi_process", 2)):
             assert {"capacity_lag_bound", "capacity_rate_kept", "client_cpu_us_per_request"} <= set(
                 block[mode]

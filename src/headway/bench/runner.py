@@ -56,7 +56,7 @@ from headway.core.arrivals import arrival_offsets_s
 from headway.core.serving_metrics import RequestRecord
 from headway.core.tokenizer import Tokenizer
 from headway.core.workloads import Call, ChatMessage, Session, Stage, Workload
-from headway.precise_timer import PreciseTimer
+from headway.precise_timer import AlarmTimer, PreciseTimer
 
 # Without num_requests and an arrival rate (duration and a concurrency cap only), the
 # plan asks the workload for this many sessions; generation is lazy.
@@ -77,7 +77,8 @@ TIMER_SWITCH_INTERVAL_S = 0.0002
 # more than the event loop timer's lateness (~1.3 ms).
 DISPATCH_LEAD_S = 0.002
 TIMER_ENV = "HEADWAY_BENCH_TIMER"
-TIMER_KINDS = ("precise", "loop")
+# precise: AlarmTimer where it can run (main thread, ITIMER_REAL free), else the thread.
+TIMER_KINDS = ("precise", "thread", "loop")
 
 
 @dataclass(frozen=True)
@@ -244,9 +245,19 @@ def timer_kind_from_env() -> str:
     return kind
 
 
-def make_timer(kind: str, clock: Callable[[], float]) -> PreciseTimer | LoopTimer:
+def make_timer(kind: str, clock: Callable[[], float]) -> AlarmTimer | PreciseTimer | LoopTimer:
     """A timer of `kind` on the running loop, reading `clock` (CLOCK_MONOTONIC seconds)."""
-    if kind == "precise":
+    if kind == "precise" and AlarmTimer.is_available():
+        try:
+            return AlarmTimer(
+                asyncio.get_running_loop(),
+                clock=clock,
+                batch_window_s=TIMER_BATCH_WINDOW_S,
+                max_wake_bias_s=TIMER_MAX_WAKE_BIAS_S,
+            )
+        except (RuntimeError, ValueError, NotImplementedError):
+            pass  # no signal handlers on this loop: the thread it is
+    if kind in ("precise", "thread"):
         return PreciseTimer(
             asyncio.get_running_loop(),
             clock=clock,
