@@ -20,10 +20,12 @@ Execution invariants:
   start or stage ready time). It measures the client itself; the point is flagged
   `is_schedule_kept = False` when its p99 exceeds `max_scheduling_lag_ms`.
 * Every wait for a due time (arrivals, stage ready times) goes through one timer per
-  process: `headway.precise_timer.PreciseTimer` by default (a helper thread wakes the
-  loop within a fraction of a millisecond, never before the due time; event-loop timers
-  fire up to ~1.3 ms late, a floor under the p99 lag at any rate). The environment
-  variable `HEADWAY_BENCH_TIMER=loop` selects the event loop's timer, for comparison.
+  process, which wakes the loop within a fraction of a millisecond and never before the
+  due time (event-loop timers fire up to ~1.3 ms late or early, a floor under the p99
+  lag at any rate): `headway.precise_timer.AlarmTimer` where it can run (loop on the
+  main thread, ITIMER_REAL unused), else `PreciseTimer` (a helper thread, which can
+  wait milliseconds for the GIL behind a busy loop). `HEADWAY_BENCH_TIMER=thread|loop`
+  forces the thread or the event loop's timer, for comparison.
 * A session's task is started `DISPATCH_LEAD_S` before its arrival and waits for the
   arrival on the timer itself, so the send follows the wake-up directly.
 * Stop (Ctrl-C, `stop_event`): nothing new is issued, in-flight calls are cancelled and
