@@ -533,7 +533,12 @@ def main() -> None:
     write_result(
         args.out,
         result,
-        inputs=["benchmarks/loadgen_capacity.py", "src/headway/bench", "src/headway/core"],
+        inputs=[
+            "benchmarks/loadgen_capacity.py",
+            "src/headway/bench",
+            "src/headway/core",
+            "src/headway/precise_timer.py",
+        ],
     )
 
 

@@ -225,7 +225,8 @@ class AlarmTimer:
     def is_available() -> bool:
         """Whether this thread may take ITIMER_REAL and SIGALRM now."""
         return (
-            threading.current_thread() is threading.main_thread()
+            hasattr(signal, "setitimer")  # POSIX only
+            and threading.current_thread() is threading.main_thread()
             and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
             and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
         )
