@@ -237,6 +237,18 @@ def test_invalid_arguments_name_the_option(
     assert not (tmp_path / "results.json").exists()
 
 
+def test_bad_timer_environment_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEADWAY_BENCH_TIMER", "sundial")
+    with pytest.raises(SystemExit) as exc:
+        bench("--base-url", "http://127.0.0.1:9", "--model", "m", "--workload", "multi-turn",
+              "--out", str(tmp_path), "--no-progress", "--num-requests", "1")  # fmt: skip
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "environment: HEADWAY_BENCH_TIMER must be one of" in err and "sundial" in err
+
+
 def test_missing_required_options_without_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         bench("--model", "m")

@@ -30,7 +30,12 @@ from headway.bench.api import (
     write_results,
 )
 from headway.bench.client import DEFAULT_TIMEOUT_S
-from headway.bench.runner import DEFAULT_MAX_SCHEDULING_LAG_MS, LoadLevel, WorkerError
+from headway.bench.runner import (
+    DEFAULT_MAX_SCHEDULING_LAG_MS,
+    LoadLevel,
+    WorkerError,
+    timer_kind_from_env,
+)
 from headway.cli_support import goodput_arg, key_value_arg, stop_on_first_sigint
 from headway.core.serving_metrics import CostInputs, GoodputSlo
 
@@ -234,6 +239,10 @@ def _checked_url(text: str, parser: argparse.ArgumentParser) -> str:
 def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> BenchConfig:
     if args.num_requests is None and args.duration is None:
         parser.error("one of the arguments --num-requests --duration is required")
+    try:
+        timer_kind_from_env()  # read again by each client process; named here if wrong
+    except ValueError as exc:
+        parser.error(f"environment: {exc}")
     goodput = None
     if args.goodput is not None:
         slo = dict(args.goodput)
