@@ -21,36 +21,42 @@ overhead. Each call's excess, live TTFT minus simulated TTFT (`excess_s`, negati
 constant (`frontend_overhead_s`) and the lone requests' excess (sent twice: cold, then
 warm; the warm pass) are reported beside it, for comparison.
 
-Why at load and per call. A load run (time-scale 0.25, 400 calls, a shared machine)
-timed per call with debug stamps (the gateway's arrival and first upstream byte, the
-replica's arrival and its step's admission, the first token's step end from
-`headway_debug_timing`, the client's send and first chunk; a diagnostic wrapper
-around the processes, not part of this script), medians in model ms, with the
+Why at load and per call. A load run (time-scale 0.25, 400 calls, the shared machine
+at a quiet moment) timed per call with debug stamps (the gateway's arrival and first
+upstream byte, the replica's arrival and its step's admission, the first token's step
+end from `headway_debug_timing`, the client's send and first chunk; a diagnostic
+wrapper around the processes, not part of this script), medians in model ms, with the
 simulator's causal admission (a step takes only calls that arrived by its start,
-commit 1acaac6; measured on its working copy just before that commit):
+commit 1acaac6):
 
-    client -> gateway 0.16, gateway -> replica's engine 2.11 (lone warm 0.47, lone
-    cold 4.6), wait at the replica 0.56 (p90 2.88), first step 4.11, step end ->
-    gateway 0.13 (p90 0.96), gateway -> client 0.11; TTFT 8.24 (p90 12.56).
-    Replica arrival -> step end 4.83 (p90 7.18); the cluster's TTFT without overhead
-    4.80 (p90 7.08); per call their difference has median 0.00, mean -0.05 ms.
-    Front end (TTFT minus replica arrival -> step end) p10/50/90: 1.76/2.76/6.52;
-    excess (live minus simulated TTFT) p10/50/90: 0.77/2.93/6.76.
+    client -> gateway 0.17, gateway -> replica's engine 1.75 (p90 2.29; lone warm
+    0.39, lone cold 4.2), wait at the replica 0.64 (p90 2.80), first step 4.11, step
+    end -> gateway 0.09 (p90 0.40), gateway -> client 0.12; TTFT 7.23 (p90 9.58).
+    Replica arrival -> step end 4.88 (p90 7.16); the cluster's TTFT without overhead
+    4.79 (p90 7.07); per call their difference has median 0.00, mean -0.05, p10/p90
+    -1.67/+1.77 ms (the two sides route and batch a few calls differently).
+    Front end (TTFT minus replica arrival -> step end) p10/50/90: 1.70/2.26/3.05;
+    excess (live minus simulated TTFT) p10/50/90: 0.42/2.30/4.14.
 
-So the engine part agrees call by call and the front end adds to it. Under load it
-costs ~3x a lone warm request's (each call's new question is tokenized by the gateway
-and the engine, whose event loops are busy with other streams), and it is skewed (a
-busy machine stalls some calls for a while): on that run's own calls a constant
-median lands at TTFT p50/p90 7.72/10.00 (-6%/-20%), the excess drawn per call at
-8.41/13.17 (+2%/+5%; mean of 20 draws, sd 0.12/0.51). Hence the distribution,
-measured at load on other calls.
+So the engine part agrees (in distribution; call by call up to that routing spread)
+and the front end adds to it. Under load it costs ~4x a lone warm request's (each
+call's new question is tokenized by the gateway and the engine, whose event loops are
+busy with other streams). On that run's own calls: the front end drawn per call lands
+at TTFT p50/p90 7.24/9.69, the excess drawn per call (what this script does) at
+7.44/10.24 (+3%/+7%: the excess also carries the routing spread, so its tail is a
+little wide), the median excess as a constant at 7.10/9.38 (-2%/-2%). On a busier
+machine the front end is skewed (one run, just before commit 1acaac6: p10/50/90
+1.76/2.76/6.52 ms) and the constant falls short (TTFT p50/p90 -6%/-20% on that run's
+calls) where the drawn excess stays close (+2%/+5%). Hence the drawn excess; the front
+end proper would be better still, but needs the replica's arrival time in the chunk's
+debug stamps, which `headway sim` does not send.
 
 Before that commit the simulator let a call join a step computed after the call
 arrived but dated from the previous step's end (a third of the calls, a median 1.09
 ms early), which shortened the live engine part (p50/p90 4.19/5.42 against the
 model's 4.79/7.07) by about what a busy loop added to the front end, so a constant
 median then matched best (6.94/9.22 for 7.04/9.24 live) and the distribution
-overshot p90 by 14%. The lone warm probe (0.7-1.4 ms) falls 13-40% short at p50.
+overshot p90 by 14%. The lone warm probe (0.7-1.4 ms) falls 13-30% short at p50.
 
 Printed for each: TTFT p50/p90, TPOT p50, output tokens/s (model time) and the
 engines' prefix-cache hit rate, live against simulated with the front end drawn per
