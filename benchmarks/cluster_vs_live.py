@@ -74,7 +74,7 @@ warm probe: 21-29% at p50. With one calibration run, before the load run only:
 3.9/3.1%, 10.3/12.6%, 2.0/1.9%; three more runs were flagged (the client fell behind)
 and missed the target by far at p90. One run at a quiet moment (load average ~0.3):
 1.0/5.2% drawn, 1.9/4.0% with the median constant, 22.5% with the lone probe. TPOT p50,
-throughput and hit rate: <= 0.2% in every run.
+throughput and hit rate: <= 0.2% in every unflagged run.
 
     .venv/bin/python benchmarks/cluster_vs_live.py --time-scale 0.25 --probe-rate 2 \
         --out benchmarks/results/cluster_vs_live.json
