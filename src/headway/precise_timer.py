@@ -41,6 +41,14 @@ now = time.perf_counter
 MAX_WAKE_BIAS_S = 0.0005
 
 
+def _learned_bias(bias_s: float, error_s: float, max_bias_s: float) -> float:
+    """The next wake bias after a wake-up `error_s` late (negative: early). It learns
+    the hand-off delay, not how busy the loop was: it follows early or quick wake-ups
+    closely and late ones slowly, clamped to [0, max_bias_s] so nothing makes it absurd."""
+    gain = 0.3 if error_s < bias_s else 0.02
+    return min(max(bias_s + gain * error_s, 0.0), max_bias_s)
+
+
 class PreciseTimer:
     """One thread serving `sleep_until` for every coroutine on one event loop.
 
@@ -106,11 +114,9 @@ class PreciseTimer:
                 with self._cond:
                     self._fired.discard(fut)
         if is_due_alone:
-            error = clock() - deadline
-            # Learn the hand-off delay, not how busy the loop was: follow early or quick
-            # wake-ups closely and late ones slowly; clamp so nothing can make it absurd.
-            gain = 0.3 if error < self.wake_bias_s else 0.02
-            self.wake_bias_s = min(max(self.wake_bias_s + gain * error, 0.0), self._max_wake_bias_s)
+            self.wake_bias_s = _learned_bias(
+                self.wake_bias_s, clock() - deadline, self._max_wake_bias_s
+            )
         while clock() < deadline:
             await asyncio.sleep(0)
 
@@ -242,10 +248,9 @@ class AlarmTimer:
             self._arm()
         is_due_alone = await fut
         if is_due_alone:
-            error = clock() - deadline
-            # As PreciseTimer: follow early or quick wake-ups closely, late ones slowly.
-            gain = 0.3 if error < self.wake_bias_s else 0.02
-            self.wake_bias_s = min(max(self.wake_bias_s + gain * error, 0.0), self._max_wake_bias_s)
+            self.wake_bias_s = _learned_bias(
+                self.wake_bias_s, clock() - deadline, self._max_wake_bias_s
+            )
         while clock() < deadline:
             await asyncio.sleep(0)
 
