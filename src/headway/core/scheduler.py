@@ -132,7 +132,9 @@ class Scheduler:
                     break
             if not allocated:
                 break
-            self._cache_scheduled(seq, seq.num_computed_tokens + num_new)
+            # Inline check: this runs for every running sequence of every step.
+            if (seq.num_computed_tokens + num_new) // bs > seq.num_cached_blocks:
+                self._cache_scheduled(seq, seq.num_computed_tokens + num_new)
             scheduled_running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new, seq.num_computed_tokens))
             budget -= num_new
