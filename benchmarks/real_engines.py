@@ -53,6 +53,7 @@ import headway_engines as he  # noqa: E402
 
 from _common import cpu_seconds, free_port, sse_json, stop_process, write_result  # noqa: E402
 
+ROUTE_HEADER = "x-headway-route"  # Headway's routing decision, asked for per request
 WORDS = ("alpha", "river", "stone", "cloud", "market", "signal", "garden", "copper", "vector")
 
 
@@ -293,7 +294,12 @@ def make_workload(args: argparse.Namespace) -> Workload:
 
 
 async def one_request(
-    http: Any, base: str, model: str, messages: list[dict[str, str]], max_tokens: int
+    http: Any,
+    base: str,
+    model: str,
+    messages: list[dict[str, str]],
+    max_tokens: int,
+    headers: dict[str, str],
 ) -> dict[str, Any]:
     body = {
         "model": model,
@@ -308,9 +314,12 @@ async def one_request(
     ttft = None
     text: list[str] = []
     usage: dict[str, Any] = {}
-    async with http.post(base + "/v1/chat/completions", json=body) as resp:
+    route: dict[str, str] = {}
+    async with http.post(base + "/v1/chat/completions", json=body, headers=headers) as resp:
         if resp.status != 200:
             return {"error": f"HTTP {resp.status}: {(await resp.text())[:200]}"}
+        if ROUTE_HEADER in resp.headers:
+            route = dict(p.split("=", 1) for p in resp.headers[ROUTE_HEADER].split("; "))
         async for chunk in sse_json(resp):
             for choice in chunk.get("choices") or []:
                 # The first chunk with a choice carries the first token: vLLM sends it
@@ -331,11 +340,16 @@ async def one_request(
         "prompt_tokens": usage.get("prompt_tokens", 0),
         "cached_tokens": details.get("cached_tokens") or 0,
         "completion_tokens": usage.get("completion_tokens", 0),
+        # Headway arms only (x-headway-debug): where it went, what the gateway expected.
+        "endpoint": route.get("endpoint"),
+        "predicted_cached_tokens": int(route["predicted_cached_tokens"])
+        if "predicted_cached_tokens" in route
+        else None,
     }
 
 
 async def run_workload(
-    base: str, model: str, workload: Workload, max_tokens: int
+    base: str, model: str, workload: Workload, max_tokens: int, headers: dict[str, str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Send `workload` through the router at `base`: each session starts at its
     `start_s` (open loop: independent of how earlier ones fare) and runs its turns one
@@ -350,7 +364,7 @@ async def run_workload(
         messages = [{"role": "system", "content": workload.system_prompts[s.group]}]
         for t, msg in enumerate(s.user_msgs):
             messages.append({"role": "user", "content": msg})
-            row = await one_request(http, base, model, messages, max_tokens)
+            row = await one_request(http, base, model, messages, max_tokens, headers)
             rows.append({"session": i, "group": s.group, "turn": t, **row})
             messages.append({"role": "assistant", "content": row.get("text", "")})
             if t < len(s.think_s):
@@ -532,7 +546,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 before, cpu0 = replica_counters(rs), cpu_seconds(proc.pid)
                 try:
                     res, rows = asyncio.run(
-                        run_workload(base, rs.served_model_name, workload, args.max_tokens)
+                        run_workload(
+                            base,
+                            rs.served_model_name,
+                            workload,
+                            args.max_tokens,
+                            {"x-headway-debug": "1"} if arm.router == "headway" else {},
+                        )
                     )
                     after = replica_counters(rs)
                     # Where the calls went (balance), KV pressure, what routing cost.
