@@ -3,27 +3,70 @@ workload, TTFT and cached share per arm.
 
 Arms (one after another, each run on cold caches): Headway `kv-aware` and
 `round-robin`, `vllm-router --policy cache_aware` and `kv_aware`, `sglang-router
---policy cache_aware` (peer routers from scripts/install_peer_routers.sh; skipped with
-a note when not installed).
+--policy cache_aware` (peer routers from scripts/install_peer_routers.sh, run with
+their default flags plus only what they need to run; skipped with a note when not
+installed).
 
 Replicas: `scripts/engines/headway_engines.py start-vllm` (tiny Llama, one core each,
-a small KV cache via `--num-gpu-blocks`: 140 blocks of 32 tokens hold about three
-sessions' prompts, so a router that keeps sessions apart keeps them cached and one that
-spreads every session over both replicas evicts), started once with
-`VLLM_SERVER_DEV_MODE=1`; before every run `POST /reset_prefix_cache` empties both
-caches (cheaper than restarting, ~50 s each; issue 7 asked for fresh replicas per run,
-which the CPU time on this machine does not allow for 15 runs).
+a small KV cache: `--num-gpu-blocks` 140 blocks of 32 tokens, 4,480 tokens a replica),
+started once with `VLLM_SERVER_DEV_MODE=1` (or the running ones of `--replicas-state`);
+before every run `POST /reset_prefix_cache` empties both caches (cheaper than
+restarting, ~50 s each; issue 7 asked for fresh replicas per run, which the CPU time on
+this machine does not allow for 15 runs).
 
-Workload: `--sessions` concurrent agent sessions; each has its own long system prompt
-(its "tools and instructions", `--system-words` words: ~3.6 tokens per word with the
-shipped tokenizer, so ~900 tokens by default) and runs `--turns` turns one
-after another, each turn appending the previous reply and a new user message, so every
-turn's prompt extends the last. Fixed seed: every arm sees the same prompts.
+Workload (defaults; every one a flag): production agent traffic as llm-d's
+shared-prefix benchmark shapes it (issue 4): tenants ("groups") that share a long
+system prompt, several users per tenant, each user a multi-turn session whose prompt
+extends its own history.
 
-Measured per request (streamed, `include_usage`): TTFT = send -> first chunk with a choice;
+* `--groups` 8 tenants, each with its own system prompt (its tools and instructions,
+  `--system-words` 250 words, ~3.6 tokens a word with the shipped tokenizer: ~900
+  tokens);
+* `--sessions` 36 user sessions per run, each of a tenant drawn with Zipf popularity
+  (`--zipf-s` 1.0: tenant k with weight 1/(k+1); with the default seed 11, 6, 5, 4, 6,
+  3, 1, 0 sessions: a few hot agents and a long tail, as in production API traffic);
+* sessions start open loop, as a Poisson process (`--session-rate` 1 a second,
+  `--arrival`), whatever the routers' speed;
+* each session runs `--turns` 5 turns one after another; each turn's prompt is the
+  previous prompt, its reply and a new `--user-words` 20-word user message; between
+  turns an exponential think time (`--think-s` mean 1 s: a tool call, a user reading);
+* `--max-tokens` 24 output tokens a request (`ignore_eos`, greedy).
+
+That is 180 requests a run (~40 s), enough that a run's p90 rests on 18 requests above
+it. Cache demand is above the fleet's KV, so what is cached must be chosen and the
+engines evict: the used tenants' system prompts alone take ~6,300 of the fleet's 8,960
+KV tokens, each session's history adds ~500, ~10 sessions are live at a time, and a
+run's distinct prompt tokens (`cache_demand_tokens` in the result, ~24,700) are ~2.8x
+the fleet's KV. A perfect router on unlimited KV would find ~0.88 of the prompt tokens
+cached (`cached_share_bound`). Every arm and every run sees the same prompts, arrival
+and think times (one seed).
+The old shape (6 sessions, each its own system prompt, all at once, no think time) is
+`--groups 6 --sessions 6 --zipf-s 0 --arrival fixed --session-rate 5 --think-s 0`.
+
+Why this is representative and not rigged: each element is the common case of agent
+traffic (shared system prompts, growing conversations, skewed tenant popularity, open
+arrivals, caches smaller than the working set), none is aimed at one router's
+mechanism, and the peers run on their own defaults. What the peers do with it
+(docs/real-engines.md has more): sglang-router's `cache_aware` keeps an approximate
+radix tree of the request *text* it sent to each worker; unless the load is imbalanced
+(in-flight requests differing by more than `balance_abs_threshold` 64 AND by more than
+`balance_rel_threshold` 1.5x, which 2 CPU replicas never reach here) it sends a request
+whose matched share exceeds `cache_threshold` 0.3 to the worker with the longest match,
+and any other to the worker with the smallest tree; the tree never learns of the
+engine's evictions (it trims itself by size, every 60 s). vllm-router's `cache_aware`
+is the same algorithm (a fork) on token ids it fetches from every worker per request;
+its `kv_aware` reads the engines' KV events. Headway's `kv-aware` keeps the endpoints
+holding the longest prefix (precise, from KV events) when one holds >= 30% of the
+prompt, unless its in-flight tokens are over 0.8 of its KV or out of balance, and
+places the rest by load (docs/policies.md).
+
+Measured per request (streamed, `include_usage`): TTFT = send -> first chunk with a
+choice (vLLM sends the first, the role chunk, with the first output token);
 `usage.prompt_tokens` and `prompt_tokens_details.cached_tokens`. Per run: TTFT p50/p90/
-p99, output tokens/s (wall), cached share = sum cached / sum prompt tokens. Per arm:
-mean and spread (min..max) over runs.
+p99, output tokens/s (wall), cached share = sum cached / sum prompt tokens, requests
+and preemptions per replica (vLLM's counters). Per arm: mean and spread (min..max)
+over runs. `--rows-out` writes every request (with Headway's routing decision, asked
+for with `x-headway-debug: 1`) and each router's /metrics page after each run.
 
     .venv/bin/python benchmarks/real_engines.py --runs 3 \\
         --out benchmarks/results/real_engines.json
@@ -124,7 +167,8 @@ def peer_routers() -> dict[str, str]:
 
 def start_router(
     arm: Arm, rs: he.ReplicaSet, peers: dict[str, str], tmp: Path
-) -> tuple[subprocess.Popen[bytes], str]:
+) -> tuple[subprocess.Popen[bytes], str, str]:
+    """Start `arm`'s router in front of `rs`; (process, base URL, its metrics URL)."""
     urls = [r.url for r in rs.replicas]
     log = (tmp / f"router-{arm.label.replace(' ', '_')}-{time.monotonic_ns()}.log").open("wb")
     if arm.router == "headway":
@@ -143,7 +187,7 @@ def start_router(
         _wait_http(base + "/v1/models", proc, "headway serve")
         if arm.policy == "kv-aware":
             _wait_kv_index_live(base)
-        return proc, base
+        return proc, base, base + "/metrics"
     port, prom = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
     if arm.router == "vllm-router":
@@ -156,7 +200,7 @@ def start_router(
             cmd += ["--kv-event-block-size", str(rs.block_size), "--kv-event-model", "m"]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         _wait_http(base + "/readiness", proc, "vllm-router")
-        return proc, base
+        return proc, base, f"http://127.0.0.1:{prom}/metrics"
     cmd = [peers["sglang-router"], "launch", "--host", "127.0.0.1", "--port", str(port),
            "--prometheus-port", str(prom), "--worker-urls", *urls, "--policy", arm.policy,
            "--disable-retries"]  # fmt: skip
@@ -171,7 +215,7 @@ def start_router(
         except OSError:
             pass
         time.sleep(0.1)
-    return proc, base
+    return proc, base, f"http://127.0.0.1:{prom}/metrics"
 
 
 REPLICA_COUNTERS = {
@@ -417,6 +461,29 @@ def cache_demand_tokens(rows: Sequence[dict[str, Any]], system_tokens: Sequence[
     return sum(system_tokens[g] for g in groups) + history
 
 
+def cached_share_bound(
+    rows: Sequence[dict[str, Any]], system_tokens: Sequence[int], block_size: int
+) -> float | None:
+    """The cached share with unlimited KV and perfect affinity: a session's first turn
+    finds its tenant's system prompt if an earlier session (by start) of that tenant
+    sent it, every later turn finds its previous turn's prompt; whole blocks only. The
+    previous reply's blocks are left out (re-tokenized text need not match the
+    generated ids), so a run can beat it by a little."""
+    by_turn = {(r["session"], r["turn"]): r for r in rows if "error" not in r}
+    seen: set[int] = set()
+    cacheable = total = 0
+    for session, turn in sorted(by_turn):
+        r = by_turn[(session, turn)]
+        total += r["prompt_tokens"]
+        if turn == 0:
+            if r["group"] in seen:
+                cacheable += system_tokens[r["group"]] // block_size * block_size
+            seen.add(r["group"])
+        elif (session, turn - 1) in by_turn:
+            cacheable += by_turn[(session, turn - 1)]["prompt_tokens"] // block_size * block_size
+    return round(cacheable / total, 4) if total else None
+
+
 def system_prompt_tokens(rs: he.ReplicaSet, workload: Workload) -> list[int]:
     """Tokens of each group's system message under the chat template (vLLM /tokenize)."""
     out = []
@@ -542,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in range(args.runs):
             for arm in arms:
                 reset_caches(rs)
-                proc, base = start_router(arm, rs, peers, tmp)
+                proc, base, metrics_url = start_router(arm, rs, peers, tmp)
                 before, cpu0 = replica_counters(rs), cpu_seconds(proc.pid)
                 try:
                     res, rows = asyncio.run(
@@ -567,9 +634,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                     )
                     res["router_cpu_s"] = round(cpu_seconds(proc.pid) - cpu0, 3)
+                    if args.rows_out is not None:  # the router's own view, to diagnose
+                        with urllib.request.urlopen(metrics_url, timeout=10) as resp:
+                            prom_path = args.rows_out.with_name(
+                                f"{args.rows_out.name}.{run}.{arm.label.replace(' ', '_')}.prom"
+                            )
+                            prom_path.write_bytes(resp.read())
                 finally:
                     stop_process(proc)
                 res["cache_demand_tokens"] = cache_demand_tokens(rows, system_tokens)
+                res["cached_share_bound"] = cached_share_bound(rows, system_tokens, rs.block_size)
                 results[arm.label].append(res)
                 if rows_out is not None:
                     for row in rows:
