@@ -109,16 +109,18 @@ class PreciseTimer:
                 self._cond.notify()
         try:
             is_due_alone = await fut
+            if is_due_alone:
+                self.wake_bias_s = _learned_bias(
+                    self.wake_bias_s, clock() - deadline, self._max_wake_bias_s
+                )
+            while clock() < deadline:
+                await asyncio.sleep(0)
         finally:
+            # Only now is the deadline off the books: while a sleeper woken early
+            # yields until its deadline, `wait_for_gap` must still see it as due.
             if is_deadline:
                 with self._cond:
                     self._fired.discard(fut)
-        if is_due_alone:
-            self.wake_bias_s = _learned_bias(
-                self.wake_bias_s, clock() - deadline, self._max_wake_bias_s
-            )
-        while clock() < deadline:
-            await asyncio.sleep(0)
 
     def next_deadline(self) -> float | None:
         """When the earliest pending deadline sleeper will be woken, if any."""
@@ -129,8 +131,8 @@ class PreciseTimer:
 
     async def wait_for_gap(self, width_s: float, max_wait_s: float) -> None:
         """Wait until no deadline sleeper is due within `width_s` (and those already
-        woken have run), or `max_wait_s` has passed: for work that can be put off but,
-        once started, would hold up a wake-up behind it."""
+        woken have returned from `sleep_until`), or `max_wait_s` has passed: for work
+        that can be put off but, once started, would hold up a wake-up behind it."""
         give_up = self._clock() + max_wait_s
         while (t := self._clock()) < give_up:
             if self._fired:

@@ -88,6 +88,30 @@ async def test_gap_wait_lets_a_due_sleeper_run_first() -> None:
     assert order == ["sleeper", "work"]
 
 
+async def test_gap_wait_sees_a_sleeper_woken_early_until_it_returns() -> None:
+    # A sleeper handed over early (by the wake bias) yields until its deadline; work
+    # that waits for a gap must not start in that interval, right before its deadline.
+    timer = PreciseTimer(asyncio.get_running_loop())
+    timer.wake_bias_s = 0.02  # hand over 20 ms early
+    order: list[str] = []
+
+    async def sleeper(deadline: float) -> None:
+        await timer.sleep_until(deadline)
+        order.append("sleeper")
+
+    async def deferrable() -> None:
+        while not timer._fired:  # the sleeper has been handed over, not yet returned
+            await asyncio.sleep(0)
+        await timer.wait_for_gap(width_s=0.001, max_wait_s=1.0)
+        order.append("work")
+
+    try:
+        await asyncio.wait_for(asyncio.gather(sleeper(now() + 0.03), deferrable()), 5)
+    finally:
+        timer.close()
+    assert order == ["sleeper", "work"]
+
+
 @pytest.mark.parametrize(
     ("sleeper_in_s", "width_s", "max_wait_s", "waits"),
     [
@@ -119,12 +143,17 @@ async def test_gap_wait_returns_at_once(
 class FakeTransport:
     def __init__(self) -> None:
         self.buffered = 0
+        self.closing = False
+        self.written: list[bytes] = []
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
     def is_closing(self) -> bool:
-        return False
+        return self.closing
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
 
 
 class FakeResponse:
@@ -237,6 +266,54 @@ def test_sink_stop_string_finishes_the_engine_request() -> None:
     assert replica.finished == ["r1"]
     assert sink.is_finished
     assert _tokens(resp.written) == ["<11>", ""]
+
+
+def _unchunk(data: bytes) -> bytes:
+    """The body of HTTP/1.1 chunks (no trailer expected)."""
+    out, rest = b"", data
+    while rest:
+        size_hex, rest = rest.split(b"\r\n", 1)
+        size = int(size_hex, 16)
+        assert rest[size : size + 2] == b"\r\n"
+        out, rest = out + rest[:size], rest[size + 2 :]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("is_chunked", "num_via_response"),
+    [(True, 1), (False, 3)],
+    ids=["chunked-then-transport", "unchunked-via-response"],
+)
+def test_sink_writes_framed_chunks_to_the_transport_once_headers_are_out(
+    is_chunked: bool, num_via_response: int
+) -> None:
+    # The first chunk goes through aiohttp (it sends the headers with it); later ones,
+    # framed as HTTP/1.1 chunks, straight to the transport, only if the body is chunked.
+    sink, _ = _sink(_parsed())
+    resp, transport = FakeResponse(), FakeTransport()
+    sink.open(resp, transport, is_chunked)  # type: ignore[arg-type]
+    for n in (1, 2, 3):
+        sink.prepare(_emission(10 + n, n, FinishReason.LENGTH if n == 3 else None))
+        sink.emit()
+    assert len(resp.written) == num_via_response
+    assert len(transport.written) == 3 - num_via_response
+    body = b"".join(resp.written) + _unchunk(b"".join(transport.written))
+    assert _tokens([body]) == ["<11>", "<12>", "<13>"]
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert sink.is_finished and sink.error is None
+
+
+def test_sink_fails_on_a_closing_transport() -> None:
+    sink, _ = _sink(_parsed())
+    resp, transport = FakeResponse(), FakeTransport()
+    sink.open(resp, transport, True)  # type: ignore[arg-type]
+    sink.prepare(_emission(11, 1))
+    sink.emit()
+    transport.closing = True
+    sink.prepare(_emission(12, 2))
+    sink.emit()
+    assert isinstance(sink.error, ConnectionResetError)
+    assert transport.written == [] and len(resp.written) == 1
 
 
 def test_sink_before_open_queues() -> None:

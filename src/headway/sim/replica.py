@@ -11,8 +11,8 @@ that arrive during a step join the next one, as on a real engine.
 All replicas of a process share one event loop, so one replica's work delays
 another's writes. Two rules keep that small:
 * computing and rendering a step (deferrable: its end is scheduled from the previous
-  step's end, not from when it was computed) waits, up to a quarter of the step, for
-  a gap in which no other replica's step ends (`PreciseTimer.wait_for_gap`);
+  step's end, not from when it was computed) waits, up to half the step (10 ms at
+  most), for a gap in which no other replica's step ends (`PreciseTimer.wait_for_gap`);
 * a step's writes start early by half their usual duration, so they straddle the
   step's end instead of all trailing it (early counts as lag too);
 * garbage collections run in such gaps too (`clock.GcPacer`), not amid writes.
@@ -99,7 +99,12 @@ class RequestHandle:
         return self._pending.popleft()
 
 
-MAX_DEFER_S = 0.003  # the most a step's computation waits for a gap
+# The most a step's computation waits for a gap: a share of the step (what is left
+# must hold the computation itself and the loop's other work before the step's end)
+# and an absolute cap. It is scheduled from the previous step's end whatever the wait,
+# so waiting costs nothing but the margin; a gap missed costs another replica's wake-up.
+DEFER_FRACTION = 0.5
+MAX_DEFER_S = 0.010
 
 
 class Replica:
@@ -254,7 +259,7 @@ class Replica:
             # The gap asked for next time: this work's recent average with a margin.
             self._work_avg_s += 0.2 * (clock.now() - started_at - self._work_avg_s)
             self._work_s = 1.5 * self._work_avg_s + 5e-5
-            self._max_defer_s = min(0.25 * real_s, MAX_DEFER_S)
+            self._max_defer_s = min(DEFER_FRACTION * real_s, MAX_DEFER_S)
             # The writes take a while: start them early by half that, so that they
             # straddle the step's end instead of all trailing it.
             lead_s = 0.5 * self._emit_avg_s
