@@ -34,6 +34,10 @@ from headway.sim.replica import Emission, Replica, RequestHandle
 log = logging.getLogger(__name__)
 
 SSE_DONE = b"data: [DONE]\n\n"
+# Ending a stream (the last chunk of HTTP, the request's metrics, aiohttp's own
+# bookkeeping) takes about 0.15 ms here; it waits at most this long for a gap.
+STREAM_END_WORK_S = 0.00025
+STREAM_END_MAX_DEFER_S = 0.002
 # Which replica served a response: lets tests and benchmarks see where a router sent it.
 REPLICA_HEADER = "x-headway-replica"
 
@@ -395,6 +399,9 @@ class CompletionWriter:
                     raise sink.error
                 if sink.is_finished and sink.is_settled and not sink.queue:
                     break
+            # Every token is out: closing the response (and the handler's bookkeeping
+            # after it) can wait for a gap between the replicas' step ends.
+            await self.replica.wait_for_gap(STREAM_END_WORK_S, STREAM_END_MAX_DEFER_S)
         finally:
             sink.close()
             sink.detach()

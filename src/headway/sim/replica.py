@@ -218,6 +218,11 @@ class Replica:
     def release(self, request_id: str) -> None:
         self._handles.pop(request_id, None)
 
+    async def wait_for_gap(self, width_s: float, max_wait_s: float) -> None:
+        """Put off request-side work that no token waits for until no replica's step
+        ends within `width_s` (at most `max_wait_s`): see `PreciseTimer.wait_for_gap`."""
+        await self._timer.wait_for_gap(width_s, max_wait_s)
+
     def publish_pending_events(self) -> None:
         """Publish events made outside a step (prefix-cache reset)."""
         events = self.engine.drain_events()
