@@ -1,7 +1,8 @@
 """Routing quality: does the routing brain beat round-robin and the Rust peer routers on a
 prefix-heavy multi-tenant chat workload? (docs/routing-quality.md has method and results.)
 
-Draft: workload, scenario and cluster-simulation parts.
+The workload (llm-d's multi-tenant shape), the scenario (fleet, time scale, rungs), the
+live staircases per arm, and a cluster simulation of the same staircases.
 """
 
 from __future__ import annotations
