@@ -261,6 +261,14 @@ def replica_num_gpu_blocks(rs: he.ReplicaSet) -> list[int]:
 
 
 def reset_caches(rs: he.ReplicaSet, timeout_s: float = 30) -> None:
+    """Empty every replica's prefix cache, and make each publish the fact.
+
+    vLLM queues the reset's `AllBlocksCleared` KV event and publishes it only with its
+    next engine step; until then a KV-event subscriber (Headway's gateway, started
+    next, catching up by replay) still sees the last run's blocks: measured, the first
+    requests of a run were routed to a replica the gateway predicted 928 cached tokens
+    on, and vLLM found none. A one-token request with a prompt shorter than a block
+    steps each engine, publishing the event, and leaves no block behind."""
     for r in rs.replicas:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -272,6 +280,15 @@ def reset_caches(rs: he.ReplicaSet, timeout_s: float = 30) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{r.url}: reset_prefix_cache keeps failing: {body!r}")
             time.sleep(0.5)
+        step = urllib.request.Request(
+            r.url + "/v1/completions",
+            data=json.dumps(
+                {"model": rs.served_model_name, "prompt": "x", "max_tokens": 1}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(step, timeout=30) as resp:
+            resp.read()
 
 
 @dataclass(frozen=True)
@@ -408,8 +425,9 @@ async def run_workload(
         messages = [{"role": "system", "content": workload.system_prompts[s.group]}]
         for t, msg in enumerate(s.user_msgs):
             messages.append({"role": "user", "content": msg})
+            sent_at_s = time.monotonic() - t0
             row = await one_request(http, base, model, messages, max_tokens, headers)
-            rows.append({"session": i, "group": s.group, "turn": t, **row})
+            rows.append({"session": i, "group": s.group, "turn": t, "sent_at_s": sent_at_s, **row})
             messages.append({"role": "assistant", "content": row.get("text", "")})
             if t < len(s.think_s):
                 await asyncio.sleep(s.think_s[t])
@@ -426,7 +444,7 @@ async def run_workload(
     def pct(q: float) -> float | None:
         if not ttfts:
             return None
-        return round(ttfts[min(len(ttfts) - 1, round(q * (len(ttfts) - 1)))] * 1000, 2)
+        return round(float(ttfts[min(len(ttfts) - 1, round(q * (len(ttfts) - 1)))]) * 1000, 2)
 
     prompt_tokens = sum(r["prompt_tokens"] for r in ok)
     return {
@@ -458,7 +476,7 @@ def cache_demand_tokens(rows: Sequence[dict[str, Any]], system_tokens: Sequence[
         max(0, r["prompt_tokens"] + r["completion_tokens"] - system_tokens[r["group"]])
         for r in last.values()
     )
-    return sum(system_tokens[g] for g in groups) + history
+    return int(sum(system_tokens[g] for g in groups) + history)
 
 
 def cached_share_bound(
@@ -589,24 +607,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     skipped = [a.label for a in wanted if a.router != "headway" and a.router not in peers]
     arms = [a for a in wanted if a.label not in skipped]
     tmp = Path(tempfile.mkdtemp(prefix="headway-real-engines-"))
-    if args.replicas_state is not None:
-        rs = he.ReplicaSet.from_json(args.replicas_state.read_text())
-    else:
-        model_dir = he.make_model(he.default_model_dir(), he.DEFAULT_SEED)
-        rs = he.start_vllm(
+    model_dir = he.make_model(he.default_model_dir(), he.DEFAULT_SEED)
+
+    def start_replicas(run: int) -> he.ReplicaSet:
+        return he.start_vllm(
             model_dir,
             2,
-            tmp / "logs",
+            tmp / f"logs-run{run}",
             num_gpu_blocks=args.num_gpu_blocks,
             max_model_len=2048,  # must fit the small KV cache
             extra_env={"VLLM_SERVER_DEV_MODE": "1"},
         )
+
+    is_ours = args.replicas_state is None
+    rs = start_replicas(0) if is_ours else he.ReplicaSet.from_json(args.replicas_state.read_text())
     results: dict[str, list[dict[str, Any]]] = {a.label: [] for a in arms}
     rows_out = args.rows_out.open("w") if args.rows_out else None
     try:
         num_gpu_blocks = replica_num_gpu_blocks(rs)
         system_tokens = system_prompt_tokens(rs, workload)
         for run in range(args.runs):
+            if is_ours and run > 0:
+                # Fresh replicas every run (issue 7). Also what keeps Headway's
+                # catch-up replay of KV events short: the gateway replays each engine's
+                # history from seq 0 when it starts, and measured with replicas kept
+                # over ~16 arm-runs (~3,200 batches) that replay timed out or came back
+                # with gaps, leaving the index stale (docs/real-engines.md).
+                he.stop(rs)
+                rs = start_replicas(run)
             for arm in arms:
                 reset_caches(rs)
                 proc, base, metrics_url = start_router(arm, rs, peers, tmp)
@@ -662,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if rows_out is not None:
             rows_out.close()
-        if args.replicas_state is None:
+        if is_ours:
             he.stop(rs)
     summary = {label: summarize(runs) for label, runs in results.items()}
     for label, s in summary.items():
@@ -692,7 +720,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "block_size": rs.block_size,
                 "num_gpu_blocks": num_gpu_blocks,
                 "pinned_one_core_each": all(r.cpu is not None for r in rs.replicas),
-                "caches": "reset (POST /reset_prefix_cache) before every run, replicas not restarted",
+                "caches": "reset (POST /reset_prefix_cache) before every arm; replicas"
+                + (" restarted every run" if is_ours else " not restarted (--replicas-state)"),
             },
             "skipped_arms": skipped,
             "summary": summary,
