@@ -82,6 +82,8 @@ class PreciseTimer:
         self._closed = False
         # Deadline sleepers woken whose coroutine has not resumed yet.
         self._fired: set[asyncio.Future[bool]] = set()
+        # `wait_for_gap` callers waiting for a deadline sleeper to return (loop only).
+        self._gap_waiters: list[asyncio.Future[None]] = []
         self.wake_bias_s = 0.0
         self.num_handoffs = 0
         self.num_wakeups = 0
@@ -121,6 +123,9 @@ class PreciseTimer:
             if is_deadline:
                 with self._cond:
                     self._fired.discard(fut)
+                waiters, self._gap_waiters = self._gap_waiters, []
+                for waiter in waiters:
+                    _set_none(waiter)
 
     def next_deadline(self) -> float | None:
         """When the earliest pending deadline sleeper will be woken, if any."""
@@ -132,16 +137,24 @@ class PreciseTimer:
     async def wait_for_gap(self, width_s: float, max_wait_s: float) -> None:
         """Wait until no deadline sleeper is due within `width_s` (and those already
         woken have returned from `sleep_until`), or `max_wait_s` has passed: for work
-        that can be put off but, once started, would hold up a wake-up behind it."""
+        that can be put off but, once started, would hold up a wake-up behind it.
+
+        It looks again each time a deadline sleeper returns, so it costs no wake-up
+        of its own; the give-up is timed by the event loop (millisecond resolution)."""
+        loop = self._loop
         give_up = self._clock() + max_wait_s
         while (t := self._clock()) < give_up:
-            if self._fired:
-                await asyncio.sleep(0)
-                continue
-            due = self.next_deadline()
-            if due is None or due > t + width_s:
-                return
-            await self.sleep_until(min(due + self.wake_bias_s + 1e-5, give_up), False)
+            if not self._fired:
+                due = self.next_deadline()
+                if due is None or due > t + width_s:
+                    return
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._gap_waiters.append(waiter)
+            timeout = loop.call_later(give_up - t, _set_none, waiter)
+            try:
+                await waiter
+            finally:
+                timeout.cancel()
 
     def close(self) -> None:
         """Stop the thread; sleepers still waiting are never woken."""
@@ -178,6 +191,11 @@ class PreciseTimer:
                 self._loop.call_soon_threadsafe(_wake_all, woken)
             except RuntimeError:  # the loop is closed: nothing left to wake
                 return
+
+
+def _set_none(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _wake_all(woken: list[tuple[asyncio.Future[bool], bool]]) -> None:

@@ -88,6 +88,33 @@ async def test_gap_wait_lets_a_due_sleeper_run_first() -> None:
     assert order == ["sleeper", "work"]
 
 
+async def test_gap_wait_costs_no_handoff_of_its_own() -> None:
+    # It looks again when the sleeper in its way returns: one hand-off in all.
+    timer = PreciseTimer(asyncio.get_running_loop())
+    try:
+        sleeper = asyncio.ensure_future(timer.sleep_until(now() + 0.02))
+        await asyncio.sleep(0)  # registered
+        await asyncio.wait_for(timer.wait_for_gap(width_s=0.05, max_wait_s=1.0), 5)
+        assert sleeper.done()
+    finally:
+        timer.close()
+    assert timer.num_handoffs == 1
+
+
+async def test_gap_wait_gives_up_after_its_longest_wait() -> None:
+    timer = PreciseTimer(asyncio.get_running_loop())
+    sleeper = asyncio.ensure_future(timer.sleep_until(now() + 1.0))
+    try:
+        await asyncio.sleep(0)  # registered
+        t0 = now()
+        await asyncio.wait_for(timer.wait_for_gap(width_s=2.0, max_wait_s=0.03), 5)
+        assert 0.029 <= now() - t0 < 0.5
+        assert not sleeper.done()
+    finally:
+        sleeper.cancel()
+        timer.close()
+
+
 async def test_gap_wait_sees_a_sleeper_woken_early_until_it_returns() -> None:
     # A sleeper handed over early (by the wake bias) yields until its deadline; work
     # that waits for a gap must not start in that interval, right before its deadline.

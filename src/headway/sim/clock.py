@@ -2,8 +2,8 @@
 
 `PreciseTimer` (sub-millisecond wake-ups from a helper thread; see
 docs/decisions/0001-simulator-clock.md) lives in `headway.precise_timer`, shared with the
-benchmark client, and is re-exported here; this module adds the lag histogram and the GC
-pacer the engine loops use.
+benchmark client, and is re-exported here; this module adds the lag histogram, the GC
+pacer and the write-slot board the engine loops use.
 
 All times here are `time.perf_counter()` seconds.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from headway.precise_timer import PreciseTimer, now
 
-__all__ = ["GC_PACER", "GcPacer", "LagHistogram", "PreciseTimer", "now"]
+__all__ = ["GC_PACER", "EmitSlots", "GcPacer", "LagHistogram", "PreciseTimer", "now"]
 
 
 class LagHistogram:
@@ -86,3 +86,53 @@ class GcPacer:
 
 
 GC_PACER = GcPacer()
+
+
+class EmitSlots:
+    """Where each replica's writes for a step go, when several steps end close together.
+
+    A replica's writes for a step take about `span_s` (one loop, one stream after the
+    other); alone they are centered on the step's end, starting `span_s / 2` before it.
+    Steps of replicas on one loop that end closer than that would otherwise queue: the
+    later one's writes all trail the earlier one's, late by up to one and a half spans.
+    Instead, spans that would overlap are laid end to end in the order of their steps'
+    ends, the run centered on the span-weighted mean of those ends (pool-adjacent
+    merging: each merged run is the least-squares placement of its members). The worst
+    distance of a write from its own step's end (early counts as lag too) is then about
+    one span instead of one and a half.
+
+    Invariants: a booked key has one slot until released; `start_of` depends only on the
+    booked slots, not on the order they were booked in.
+    """
+
+    def __init__(self) -> None:
+        self._slots: dict[int, tuple[float, float]] = {}  # key -> (step end, span)
+
+    def book(self, key: int, end_at: float, span_s: float) -> None:
+        """Book (or move) `key`'s writes for a step ending at `end_at`."""
+        self._slots[key] = (end_at, max(span_s, 0.0))
+
+    def release(self, key: int) -> None:
+        """`key`'s writes are done (or will not happen)."""
+        self._slots.pop(key, None)
+
+    def start_of(self, key: int) -> float:
+        """When `key`'s writes should start, given every slot booked now."""
+        # Runs of merged slots, in order of their ends: [start, span, [(key, span)...]].
+        runs: list[tuple[float, float, list[tuple[int, float]]]] = []
+        for k, (end_at, span_s) in sorted(self._slots.items(), key=lambda kv: (kv[1], kv[0])):
+            start, span, members = end_at - span_s / 2, span_s, [(k, span_s)]
+            while runs and runs[-1][0] + runs[-1][1] > start:
+                prev_start, prev_span, prev_members = runs.pop()
+                center = ((prev_start + prev_span / 2) * prev_span + (start + span / 2) * span) / (
+                    prev_span + span
+                )  # > 0: spans of 0 never overlap
+                span += prev_span
+                start, members = center - span / 2, prev_members + members
+            runs.append((start, span, members))
+        for start, _, members in runs:
+            for k, span_s in members:
+                if k == key:
+                    return start
+                start += span_s
+        raise KeyError(key)

@@ -34,7 +34,7 @@ from headway.resources.tokenizer import (
     default_tokenizer,
     load_tokenizer,
 )
-from headway.sim.clock import PreciseTimer
+from headway.sim.clock import EmitSlots, PreciseTimer
 from headway.sim.config import SimConfig
 from headway.sim.faults import FaultConfig, FaultInjector
 from headway.sim.kv_publisher import KvEventPublisher, KvEventsConfig
@@ -150,6 +150,7 @@ class Fleet:
         if cfg.kv_events is not None:
             self._zmq = zmq.asyncio.Context()
         self._timer = timer = PreciseTimer(asyncio.get_running_loop())
+        slots = EmitSlots()  # the replicas share their loop's time around step ends
         for i in cfg.own_replicas:
             sampler = DeterministicSampler(
                 vocab, tok.eos_token_id, seed=cfg.seed, mean_output_tokens=cfg.mean_output_tokens
@@ -160,7 +161,13 @@ class Fleet:
             if cfg.fault_replicas is not None and i not in cfg.fault_replicas:
                 faults = FaultConfig()
             replica = Replica(
-                i, engine, cfg.time_scale, FaultInjector(faults, cfg.seed + i), timer, publisher
+                i,
+                engine,
+                cfg.time_scale,
+                FaultInjector(faults, cfg.seed + i),
+                timer,
+                publisher,
+                slots=slots,
             )
             server = ReplicaServer(
                 replica, cfg, shared_tok, template, sources, self._crashed, timer=timer

@@ -14,7 +14,8 @@ another's writes. Two rules keep that small:
   step's end, not from when it was computed) waits, up to half the step (10 ms at
   most), for a gap in which no other replica's step ends (`PreciseTimer.wait_for_gap`);
 * a step's writes start early by half their usual duration, so they straddle the
-  step's end instead of all trailing it (early counts as lag too);
+  step's end instead of all trailing it (early counts as lag too); replicas whose
+  steps end closer than that share the time around the ends (`clock.EmitSlots`);
 * garbage collections run in such gaps too (`clock.GcPacer`), not amid writes.
 
 Each step's end is scheduled from the previous step's scheduled end, not from when
@@ -38,7 +39,7 @@ from headway.core.engine import Engine, RequestError, StepResult, TokenOutput
 from headway.core.kv_events import EventBatch
 from headway.core.sequence import EngineRequest, FinishReason
 from headway.sim import clock
-from headway.sim.clock import LagHistogram, PreciseTimer
+from headway.sim.clock import EmitSlots, LagHistogram, PreciseTimer
 from headway.sim.faults import FaultConfig, FaultInjector
 from headway.sim.kv_publisher import KvEventPublisher
 
@@ -120,6 +121,7 @@ class Replica:
         publisher: KvEventPublisher | None = None,
         max_lag_s: float = 1.0,
         on_step: Callable[[StepResult], None] | None = None,
+        slots: EmitSlots | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale: must be > 0, got {time_scale}")
@@ -140,6 +142,8 @@ class Replica:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._timer = timer
+        # Shared by the replicas on this loop (each its own if not given).
+        self._slots = slots if slots is not None else EmitSlots()
         # Offset that turns clock.now() into wall-clock time for emission stamps.
         self._wall_offset = time.time() - clock.now()
         self.model_time_s = 0.0
@@ -162,6 +166,7 @@ class Replica:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._slots.release(self.index)
         if self.publisher is not None:
             await self.publisher.close()
             self.publisher = None
@@ -266,15 +271,22 @@ class Replica:
             self._work_s = 1.5 * self._work_avg_s + 5e-5
             self._max_defer_s = min(DEFER_FRACTION * real_s, MAX_DEFER_S)
             # The writes take a while: start them early by half that, so that they
-            # straddle the step's end instead of all trailing it.
-            lead_s = 0.5 * self._emit_avg_s
-            await self._timer.sleep_until(due - lead_s)
+            # straddle the step's end instead of all trailing it; if other replicas'
+            # steps end close by, share the time around the ends with them
+            # (`EmitSlots`). Wake up early enough for a slot moved earlier, then wait
+            # for the slot as booked by then.
+            span_s = self._emit_avg_s
+            self._slots.book(self.index, due, span_s)
+            await self._timer.sleep_until(due - 1.5 * span_s - 5e-5)
+            start = self._slots.start_of(self.index)
+            await self._timer.sleep_until(start)
             now = clock.now()
-            lag = now - (due - lead_s)
+            lag = now - start
             self.wake_lag.record(lag)
             self.max_observed_lag_s = max(self.max_observed_lag_s, lag)
-            next_start = now + lead_s if lag > self.max_lag_s else due
+            next_start = now + (due - start) if lag > self.max_lag_s else due
             written_at = self._emit(ready)
+            self._slots.release(self.index)
             if written_at:
                 self._emit_avg_s += 0.2 * (written_at[-1] - now - self._emit_avg_s)
             # Other replicas' writes before this one's bookkeeping and next step.
