@@ -148,7 +148,8 @@ class Replica:
         self._wall_offset = time.time() - clock.now()
         self.model_time_s = 0.0
         self.max_observed_lag_s = 0.0
-        # How late the loop resumed after each step's end, and each stream's write.
+        # How late the loop resumed for each step's writes (their slot's start), and
+        # how far from its step's end each stream's write left.
         self.wake_lag = LagHistogram()
         self.emission_lag = LagHistogram()
         self._work_avg_s = 0.0  # how long computing and rendering a step takes

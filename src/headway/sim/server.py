@@ -424,9 +424,9 @@ class ReplicaServer:
         )
 
     async def debug_timing(self, request: web.Request) -> web.Response:
-        """Lag histograms since start: the engine loop's wake-ups after each step's end
-        (`wake_lag`) and each streamed chunk's write (`emission_lag`); diff two reads
-        for a window."""
+        """Lag histograms since start: the engine loop's wake-up for each step's writes
+        against the start of their slot (`wake_lag`) and each streamed chunk's write
+        against its step's end (`emission_lag`); diff two reads for a window."""
         replica = self.replica
         return _json(
             {
