@@ -616,6 +616,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             tmp / f"logs-run{run}",
             num_gpu_blocks=args.num_gpu_blocks,
             max_model_len=2048,  # must fit the small KV cache
+            # vllm-router's cache_aware and kv_aware take the prompt's token ids from
+            # POST /v1/chat/completions/render on every worker; vLLM 0.32 answers it
+            # (403 otherwise, which the router does not fall back from: every request
+            # counted `missing_tokens`). The flag only registers endpoints.
+            extra=["--enable-scale-out"],
             extra_env={"VLLM_SERVER_DEV_MODE": "1"},
         )
 
