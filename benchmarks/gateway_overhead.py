@@ -63,7 +63,7 @@ MODEL = "stub-model"
 TARGET_CPU_US_PER_REQUEST = 300.0
 TARGET_CPU_US_PER_CHUNK = 15.0
 TARGET_ADDED_P50_MS = 1.0
-ARMS = ("direct", "headway", "vllm-router")
+ARMS = ("direct", "headway", "headway-base", "vllm-router")
 
 
 # -- /proc readings -----------------------------------------------------------------
@@ -339,30 +339,11 @@ class Fleet:
         self.urls["direct"] = _wait_ready_file(ready, stub, "stub")
         self.pids["stub"] = stub.pid
 
-        ready = self.tmp / "gateway.json"
-        env = None
-        if a.gateway_ref:
-            # The gateway's code from a commit, not the working tree (which may hold
-            # someone's uncommitted edits): `git archive REF src` on PYTHONPATH.
-            src = self.tmp / "gateway-src"
-            src.mkdir()
-            archive = subprocess.run(
-                ["git", "-C", str(REPO), "archive", a.gateway_sha, "src"],
-                capture_output=True, check=True,
-            )  # fmt: skip
-            subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
-            env = {**os.environ, "PYTHONPATH": str(src / "src")}
-        gw = self._spawn(
-            [*self.gateway_pin, sys.executable, "-m", "headway.cli", "serve", "--port", "0",
-             "--endpoints", self.urls["direct"], "--model", MODEL, "--ready-file", str(ready),
-             # The relay's own cost: the same load-blind policy as the committed figures
-             # (a vLLM pool now defaults to kv-aware, which tokenizes every prompt).
-             "--profile", "round-robin"],
-            "gateway.log",
-            env,
-        )  # fmt: skip
-        self.urls["headway"] = _wait_ready_file(ready, gw, "headway serve")
-        self.pids["headway"] = gw.pid
+        gw_url, self.pids["headway"] = self._start_gateway("gateway", a.gateway_sha)
+        self.urls["headway"] = gw_url
+        if a.baseline_sha:
+            base_url, self.pids["headway-base"] = self._start_gateway("base", a.baseline_sha)
+            self.urls["headway-base"] = base_url
 
         if a.no_peers:
             self.peer_skip_reason = "--no-peers"
@@ -388,6 +369,32 @@ class Fleet:
             router.terminate()
             return
         self.pids["vllm-router"] = router.pid
+
+    def _start_gateway(self, name: str, sha: str | None) -> tuple[str, int]:
+        """`headway serve` pinned to the gateway CPU; its code from commit `sha` (None:
+        the working tree). Returns (url, pid)."""
+        ready = self.tmp / f"{name}.json"
+        env = None
+        if sha is not None:
+            # The gateway's code from a commit, not the working tree (which may hold
+            # someone's uncommitted edits): `git archive SHA src` on PYTHONPATH.
+            src = self.tmp / f"{name}-src"
+            src.mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(REPO), "archive", sha, "src"], capture_output=True, check=True
+            )
+            subprocess.run(["tar", "-x", "-C", str(src)], input=archive.stdout, check=True)
+            env = {**os.environ, "PYTHONPATH": str(src / "src")}
+        gw = self._spawn(
+            [*self.gateway_pin, sys.executable, "-m", "headway.cli", "serve", "--port", "0",
+             "--endpoints", self.urls["direct"], "--model", MODEL, "--ready-file", str(ready),
+             # The relay's own cost: the same load-blind policy as the committed figures
+             # (a vLLM pool now defaults to kv-aware, which tokenizes every prompt).
+             "--profile", "round-robin"],
+            f"{name}.log",
+            env,
+        )  # fmt: skip
+        return _wait_ready_file(ready, gw, f"headway serve ({name})"), gw.pid
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -508,7 +515,7 @@ def _profile(fleet: Fleet, py_spy: str, stream: bool, concurrency: int) -> dict[
     raw = fleet.tmp / f"profile-{stream}.txt"
     spy = subprocess.Popen(
         [py_spy, "record", "--pid", str(fleet.pids["headway"]), "--format", "raw",
-         "--rate", "500", "--output", str(raw), "--nonblocking", "--native"],
+         "--rate", "500", "--output", str(raw), "--native"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     time.sleep(1.0)
@@ -572,6 +579,17 @@ def main() -> None:
     ap.add_argument("--gateway-ref", default=None,
                     help="run the gateway from this commit (git archive) instead of the "
                     "working tree, e.g. HEAD")  # fmt: skip
+    ap.add_argument("--baseline-ref", default=None,
+                    help="also run a `headway-base` arm: the gateway from this commit, "
+                    "alternated with `headway` in the same run (an A/B)")  # fmt: skip
+    ap.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="non-streaming cases only (quick A/B of the per-request cost)",
+    )
+    ap.add_argument(
+        "--arms", default=None, help="comma-separated subset of the arms to run (default: all)"
+    )
     ap.add_argument("--out", type=Path)
     # Subprocess modes.
     ap.add_argument("--stub", action="store_true", help=argparse.SUPPRESS)
@@ -598,7 +616,9 @@ def main() -> None:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     # Resolved once, before anything starts: the ref may move while the benchmark runs.
     args.gateway_sha = _git_sha(args.gateway_ref) if args.gateway_ref else None
-    cases = [(stream, c) for stream in (False, True) for c in concurrencies]
+    args.baseline_sha = _git_sha(args.baseline_ref) if args.baseline_ref else None
+    streams = (False,) if args.no_stream else (False, True)
+    cases = [(stream, c) for stream in streams for c in concurrencies]
 
     with tempfile.TemporaryDirectory() as tmpdir:
         fleet = Fleet(args, Path(tmpdir))
@@ -607,6 +627,9 @@ def main() -> None:
         try:
             fleet.start()
             arms = [a for a in ARMS if a in fleet.urls]
+            if args.arms:
+                wanted = {"direct", *args.arms.split(",")}
+                arms = [a for a in arms if a in wanted]
             if fleet.peer_skip_reason:
                 print(f"vllm-router column skipped: {fleet.peer_skip_reason}")
             raw: dict[tuple[bool, int, str], list[dict[str, Any]]] = collections.defaultdict(list)
@@ -624,8 +647,9 @@ def main() -> None:
                 if not args.py_spy:
                     profile = [{"error": "py-spy not found (pass --py-spy PATH)"}]
                 else:
-                    profiled = [(False, min(concurrencies)), (False, max(concurrencies))]
-                    profiled.append((True, max(concurrencies)))
+                    profiled = list(dict.fromkeys([(False, c) for c in concurrencies]))
+                    if not args.no_stream:
+                        profiled.append((True, max(concurrencies)))
                     profile = [_profile(fleet, args.py_spy, st, c) for st, c in profiled]
         finally:
             fleet.stop()
@@ -642,7 +666,7 @@ def main() -> None:
                 s["added_ttfc_p50_ms"] = s["ttfc_p50_ms"] - direct["ttfc_p50_ms"]
             s["throughput_ratio"] = s["req_per_s"] / direct["req_per_s"]
         rows.append({"stream": stream, "concurrency": conc, "arms": by_arm})
-    for arm in arms[1:]:
+    for arm in arms[1:] if not args.no_stream else ():
         for conc in concurrencies:
             plain = next(r for r in rows if not r["stream"] and r["concurrency"] == conc)
             strm = next(r for r in rows if r["stream"] and r["concurrency"] == conc)
@@ -666,23 +690,29 @@ def main() -> None:
                   f"{_fmt(s.get('marginal_cpu_us_per_chunk'), '.1f'):>8} "
                   f"{_fmt(s.get('rss_mib_max'), '.0f'):>8}")  # fmt: skip
 
-    def hw(stream: bool, conc: int) -> dict[str, Any]:
-        row = next(r for r in rows if r["stream"] == stream and r["concurrency"] == conc)
-        return row["arms"]["headway"]  # type: ignore[no-any-return]
+    def hw(stream: bool, conc: int) -> dict[str, Any] | None:
+        row = next((r for r in rows if r["stream"] == stream and r["concurrency"] == conc), None)
+        return None if row is None else row["arms"]["headway"]  # type: ignore[no-any-return]
 
     c_lo = min(concurrencies)
-    worst_req = max(hw(False, c)["cpu_us_per_request"] for c in concurrencies)
-    worst_chunk = max(hw(True, c)["cpu_us_per_chunk"] for c in concurrencies)
-    added = hw(False, c_lo)["added_p50_ms"]
-    targets = {
+    plain_lo, stream_lo = hw(False, c_lo), hw(True, c_lo)
+    assert plain_lo is not None
+    worst_req = max(hw(False, c)["cpu_us_per_request"] for c in concurrencies)  # type: ignore[index]
+    added = plain_lo["added_p50_ms"]
+    targets: dict[str, dict[str, Any]] = {
         "cpu_us_per_request": {"target": TARGET_CPU_US_PER_REQUEST, "worst": worst_req,
                                "met": worst_req <= TARGET_CPU_US_PER_REQUEST},
-        "cpu_us_per_chunk": {"target": TARGET_CPU_US_PER_CHUNK, "worst": worst_chunk,
-                             "met": worst_chunk <= TARGET_CPU_US_PER_CHUNK},
         "added_p50_ms_concurrency_1": {"target": TARGET_ADDED_P50_MS, "value": added,
-                                       "stream_value": hw(True, c_lo)["added_p50_ms"],
+                                       "stream_value": stream_lo and stream_lo["added_p50_ms"],
                                        "met": added <= TARGET_ADDED_P50_MS},
     }  # fmt: skip
+    if stream_lo is not None:
+        worst_chunk = max(hw(True, c)["cpu_us_per_chunk"] for c in concurrencies)  # type: ignore[index]
+        targets["cpu_us_per_chunk"] = {
+            "target": TARGET_CPU_US_PER_CHUNK,
+            "worst": worst_chunk,
+            "met": worst_chunk <= TARGET_CPU_US_PER_CHUNK,
+        }
     for name, t in targets.items():
         print(f"target {name} <= {t['target']}: {'met' if t['met'] else 'NOT met'} "
               f"({t.get('worst', t.get('value')):.3f})")  # fmt: skip
@@ -716,6 +746,8 @@ def main() -> None:
                 "tiny": args.tiny,
                 "gateway_ref": args.gateway_ref,
                 "gateway_sha": args.gateway_sha,
+                "baseline_ref": args.baseline_ref,
+                "baseline_sha": args.baseline_sha,
             },
             "arms": arms,
             "pinning": {

@@ -1,7 +1,7 @@
-"""The relay's moving upstream deadline (`server._Deadline`): one loop timer per
-attempt, re-armed only when it fires before a deadline that moved later; the same
-outcomes as `asyncio.timeout_at` per read. Short real timeouts (tens of ms), with
-outcomes asserted, never durations."""
+"""The relay's moving upstream deadline (`server._Deadline`): queued on a loop timer
+shared by a gateway's attempts (`_DeadlineTimer`), queued again only when it comes due
+before a deadline that moved later; the same outcomes as `asyncio.timeout_at` per read.
+Short real timeouts (tens of ms), with outcomes asserted, never durations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from headway.gateway.server import _Deadline, _UpstreamTimeout
+from headway.gateway.server import _Deadline, _DeadlineTimer, _UpstreamTimeout
 
 _SHORT_S = 0.03
 
@@ -149,3 +149,48 @@ def test_timeout_leaves_the_task_uncancelled() -> None:
         return await _sleep_then("after", 0.0), task.cancelling()
 
     assert _run(main) == ("after", 0)
+
+
+def test_shared_timer_expires_only_the_deadline_that_passed() -> None:
+    """Deadlines of several attempts on one timer: each times out on its own, the
+    earlier-queued long one included, whatever order they were queued in."""
+
+    async def main() -> list[str]:
+        timers = _DeadlineTimer()
+
+        async def attempt(at_offset_s: float, delay_s: float) -> str:
+            deadline = _Deadline(time.monotonic() + at_offset_s, timers=timers)
+            try:
+                return await deadline.wait(_sleep_then("done", delay_s))
+            except _UpstreamTimeout:
+                return "timeout"
+            finally:
+                deadline.close()
+
+        return list(
+            await asyncio.gather(
+                attempt(10.0, 3 * _SHORT_S),  # queued first, due last: done in time
+                attempt(_SHORT_S, 10.0),  # times out
+                attempt(2 * _SHORT_S, 0.0),  # ready at once
+            )
+        )
+
+    assert _run(main) == ["done", "timeout", "done"]
+
+
+def test_shared_timer_drops_closed_deadlines() -> None:
+    """Attempts that end long before their deadline leave no lasting entries: the
+    heap stays bounded however many there were (one after another, as at
+    concurrency 1)."""
+
+    async def main() -> int:
+        timers = _DeadlineTimer()
+        largest = 0
+        for _ in range(1000):
+            deadline = _Deadline(time.monotonic() + 600.0, timers=timers)
+            await deadline.wait(_ready("x"))
+            deadline.close()
+            largest = max(largest, len(timers._entries))
+        return largest
+
+    assert _run(main) <= 2 * 64

@@ -37,7 +37,9 @@ class InFlightTracker:
         return self._loads.get(endpoint) or EndpointLoad()
 
     def acquire(self, endpoint: str, num_tokens: int) -> Lease:
-        load = self._loads.setdefault(endpoint, EndpointLoad())
+        load = self._loads.get(endpoint)
+        if load is None:
+            load = self._loads[endpoint] = EndpointLoad()
         load.num_requests += 1
         load.num_tokens += num_tokens
         return Lease(endpoint, num_tokens, self)
