@@ -38,6 +38,9 @@ SSE_DONE = b"data: [DONE]\n\n"
 # bookkeeping) takes about 0.15 ms here; it waits at most this long for a gap.
 STREAM_END_WORK_S = 0.00025
 STREAM_END_MAX_DEFER_S = 0.002
+# Opening one (after the request reached the engine) about 0.08 ms.
+STREAM_OPEN_WORK_S = 0.00015
+STREAM_OPEN_MAX_DEFER_S = 0.001
 # Which replica served a response: lets tests and benchmarks see where a router sent it.
 REPLICA_HEADER = "x-headway-replica"
 
@@ -379,6 +382,11 @@ class CompletionWriter:
     ) -> None:
         """Open the SSE response; the replica's loop writes the tokens into it."""
         try:
+            # Opening the response (headers, socket options) can wait for a gap between
+            # step ends too, though less than a step: tokens emitted meanwhile queue.
+            await self.replica.wait_for_gap(
+                STREAM_OPEN_WORK_S, min(STREAM_OPEN_MAX_DEFER_S, self.replica.max_defer_s)
+            )
             await resp.prepare(request)
             transport = request.transport
             sock = transport.get_extra_info("socket") if transport else None

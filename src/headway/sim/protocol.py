@@ -92,11 +92,8 @@ def _prompt_ids(
         if not prompt:
             raise ApiError(400, "prompt: must not be empty", "prompt")
         return tuple(tokenizer.encode(prompt)), prompt
-    if (
-        isinstance(prompt, list)
-        and prompt
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-    ):
+    # Token ids are ints, not bools (type() is exact); checked in C, not per token.
+    if isinstance(prompt, list) and prompt and set(map(type, prompt)) == {int}:
         vocab_size = tokenizer.vocab_size
         if min(prompt) < 0 or max(prompt) >= vocab_size:
             raise ApiError(400, f"prompt: token ids must be in [0, {vocab_size})", "prompt")

@@ -224,6 +224,12 @@ class Replica:
     def release(self, request_id: str) -> None:
         self._handles.pop(request_id, None)
 
+    @property
+    def max_defer_s(self) -> float:
+        """How long the next step's computation may wait for a gap (0 before the
+        first step): well under a step."""
+        return self._max_defer_s
+
     async def wait_for_gap(self, width_s: float, max_wait_s: float) -> None:
         """Put off request-side work that no token waits for until no replica's step
         ends within `width_s` (at most `max_wait_s`): see `PreciseTimer.wait_for_gap`."""
