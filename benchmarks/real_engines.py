@@ -260,6 +260,24 @@ def replica_num_gpu_blocks(rs: he.ReplicaSet) -> list[int]:
     return out
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and all its descendants (a vLLM replica: API server,
+    engine core, workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        total += cpu_seconds(p)
+        todo.extend(children.get(p, ()))
+    return total
+
+
 def reset_caches(rs: he.ReplicaSet, timeout_s: float = 30) -> None:
     """Empty every replica's prefix cache, and make each publish the fact.
 
@@ -644,6 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reset_caches(rs)
                 proc, base, metrics_url = start_router(arm, rs, peers, tmp)
                 before, cpu0 = replica_counters(rs), cpu_seconds(proc.pid)
+                engine_cpu0 = [tree_cpu_seconds(r.pid) for r in rs.replicas]
                 try:
                     res, rows = asyncio.run(
                         run_workload(
@@ -667,6 +686,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )
                     )
                     res["router_cpu_s"] = round(cpu_seconds(proc.pid) - cpu0, 3)
+                    # What the replicas burnt serving this arm (engine and API server:
+                    # a router's own calls to them, such as scrapes or tokenize, count).
+                    res["engine_cpu_s"] = [
+                        round(tree_cpu_seconds(r.pid) - c, 2)
+                        for r, c in zip(rs.replicas, engine_cpu0, strict=True)
+                    ]
                     if args.rows_out is not None:  # the router's own view, to diagnose
                         with urllib.request.urlopen(metrics_url, timeout=10) as resp:
                             prom_path = args.rows_out.with_name(
@@ -688,7 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f" p99 {res['ttft_p99_ms']} ms  cached {res['cached_share']}"
                     f"  split {res['requests_per_replica']}  preempt {res['preemptions']}"
                     f"  tok/s {res['output_tokens_per_s']}  wall {res['wall_s']} s"
-                    f"  router CPU {res['router_cpu_s']} s  errors {res['num_errors']}"
+                    f"  CPU router {res['router_cpu_s']} engines {res['engine_cpu_s']} s"
+                    f"  errors {res['num_errors']}"
                     f" {res['errors'][:1]}",
                     flush=True,
                 )
