@@ -49,7 +49,55 @@ def _learned_bias(bias_s: float, error_s: float, max_bias_s: float) -> float:
     return min(max(bias_s + gain * error_s, 0.0), max_bias_s)
 
 
-class PreciseTimer:
+class _GapWaits:
+    """What both timers share for deferrable work: the next deadline sleeper's fire time
+    and `wait_for_gap`. A timer keeps `_heap` entries (fire at, seq, future, is
+    deadline), `_fired` (deadline sleepers woken, not yet returned) and calls
+    `_returned` when a deadline sleeper returns."""
+
+    _heap: list[tuple[float, int, asyncio.Future[bool], bool]]
+    _fired: set[asyncio.Future[bool]]
+    _gap_waiters: list[asyncio.Future[None]]
+    _loop: asyncio.AbstractEventLoop
+    _clock: Callable[[], float]
+
+    def next_deadline(self) -> float | None:
+        """When the earliest pending deadline sleeper will be woken, if any."""
+        # No lock: copying the list is atomic under the GIL, and taking the lock here
+        # would make the loop wait whenever the timer thread waits for the GIL.
+        fire_at = [t for t, _, _, is_deadline in list(self._heap) if is_deadline]
+        return min(fire_at) if fire_at else None
+
+    async def wait_for_gap(self, width_s: float, max_wait_s: float) -> None:
+        """Wait until no deadline sleeper is due within `width_s` (and those already
+        woken have returned from `sleep_until`), or `max_wait_s` has passed: for work
+        that can be put off but, once started, would hold up a wake-up behind it.
+
+        It looks again each time a deadline sleeper returns, so it costs no wake-up
+        of its own; the give-up is timed by the event loop (millisecond resolution)."""
+        loop = self._loop
+        give_up = self._clock() + max_wait_s
+        while (t := self._clock()) < give_up:
+            if not self._fired:
+                due = self.next_deadline()
+                if due is None or due > t + width_s:
+                    return
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._gap_waiters.append(waiter)
+            timeout = loop.call_later(give_up - t, _set_none, waiter)
+            try:
+                await waiter
+            finally:
+                timeout.cancel()
+
+    def _returned(self) -> None:
+        """A deadline sleeper returned: gap waiters look again."""
+        waiters, self._gap_waiters = self._gap_waiters, []
+        for waiter in waiters:
+            _set_none(waiter)
+
+
+class PreciseTimer(_GapWaits):
     """One thread serving `sleep_until` for every coroutine on one event loop.
 
     It also knows when the next wake-up is due, so deferrable work can wait for a gap
@@ -123,38 +171,7 @@ class PreciseTimer:
             if is_deadline:
                 with self._cond:
                     self._fired.discard(fut)
-                waiters, self._gap_waiters = self._gap_waiters, []
-                for waiter in waiters:
-                    _set_none(waiter)
-
-    def next_deadline(self) -> float | None:
-        """When the earliest pending deadline sleeper will be woken, if any."""
-        # No lock: copying the list is atomic under the GIL, and taking the lock here
-        # would make the loop wait whenever the timer thread waits for the GIL.
-        fire_at = [t for t, _, _, is_deadline in list(self._heap) if is_deadline]
-        return min(fire_at) if fire_at else None
-
-    async def wait_for_gap(self, width_s: float, max_wait_s: float) -> None:
-        """Wait until no deadline sleeper is due within `width_s` (and those already
-        woken have returned from `sleep_until`), or `max_wait_s` has passed: for work
-        that can be put off but, once started, would hold up a wake-up behind it.
-
-        It looks again each time a deadline sleeper returns, so it costs no wake-up
-        of its own; the give-up is timed by the event loop (millisecond resolution)."""
-        loop = self._loop
-        give_up = self._clock() + max_wait_s
-        while (t := self._clock()) < give_up:
-            if not self._fired:
-                due = self.next_deadline()
-                if due is None or due > t + width_s:
-                    return
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._gap_waiters.append(waiter)
-            timeout = loop.call_later(give_up - t, _set_none, waiter)
-            try:
-                await waiter
-            finally:
-                timeout.cancel()
+                self._returned()
 
     def close(self) -> None:
         """Stop the thread; sleepers still waiting are never woken."""
@@ -204,7 +221,7 @@ def _wake_all(woken: list[tuple[asyncio.Future[bool], bool]]) -> None:
             fut.set_result(is_due_alone)
 
 
-class AlarmTimer:
+class AlarmTimer(_GapWaits):
     """`sleep_until` on the process's real-time interval timer, for a loop on the main
     thread: the kernel raises SIGALRM at the earliest deadline (microsecond resolution),
     the event loop learns of it through its signal wake-up fd, and wakes the sleepers
@@ -214,7 +231,9 @@ class AlarmTimer:
 
     Same contract as `PreciseTimer.sleep_until` (never early, deadline order, wake-ups
     within `batch_window_s` share one alarm, a learned `wake_bias_s` up to
-    `max_wake_bias_s`). It takes ITIMER_REAL and SIGALRM for its lifetime: use
+    `max_wake_bias_s`) and the same gap waits (`next_deadline`, `wait_for_gap`); each
+    wake-up costs less CPU than the thread's hand-off (one signal instead of two thread
+    wake-ups). It takes ITIMER_REAL and SIGALRM for its lifetime: use
     `is_available()` first (main thread, neither in use, e.g. by pytest-timeout); `close`
     gives both back.
     """
@@ -238,9 +257,11 @@ class AlarmTimer:
         self._batch_window_s = batch_window_s
         self._max_wake_bias_s = max_wake_bias_s
         self._previous_handler = signal.getsignal(signal.SIGALRM)
-        # (fire at, seq, future): main-thread only, so no lock.
-        self._heap: list[tuple[float, int, asyncio.Future[bool]]] = []
+        # (fire at, seq, future, is_deadline): main-thread only, so no lock.
+        self._heap = []
         self._seq = itertools.count()
+        self._fired = set()
+        self._gap_waiters = []
         self._armed_for: float | None = None
         self.wake_bias_s = 0.0
         self.num_handoffs = 0
@@ -257,22 +278,28 @@ class AlarmTimer:
             and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
         )
 
-    async def sleep_until(self, deadline: float) -> None:
-        """Return at `deadline` (timer clock seconds), or at once if it has passed."""
+    async def sleep_until(self, deadline: float, is_deadline: bool = True) -> None:
+        """Return at `deadline` (timer clock seconds), or at once if it has passed;
+        `is_deadline=False` marks a sleep that others need not make room for."""
         clock = self._clock
         if deadline <= clock():
             return
         fut: asyncio.Future[bool] = self._loop.create_future()
-        heapq.heappush(self._heap, (deadline - self.wake_bias_s, next(self._seq), fut))
+        heapq.heappush(self._heap, (deadline - self.wake_bias_s, next(self._seq), fut, is_deadline))
         if self._heap[0][2] is fut:
             self._arm()
-        is_due_alone = await fut
-        if is_due_alone:
-            self.wake_bias_s = _learned_bias(
-                self.wake_bias_s, clock() - deadline, self._max_wake_bias_s
-            )
-        while clock() < deadline:
-            await asyncio.sleep(0)
+        try:
+            is_due_alone = await fut
+            if is_due_alone:
+                self.wake_bias_s = _learned_bias(
+                    self.wake_bias_s, clock() - deadline, self._max_wake_bias_s
+                )
+            while clock() < deadline:
+                await asyncio.sleep(0)
+        finally:
+            if is_deadline:
+                self._fired.discard(fut)
+                self._returned()
 
     def close(self) -> None:
         """Disarm, and give ITIMER_REAL and SIGALRM back (sleepers left are never woken)."""
@@ -301,9 +328,11 @@ class AlarmTimer:
         horizon = t + self._batch_window_s
         num_woken = 0
         while self._heap and self._heap[0][0] <= horizon:
-            fire_at, _, fut = heapq.heappop(self._heap)
+            fire_at, _, fut, is_deadline = heapq.heappop(self._heap)
             num_woken += 1
             if not fut.done():
+                if is_deadline:
+                    self._fired.add(fut)
                 fut.set_result(fire_at <= t)
         if num_woken:
             self.num_handoffs += 1

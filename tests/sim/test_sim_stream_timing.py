@@ -8,6 +8,7 @@ import asyncio
 import http.client
 import json
 import os
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +18,10 @@ from sim_harness import MODEL, Fleet, get, openai_client, poll, scrape
 
 from headway.core.engine import TokenOutput
 from headway.core.sequence import FinishReason
-from headway.sim.clock import LagHistogram, PreciseTimer, now
+from headway.sim.clock import AlarmTimer, LagHistogram, PreciseTimer, SimTimer, now
 from headway.sim.completions import RequestState, StreamSink, TextAssembler
 from headway.sim.config import SimConfig
+from headway.sim.fleet import TIMER_ENV, FleetConfigError, make_timer
 from headway.sim.protocol import ParsedRequest
 from headway.sim.replica import Emission, RequestHandle
 
@@ -67,9 +69,21 @@ def test_process_slices(
     assert cfg.own_replicas == tuple(range(num_replicas))
 
 
-# -- PreciseTimer.wait_for_gap ----------------------------------------------------
-async def test_gap_wait_lets_a_due_sleeper_run_first() -> None:
-    timer = PreciseTimer(asyncio.get_running_loop())
+# -- wait_for_gap, on both timers -------------------------------------------------
+# The alarm timer needs ITIMER_REAL, which pytest-timeout's default (signal) method holds.
+TIMER_KINDS = [
+    pytest.param(PreciseTimer, id="thread"),
+    pytest.param(AlarmTimer, id="alarm", marks=pytest.mark.timeout(60, method="thread")),
+]
+
+
+def _timer(kind: type[SimTimer]) -> SimTimer:
+    return kind(asyncio.get_running_loop())
+
+
+@pytest.mark.parametrize("kind", TIMER_KINDS)
+async def test_gap_wait_lets_a_due_sleeper_run_first(kind: type[SimTimer]) -> None:
+    timer = _timer(kind)
     order: list[str] = []
 
     async def sleeper(deadline: float) -> None:
@@ -88,9 +102,10 @@ async def test_gap_wait_lets_a_due_sleeper_run_first() -> None:
     assert order == ["sleeper", "work"]
 
 
-async def test_gap_wait_costs_no_handoff_of_its_own() -> None:
+@pytest.mark.parametrize("kind", TIMER_KINDS)
+async def test_gap_wait_costs_no_handoff_of_its_own(kind: type[SimTimer]) -> None:
     # It looks again when the sleeper in its way returns: one hand-off in all.
-    timer = PreciseTimer(asyncio.get_running_loop())
+    timer = _timer(kind)
     try:
         sleeper = asyncio.ensure_future(timer.sleep_until(now() + 0.02))
         await asyncio.sleep(0)  # registered
@@ -101,8 +116,9 @@ async def test_gap_wait_costs_no_handoff_of_its_own() -> None:
     assert timer.num_handoffs == 1
 
 
-async def test_gap_wait_gives_up_after_its_longest_wait() -> None:
-    timer = PreciseTimer(asyncio.get_running_loop())
+@pytest.mark.parametrize("kind", TIMER_KINDS)
+async def test_gap_wait_gives_up_after_its_longest_wait(kind: type[SimTimer]) -> None:
+    timer = _timer(kind)
     sleeper = asyncio.ensure_future(timer.sleep_until(now() + 1.0))
     try:
         await asyncio.sleep(0)  # registered
@@ -115,10 +131,11 @@ async def test_gap_wait_gives_up_after_its_longest_wait() -> None:
         timer.close()
 
 
-async def test_gap_wait_sees_a_sleeper_woken_early_until_it_returns() -> None:
+@pytest.mark.parametrize("kind", TIMER_KINDS)
+async def test_gap_wait_sees_a_sleeper_woken_early_until_it_returns(kind: type[SimTimer]) -> None:
     # A sleeper handed over early (by the wake bias) yields until its deadline; work
     # that waits for a gap must not start in that interval, right before its deadline.
-    timer = PreciseTimer(asyncio.get_running_loop())
+    timer = _timer(kind)
     timer.wake_bias_s = 0.02  # hand over 20 ms early
     order: list[str] = []
 
@@ -148,10 +165,11 @@ async def test_gap_wait_sees_a_sleeper_woken_early_until_it_returns() -> None:
     ],
     ids=["idle", "far", "no-wait"],
 )
+@pytest.mark.parametrize("kind", TIMER_KINDS)
 async def test_gap_wait_returns_at_once(
-    sleeper_in_s: float | None, width_s: float, max_wait_s: float, waits: bool
+    kind: type[SimTimer], sleeper_in_s: float | None, width_s: float, max_wait_s: float, waits: bool
 ) -> None:
-    timer = PreciseTimer(asyncio.get_running_loop())
+    timer = _timer(kind)
     task = None
     try:
         if sleeper_in_s is not None:
@@ -476,3 +494,48 @@ async def test_sink_failure_ends_the_request_not_the_loop(
     sink.emit()
     await asyncio.wait_for(sink.wait(), 1)  # the handler is woken to raise it
     assert isinstance(sink.error, ZeroDivisionError if where == "render" else ValueError)
+
+
+# -- the sim's timer choice ---------------------------------------------------------
+@pytest.mark.timeout(60, method="thread")
+@pytest.mark.parametrize(
+    ("value", "expect"),
+    [("thread", PreciseTimer), ("alarm", AlarmTimer), ("auto", AlarmTimer), ("", AlarmTimer)],
+    ids=["thread", "alarm", "auto", "unset"],
+)
+async def test_sim_timer_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, value: str, expect: type[SimTimer]
+) -> None:
+    monkeypatch.setenv(TIMER_ENV, value)
+    timer = make_timer(asyncio.get_running_loop())
+    try:
+        assert type(timer) is expect
+    finally:
+        timer.close()
+
+
+@pytest.mark.timeout(60, method="thread")
+async def test_sim_timer_auto_falls_back_while_the_alarm_is_in_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signal.setitimer(signal.ITIMER_REAL, 100.0)  # someone else's alarm
+    try:
+        monkeypatch.setenv(TIMER_ENV, "auto")
+        timer = make_timer(asyncio.get_running_loop())
+        assert type(timer) is PreciseTimer
+        timer.close()
+        monkeypatch.setenv(TIMER_ENV, "alarm")
+        with pytest.raises(FleetConfigError, match=TIMER_ENV):
+            make_timer(asyncio.get_running_loop())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+
+
+def test_sim_timer_unknown_kind_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TIMER_ENV, "sundial")
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(FleetConfigError, match=f"{TIMER_ENV}='sundial'"):
+            make_timer(loop)
+    finally:
+        loop.close()

@@ -1,6 +1,7 @@
 """Time keeping for the simulator's engine loops.
 
-`PreciseTimer` (sub-millisecond wake-ups from a helper thread; see
+`PreciseTimer` (sub-millisecond wake-ups from a helper thread) and `AlarmTimer` (the
+same from SIGALRM, no thread; see
 docs/decisions/0001-simulator-clock.md) lives in `headway.precise_timer`, shared with the
 benchmark client, and is re-exported here; this module adds the lag histogram, the GC
 pacer and the write-slot board the engine loops use.
@@ -14,9 +15,21 @@ import bisect
 import gc
 from typing import Any
 
-from headway.precise_timer import PreciseTimer, now
+from headway.precise_timer import AlarmTimer, PreciseTimer, now
 
-__all__ = ["GC_PACER", "EmitSlots", "GcPacer", "LagHistogram", "PreciseTimer", "now"]
+__all__ = [
+    "GC_PACER",
+    "AlarmTimer",
+    "EmitSlots",
+    "GcPacer",
+    "LagHistogram",
+    "PreciseTimer",
+    "SimTimer",
+    "now",
+]
+
+# The engine loops' timer: either serves sleeps, gap waits and `next_deadline`.
+SimTimer = PreciseTimer | AlarmTimer
 
 
 class LagHistogram:

@@ -39,7 +39,7 @@ from headway.core.engine import Engine, RequestError, StepResult, TokenOutput
 from headway.core.kv_events import EventBatch
 from headway.core.sequence import EngineRequest, FinishReason
 from headway.sim import clock
-from headway.sim.clock import EmitSlots, LagHistogram, PreciseTimer
+from headway.sim.clock import EmitSlots, LagHistogram, SimTimer
 from headway.sim.faults import FaultConfig, FaultInjector
 from headway.sim.kv_publisher import KvEventPublisher
 
@@ -117,7 +117,7 @@ class Replica:
         engine: Engine,
         time_scale: float,
         faults: FaultInjector,
-        timer: PreciseTimer,
+        timer: SimTimer,
         publisher: KvEventPublisher | None = None,
         max_lag_s: float = 1.0,
         on_step: Callable[[StepResult], None] | None = None,

@@ -76,7 +76,7 @@ class ReplicaServer:
         template: ChatTemplate,
         kv_event_sources: dict[str, Any] | None,
         on_crash: Callable[[ReplicaServer], None],
-        timer: clock.PreciseTimer | None = None,
+        timer: clock.SimTimer | None = None,
     ) -> None:
         self.replica = replica
         self._timer = timer  # for the front end's waits (asyncio.sleep without one)
