@@ -462,6 +462,9 @@ def summarize(runs: list[dict[str, Any]], stream: bool, chunks: int) -> dict[str
         cpu = sum(r["cpu_s"]["gateway"] for r in runs)
         out["gateway_cpu_s"] = cpu
         out["cpu_us_per_request"] = cpu / num_ok * 1e6
+        out["cpu_us_per_request_by_round"] = [
+            r["cpu_s"]["gateway"] / r["num_ok"] * 1e6 if r["num_ok"] else None for r in runs
+        ]
         out["cpu_us_per_chunk"] = cpu / (num_ok * chunks) * 1e6 if stream else None
         out["gateway_cpu_cores"] = cpu / wall
         out["rss_mib_max"] = max(r["gateway_rss_mib"] for r in runs)

@@ -58,7 +58,7 @@ class NoEndpoint(Exception):
     """Routing found no endpoint at all (not merely busy ones)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Slot:
     """An admitted request's place on an endpoint; `release` exactly once, in `finally`."""
 

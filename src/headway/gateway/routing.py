@@ -67,8 +67,11 @@ class Full:
     pool: PoolConfig
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Route:
+    """Where a request goes (not changed once built; a plain slotted class: one is
+    built per request, and a frozen dataclass costs several times as much)."""
+
     pool: PoolConfig  # the pool that serves the request (the fallback, if used)
     endpoint: str
     result: RoutingResult
@@ -377,8 +380,7 @@ class Router:
             seen.add(current.model)
             router = self._pools[current.model]
             snapshots = router.snapshots(exclude)
-            available = router.available()
-            if not snapshots and available:
+            if not snapshots and (available := router.available()):
                 if exclude and all(u in exclude for u in available):
                     return None
                 return Full(current)

@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(slots=True)
 class EndpointLoad:
     num_requests: int = 0
     num_tokens: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Lease:
     endpoint: str
     num_tokens: int
