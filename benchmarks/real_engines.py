@@ -184,9 +184,13 @@ def start_router(
         cmd = [sys.executable, "-m", "headway.cli", "serve", "--config", str(cfg)]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
-        _wait_http(base + "/v1/models", proc, "headway serve")
-        if arm.policy == "kv-aware":
-            _wait_kv_index_live(base)
+        try:
+            _wait_http(base + "/v1/models", proc, "headway serve")
+            if arm.policy == "kv-aware":
+                _wait_kv_index_live(base)
+        except BaseException:
+            stop_process(proc)  # never leave a router that did not come up running
+            raise
         return proc, base, base + "/metrics"
     port, prom = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
@@ -199,14 +203,18 @@ def start_router(
                 cmd += ["--kv-event-source", f"{r.url}=tcp://127.0.0.1:{r.kv_port}"]
             cmd += ["--kv-event-block-size", str(rs.block_size), "--kv-event-model", "m"]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        _wait_http(base + "/readiness", proc, "vllm-router")
+        try:
+            _wait_http(base + "/readiness", proc, "vllm-router")
+        except BaseException:
+            stop_process(proc)
+            raise
         return proc, base, f"http://127.0.0.1:{prom}/metrics"
     cmd = [peers["sglang-router"], "launch", "--host", "127.0.0.1", "--port", str(port),
            "--prometheus-port", str(prom), "--worker-urls", *urls, "--policy", arm.policy,
            "--disable-retries"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while True:
         try:
             with urllib.request.urlopen(base + "/workers", timeout=1) as resp:
                 workers = json.loads(resp.read()).get("workers", [])
@@ -214,6 +222,9 @@ def start_router(
                 break
         except OSError:
             pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            stop_process(proc)
+            raise RuntimeError(f"sglang-router: workers not healthy at {base} after 60 s")
         time.sleep(0.1)
     return proc, base, f"http://127.0.0.1:{prom}/metrics"
 
