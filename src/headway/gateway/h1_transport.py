@@ -28,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Mapping
-from typing import cast
+from collections.abc import Coroutine, Mapping
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -411,10 +411,14 @@ class SchemeTransport:
         self.plain = H1Transport(connect_timeout_s=connect_timeout_s)
         self.other = AiohttpTransport(connect_timeout_s=connect_timeout_s)
 
-    async def open(self, url: str, body: bytes, headers: Mapping[str, str]) -> UpstreamResponse:
+    def open(
+        self, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> Coroutine[Any, Any, UpstreamResponse]:
+        # The chosen transport's coroutine itself (not awaited here): one coroutine less
+        # on the request's await chain.
         if url.startswith("http://"):
-            return await self.plain.open(url, body, headers)
-        return await self.other.open(url, body, headers)
+            return self.plain.open(url, body, headers)
+        return self.other.open(url, body, headers)
 
     async def close(self) -> None:
         await self.plain.close()

@@ -36,6 +36,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import Any, TypeVar
 
 import msgspec
@@ -502,8 +503,10 @@ class Gateway:
         in `_openai_errors`, and a catch-all route registered last answers unknown
         paths (404) and known paths with another method (405)."""
         app = web.Application(client_max_size=self.config.limits.max_body_bytes)
-        app.router.add_post("/v1/chat/completions", self.chat_completions)
-        app.router.add_post("/v1/completions", self.completions)
+        # The handler itself, not a method awaiting it: a coroutine less that every
+        # resumption of the request's task passes through.
+        app.router.add_post("/v1/chat/completions", partial(self._completion, is_chat=True))
+        app.router.add_post("/v1/completions", partial(self._completion, is_chat=False))
         app.router.add_get("/v1/models", _openai_errors(self.models))
         app.router.add_get("/health", _openai_errors(self.health))
         app.router.add_get("/ready", _openai_errors(self.ready))
@@ -664,12 +667,6 @@ class Gateway:
         return None
 
     # -- completions ---------------------------------------------------------------
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._completion(request, is_chat=True)
-
-    async def completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._completion(request, is_chat=False)
-
     async def _completion(self, request: web.Request, *, is_chat: bool) -> web.StreamResponse:
         task = asyncio.current_task()
         if task is not None:
