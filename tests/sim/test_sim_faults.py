@@ -29,6 +29,8 @@ FAULT_FLEETS = {
     "error": ("--replicas", "2", "--fault-error-rate", "1.0", "--fault-replicas", "1",
               "--time-scale", "20"),
     "drop": ("--fault-drop-stream-after", "3", "--time-scale", "5"),
+    # Steps much shorter than opening a response: tokens queue before the handler writes.
+    "drop_fast": ("--fault-drop-stream-after", "3", "--time-scale", "20"),
     "hang": ("--fault-hang",),
     "crash": ("--fault-crash-after", "2", "--time-scale", "20"),
     "slow": ("--fault-slowdown", "20", "--time-scale", "10"),
@@ -165,9 +167,20 @@ def test_admin_faults_rejects_bad_fields(fleets: dict[str, Fleet], body: Any, wo
     assert get(url, "/admin/faults").json()["error_rate"] == 0.0
 
 
-def test_drop_stream_after_tokens(fleets: dict[str, Fleet]) -> None:
-    url = fleets["drop"].url
-    body = chat_body("drop me", max_tokens=50, ignore_eos=True, stream=True)
+@pytest.mark.parametrize(
+    ("fleet", "max_tokens"),
+    [("drop", 50), ("drop_fast", 4)],
+    ids=["long-stream", "fast-steps-finish-right-after-the-drop"],
+)
+def test_drop_stream_after_tokens(fleets: dict[str, Fleet], fleet: str, max_tokens: int) -> None:
+    """The stream ends after its third token without an end marker, also when the
+    engine finishes the request one step later, before the handler has written
+    what was queued (nothing the engine makes after the drop goes out)."""
+    _check_dropped_stream(fleets[fleet].url, max_tokens)
+
+
+def _check_dropped_stream(url: str, max_tokens: int) -> None:
+    body = chat_body("drop me", max_tokens=max_tokens, ignore_eos=True, stream=True)
     conn, resp = _open_stream(url, body)
     data_lines: list[bytes] = []
     try:
@@ -189,7 +202,7 @@ def test_drop_stream_after_tokens(fleets: dict[str, Fleet]) -> None:
 
 
 def test_faults_log_no_tracebacks(fleets: dict[str, Fleet]) -> None:
-    test_drop_stream_after_tokens(fleets)
+    _check_dropped_stream(fleets["drop"].url, 50)
     assert "Traceback" not in fleets["drop"].stderr()
 
 

@@ -237,7 +237,9 @@ class StreamSink:
 
     def emit(self) -> None:
         data, self._data = self._data, None
-        if data is None:
+        if data is None or self.error is not None:
+            # After a failure (a dropped stream, a lost client) nothing more goes out,
+            # though the engine may still produce tokens until the handler aborts it.
             return
         frame, self._frame = self._frame, None
         self.is_settled = False
