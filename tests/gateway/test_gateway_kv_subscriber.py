@@ -438,3 +438,86 @@ def test_unusable_source_address_leaves_the_endpoint_stale(
 
     asyncio.run(run())
     assert index.is_stale(URL) and not sub.is_synced(URL)
+
+
+def test_replay_contiguous_from_a_reset_syncs_a_long_running_engine() -> None:
+    # The engine keeps only its last batches: seq 0 is gone, but a cache reset (7) is
+    # in the replay, and everything after it is there.
+    s = Scripted({5: stored(8), 6: removed(8), 7: cleared(), 8: stored(3), 9: stored(4)})
+    s.feed((10, stored(5)))
+    assert s.replays == [0]
+    assert not s.index.is_stale(URL) and s.src.num_replays_failed == 0
+    assert s.index.blocks_of(URL) == {3, 4, 5}
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [
+        {5: stored(8), 7: stored(9)},  # no reset: what came before 5 is unknown
+        {5: cleared(), 7: stored(9)},  # a hole after the reset
+    ],
+    ids=["no-reset", "hole-after-the-reset"],
+)
+def test_replay_from_after_the_start_without_a_clean_reset_is_stale(
+    kept: dict[int, bytes],
+) -> None:
+    s = Scripted(kept)
+    s.feed((8, stored(1)))
+    assert s.index.is_stale(URL) and s.src.num_replays_failed == 1
+
+
+def test_replay_of_a_full_vllm_buffer_arrives_whole() -> None:
+    """vLLM's replay ROUTER sends its whole buffer (10,000 batches by default) from a
+    thread and drops what the reader's queue has no room for; the subscriber must take
+    it all while its event loop is busy with other work (0.5 ms per loop turn), and a
+    replay that keeps coming (here in bursts 0.15 s apart, 1.5 s in all) is not cut
+    off by the 0.5 s timeout, which bounds the wait for each frame."""
+    import threading
+
+    import zmq
+
+    num_batches = 10_000
+    tokens = tuple(range(16 * 16))
+    payload = encode_batch(EventBatch(0.0, (BlockStored(tuple(range(1, 17)), None, tokens, 16),)))
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def serve() -> None:
+        client, _, start = router.recv_multipart()
+        first = int.from_bytes(start, "big")
+        for seq in range(first, num_batches):
+            if seq % 1000 == 0:
+                time.sleep(0.15)
+            router.send_multipart((client, b"", b"kv", seq.to_bytes(8, "big"), payload))
+        router.send_multipart((client, b"", b"", (-1).to_bytes(8, "big", signed=True), b""))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    index = KvBlockIndex()
+    src = KvEventSource("tcp://127.0.0.1:1", replay_endpoint=f"tcp://127.0.0.1:{port}")
+    sub = KvEventSubscriber(index, CollectorsConfig(kv_replay_timeout_s=0.5), sources={URL: [src]})
+
+    async def busy() -> None:
+        while True:
+            time.sleep(0.0005)
+            await asyncio.sleep(0)
+
+    async def run() -> list[tuple[int, bytes]] | None:
+        sub.start()
+        other_work = asyncio.create_task(busy())
+        try:
+            (state,) = sub.sources(URL)
+            return await sub.replay(state, 0)
+        finally:
+            other_work.cancel()
+            await sub.stop()
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        server.join(timeout=5)
+        router.close(0)
+    assert got is not None
+    assert [seq for seq, _ in got] == list(range(num_batches))

@@ -74,7 +74,7 @@ class CollectorsConfig:
     scrape_timeout_s: float = 1.0  # one scrape may take this long
     stale_after_intervals: int = 4  # no successful scrape for this many intervals: stale
     discover_kv_events: bool = True  # ask vLLM endpoints' /kv_event_sources when not given
-    kv_replay_timeout_s: float = 2.0  # a KV-event replay must finish within this
+    kv_replay_timeout_s: float = 2.0  # a KV-event replay fails after this long without a frame
     kv_discovery_retry_s: float = 5.0  # retry discovery of an endpoint that did not answer
 
 

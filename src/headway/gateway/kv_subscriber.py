@@ -14,7 +14,8 @@ Per source, a small state machine on `seq` (invariants):
   replayed one is the duplicate of a replayed batch and is dropped.
 * A gap (seq > last_seq + 1, or a first batch > 0) is filled by a replay from the
   first missing seq. If the replay is unavailable, fails, or does not cover the gap
-  contiguously, the source is UNSYNCED.
+  contiguously (from the first missing seq, or from a cache reset in the replay),
+  the source is UNSYNCED.
 * A seq that goes backwards (and is not a replay duplicate) means the engine
   restarted: the endpoint's index is cleared and the source starts over from seq 0.
 * A source is SYNCED when the index holds the engine's full history for it: it
@@ -446,7 +447,12 @@ class KvEventSubscriber:
 
     async def fill_gap(self, src: SourceState, start: int, upto: int | None) -> None:
         """Replay from `start`, apply what is new; `upto`: the live seq that revealed
-        the gap (None: catching up at subscription)."""
+        the gap (None: catching up at subscription).
+
+        The replay covers the gap when it is contiguous from `start` on, or from an
+        `AllBlocksCleared` in it (the engine's cache was reset there, so nothing before
+        matters: a long-running engine keeps only its last batches, not seq 0 on),
+        and reaches the live seq."""
         batches = await self.replay(src, start)
         if batches is None:
             src.num_replays_failed += 1
@@ -461,17 +467,18 @@ class KvEventSubscriber:
             self._update_stale(src.endpoint_id)
             return
         seqs = [s for s, _ in batches]
-        is_contiguous = all(b == a + 1 for a, b in itertools.pairwise(seqs))
+        cleared_at: int | None = None  # index in `batches` of the last reset applied
+        for i, (seq, payload) in enumerate(batches):
+            if src.last_seq is None or seq > src.last_seq:
+                if self.apply(src, seq, payload):
+                    cleared_at = i
+                src.replayed_through = seq
+        from_i = 0 if seqs and seqs[0] <= start else cleared_at
         covers = (not seqs and upto is None) or (
-            bool(seqs)
-            and seqs[0] <= start
-            and is_contiguous
+            from_i is not None
+            and all(b == a + 1 for a, b in itertools.pairwise(seqs[from_i:]))
             and (upto is None or seqs[-1] >= upto - 1)
         )
-        for seq, payload in batches:
-            if src.last_seq is None or seq > src.last_seq:
-                self.apply(src, seq, payload)
-                src.replayed_through = seq
         if not covers:
             src.num_replays_failed += 1
             log.warning(
@@ -481,12 +488,13 @@ class KvEventSubscriber:
                 f"{seqs[0]}..{seqs[-1]}" if seqs else "nothing",
             )
             src.is_synced = False
-        elif start == 0:
+        elif start == 0 or cleared_at is not None:
             src.is_synced = True
         self._update_stale(src.endpoint_id)
 
-    def apply(self, src: SourceState, seq: int, payload: bytes) -> None:
-        """Decode and apply one batch; `seq` becomes the source's last."""
+    def apply(self, src: SourceState, seq: int, payload: bytes) -> bool:
+        """Decode and apply one batch; `seq` becomes the source's last. Returns whether
+        the batch reset the engine's cache (`AllBlocksCleared`)."""
         src.last_seq = seq
         try:
             batch = decode_batch(payload)
@@ -494,7 +502,7 @@ class KvEventSubscriber:
             src.num_decode_errors += 1
             src.is_synced = False
             log.warning("%s: KV-event batch %d undecodable (%s); index stale", src.endpoint_id, seq, exc)  # fmt: skip
-            return
+            return False
         self.index.apply(src.endpoint_id, batch)
         src.num_batches += 1
         if self.first_block_check is not None:
@@ -502,36 +510,49 @@ class KvEventSubscriber:
                 self.first_block_check.check_batch(src.endpoint_id, batch)
             except Exception:  # a diagnostic: must never cost the index its sync
                 log.exception("%s: KV-event hash check failed to run", src.endpoint_id)
+        is_cleared = False
         for ev in batch.events:
             if isinstance(ev, BlockStored) and ev.block_size > 0:
                 self._endpoints[src.endpoint_id].block_size = ev.block_size
             elif isinstance(ev, AllBlocksCleared):
                 src.is_synced = True  # the cache restarts empty: nothing before matters
+                is_cleared = True
         if self._on_batch is not None:
             self._on_batch(src.endpoint_id)
+        return is_cleared
 
     async def _replay(self, src: SourceState, start: int) -> list[tuple[int, bytes]] | None:
         """The engine's kept batches from `start` on; None when there is no replay
-        socket or it did not answer in time."""
+        socket, or it went `kv_replay_timeout_s` without sending a frame (a long
+        replay that keeps coming is not cut off).
+
+        vLLM's ROUTER sends its whole buffer (10,000 batches by default) at once and
+        drops frames a slow reader's queue has no room for: the queue here is
+        unbounded."""
         if not src.source.replay_endpoint or self._ctx is None:
             return None
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)  # no limit: the sender drops what does not fit
         sock.connect(src.source.replay_endpoint)
         out: list[tuple[int, bytes]] = []
+        idle_s = self.config.kv_replay_timeout_s
         try:
-            async with asyncio.timeout(self.config.kv_replay_timeout_s):
-                await sock.send_multipart((b"", start.to_bytes(8, "big")))
-                while True:
+            await sock.send_multipart((b"", start.to_bytes(8, "big")))
+            while True:
+                # Frames already queued come back without a loop turn (zmq.asyncio
+                # tries a non-blocking read first); the timeout bounds the waits.
+                async with asyncio.timeout(idle_s):
                     frames = await sock.recv_multipart()
-                    if len(frames) < 2 or len(frames[-2]) != 8:
-                        continue
-                    seq = int.from_bytes(frames[-2], "big", signed=True)
-                    if seq == END_OF_REPLAY:
-                        return out
-                    out.append((seq, frames[-1]))
+                if len(frames) < 2 or len(frames[-2]) != 8:
+                    continue
+                seq = int.from_bytes(frames[-2], "big", signed=True)
+                if seq == END_OF_REPLAY:
+                    return out
+                out.append((seq, frames[-1]))
         except TimeoutError:
-            log.warning("%s: KV-event replay from %s timed out", src.endpoint_id, src.source.replay_endpoint)  # fmt: skip
+            log.warning("%s: KV-event replay from %s: nothing for %g s after %d batches",
+                        src.endpoint_id, src.source.replay_endpoint, idle_s, len(out))  # fmt: skip
             return None
         finally:
             sock.close(0)
