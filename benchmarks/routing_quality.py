@@ -879,6 +879,17 @@ def evaluate_targets(
     beat["met"] = (kv is not None and (approx is None or kv > approx)) or (
         kv == approx and a is not None and (b is None or a < b)
     )
+    # A target whose other arm was not in this run cannot be judged by it (a missing
+    # figure of an arm that ran means it never met the SLO, which the rules above use).
+    for name, others in (
+        ("kv_aware_knee_above_every_peer", peers),
+        ("kv_aware_ttft_p90_at_1x_below_every_peer", peers),
+        ("kv_aware_ttft_p90_at_1x_le_fifth_of_round_robin", ["round-robin"]),
+        ("kv_aware_beats_prefix_approx", ["prefix-approx"]),
+    ):
+        if not any(label in knees for label in others):
+            out[name]["met"] = None
+            out[name]["note"] = f"not judged: no {' or '.join(others) or 'peer'} arm in this run"
     return out
 
 

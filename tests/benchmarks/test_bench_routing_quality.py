@@ -291,3 +291,20 @@ def test_routing_quality_sim_profiles(tmp_path: Path) -> None:
     doc, stdout = _simulate(tmp_path, "--sim-profiles", profiles)
     assert doc["weights"]["preset"]["profile"] == "kv-aware"
     assert "no-affinity: knee" in stdout
+
+
+def test_targets_without_the_other_arm_are_not_judged(rq: ModuleType) -> None:
+    """A run of kv-aware and one peer (a higher ladder) judges the peer targets only."""
+    knees = {
+        "kv-aware": {"knee_multiple": 12.0, "first_miss_multiple": 14.0},
+        "sglang-router cache_aware": {"knee_multiple": 10.0, "first_miss_multiple": 12.0},
+    }
+    table = {
+        "kv-aware": {"1x": {"ttft_p90_all_ms": 15.1}, "1.5x": {"ttft_p90_all_ms": 16.0}},
+        "sglang-router cache_aware": {"1x": {"ttft_p90_all_ms": 14.9}},
+    }
+    t = rq.evaluate_targets([a for a in _arms(rq) if a.label in knees], knees, table)
+    assert t["kv_aware_knee_above_every_peer"]["met"] is True
+    assert t["kv_aware_ttft_p90_at_1x_below_every_peer"]["met"] is False
+    for name in ("kv_aware_ttft_p90_at_1x_le_fifth_of_round_robin", "kv_aware_beats_prefix_approx"):
+        assert t[name]["met"] is None and "not judged" in t[name]["note"]
