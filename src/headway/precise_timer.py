@@ -60,6 +60,8 @@ class _GapWaits:
     _gap_waiters: list[asyncio.Future[None]]
     _loop: asyncio.AbstractEventLoop
     _clock: Callable[[], float]
+    _max_wake_bias_s: float
+    wake_bias_s: float
 
     def next_deadline(self) -> float | None:
         """When the earliest pending deadline sleeper will be woken, if any."""
@@ -89,6 +91,28 @@ class _GapWaits:
                 await waiter
             finally:
                 timeout.cancel()
+
+    async def _resume(self, fut: asyncio.Future[bool], deadline: float, is_deadline: bool) -> None:
+        """The end of `sleep_until`: wait for the hand-off of `fut`, learn the wake
+        bias from a sleeper due alone, yield until `deadline`. Only then is a deadline
+        sleeper off the books: while one woken early yields until its deadline,
+        `wait_for_gap` must still see it as due."""
+        clock = self._clock
+        try:
+            is_due_alone = await fut
+            if is_due_alone:
+                self.wake_bias_s = _learned_bias(
+                    self.wake_bias_s, clock() - deadline, self._max_wake_bias_s
+                )
+            while clock() < deadline:
+                await asyncio.sleep(0)
+        finally:
+            if is_deadline:
+                self._forget_fired(fut)
+                self._returned()
+
+    def _forget_fired(self, fut: asyncio.Future[bool]) -> None:
+        self._fired.discard(fut)
 
     def _returned(self) -> None:
         """A deadline sleeper returned: gap waiters look again."""
@@ -157,21 +181,11 @@ class PreciseTimer(_GapWaits):
             # The thread only needs waking when its next deadline moved earlier.
             if self._heap[0][2] is fut:
                 self._cond.notify()
-        try:
-            is_due_alone = await fut
-            if is_due_alone:
-                self.wake_bias_s = _learned_bias(
-                    self.wake_bias_s, clock() - deadline, self._max_wake_bias_s
-                )
-            while clock() < deadline:
-                await asyncio.sleep(0)
-        finally:
-            # Only now is the deadline off the books: while a sleeper woken early
-            # yields until its deadline, `wait_for_gap` must still see it as due.
-            if is_deadline:
-                with self._cond:
-                    self._fired.discard(fut)
-                self._returned()
+        await self._resume(fut, deadline, is_deadline)
+
+    def _forget_fired(self, fut: asyncio.Future[bool]) -> None:
+        with self._cond:  # the thread adds to `_fired`
+            self._fired.discard(fut)
 
     def close(self) -> None:
         """Stop the thread; sleepers still waiting are never woken."""
@@ -288,18 +302,7 @@ class AlarmTimer(_GapWaits):
         heapq.heappush(self._heap, (deadline - self.wake_bias_s, next(self._seq), fut, is_deadline))
         if self._heap[0][2] is fut:
             self._arm()
-        try:
-            is_due_alone = await fut
-            if is_due_alone:
-                self.wake_bias_s = _learned_bias(
-                    self.wake_bias_s, clock() - deadline, self._max_wake_bias_s
-                )
-            while clock() < deadline:
-                await asyncio.sleep(0)
-        finally:
-            if is_deadline:
-                self._fired.discard(fut)
-                self._returned()
+        await self._resume(fut, deadline, is_deadline)
 
     def close(self) -> None:
         """Disarm, and give ITIMER_REAL and SIGALRM back (sleepers left are never woken)."""
