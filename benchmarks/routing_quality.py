@@ -926,6 +926,8 @@ def main() -> None:
     ap.add_argument("--no-peers", action="store_true", help="skip the peer routers")
     ap.add_argument("--arms", default=None, help="comma-separated arm labels (default: all)")
     ap.add_argument("--time-scale", type=float, default=None, help="override the scenario's")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="override the scenario's seed (arrivals, prompts, the fleet's text)")  # fmt: skip
     ap.add_argument("--ladder", default=None,
                     help="comma-separated multiples of round-robin's knee (default 1,1.5,2,2.5,3,4)")  # fmt: skip
     ap.add_argument("--rr-knee", type=float, default=None,
@@ -952,6 +954,8 @@ def main() -> None:
     scenario = SCENARIOS["tiny" if args.tiny else "quick" if args.quick else "full"]
     if args.time_scale is not None:
         scenario = replace(scenario, time_scale=args.time_scale)
+    if args.seed is not None:
+        scenario = replace(scenario, seed=args.seed)
     tokenizer = default_tokenizer()
     t_start = time.monotonic()
     print(

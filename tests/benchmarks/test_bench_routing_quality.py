@@ -212,7 +212,8 @@ def test_routing_quality_tiny(tmp_path: Path) -> None:
     out = tmp_path / "rq.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--tiny", "--no-peers", "--arms",
-         "round-robin,kv-aware,kv-aware --workers 2", "--rr-knee", "6", "--out", str(out)],
+         "round-robin,kv-aware,kv-aware --workers 2", "--rr-knee", "6", "--seed", "3",
+         "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=180,
@@ -224,6 +225,7 @@ def test_routing_quality_tiny(tmp_path: Path) -> None:
     labels = ["round-robin", "kv-aware", "kv-aware --workers 2"]
     assert [a["label"] for a in doc["arms"]] == labels
     assert doc["round_robin_knee"]["sessions_per_s"] == 6
+    assert doc["scenario"]["seed"] == 3
     assert set(doc["cluster_crosscheck"]) == {"round-robin", "kv-aware"}  # one gateway there
     for label in labels:
         steps = doc["staircases"][label]

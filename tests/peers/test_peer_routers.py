@@ -402,9 +402,16 @@ def test_peer_router_policy(
         ok, detail = _land_by_prefix(client, f"{tag}-0")
         details = [detail]
         if policy == "kv_aware":
+
+            def is_credited() -> bool:
+                credits = (int(c) for c in KV_CREDIT.findall(r.log_tail(n=10**8)))
+                return any(c >= BLOCK_SIZE for c in credits)
+
+            # A try can land by prefix before any event arrived (two replicas, equal
+            # load): retry until a decision was credited from the events too.
             deadline = time.monotonic() + KV_LANDING_DEADLINE_S
             attempt = 1
-            while not ok and time.monotonic() < deadline:
+            while not (ok and is_credited()) and time.monotonic() < deadline:
                 ok, detail = _land_by_prefix(client, f"{tag}-{attempt}")
                 details.append(detail)
                 attempt += 1
