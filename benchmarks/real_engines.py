@@ -77,6 +77,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import statistics
 import subprocess
@@ -166,9 +167,14 @@ def peer_routers() -> dict[str, str]:
 
 
 def start_router(
-    arm: Arm, rs: he.ReplicaSet, peers: dict[str, str], tmp: Path
+    arm: Arm,
+    rs: he.ReplicaSet,
+    peers: dict[str, str],
+    tmp: Path,
+    scrape_interval_s: float | None = None,
 ) -> tuple[subprocess.Popen[bytes], str, str]:
-    """Start `arm`'s router in front of `rs`; (process, base URL, its metrics URL)."""
+    """Start `arm`'s router in front of `rs`; (process, base URL, its metrics URL).
+    `scrape_interval_s` sets a Headway gateway's metrics scrape interval."""
     urls = [r.url for r in rs.replicas]
     log = (tmp / f"router-{arm.label.replace(' ', '_')}-{time.monotonic_ns()}.log").open("wb")
     if arm.router == "headway":
@@ -177,6 +183,11 @@ def start_router(
             "listen": {"host": "127.0.0.1", "port": port},
             "prompt": {"hash_seed": rs.hash_seed},
             "access_log": {"enabled": False},
+            **(
+                {"collectors": {"scrape_interval_s": scrape_interval_s}}
+                if scrape_interval_s is not None
+                else {}
+            ),
             "pools": [{"model": rs.served_model_name, "endpoints": urls, "routing": arm.policy}],
         }
         cfg = tmp / "gateway.json"
@@ -232,11 +243,15 @@ def start_router(
 REPLICA_COUNTERS = {
     "requests": "vllm:request_success_total",  # finished requests, all reasons
     "preemptions": "vllm:num_preemptions_total",  # KV ran out mid-request
+    "ttft_sum_s": "vllm:time_to_first_token_seconds_sum",  # the engine's own TTFT
+    "ttft_count": "vllm:time_to_first_token_seconds_count",
 }
+ENGINE_TTFT_BUCKET = "vllm:time_to_first_token_seconds_bucket"
 
 
 def replica_counters(rs: he.ReplicaSet) -> list[dict[str, float]]:
-    """Per replica, the REPLICA_COUNTERS so far (summed over label sets)."""
+    """Per replica, the REPLICA_COUNTERS so far (summed over label sets), and the
+    engine's TTFT histogram as `le:<bound>` keys (cumulative counts)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out = []
@@ -246,11 +261,54 @@ def replica_counters(rs: he.ReplicaSet) -> list[dict[str, float]]:
         values = dict.fromkeys(REPLICA_COUNTERS, 0.0)
         for fam in text_string_to_metric_families(text):
             for sample in fam.samples:
+                if sample.name == ENGINE_TTFT_BUCKET:
+                    key = f"le:{sample.labels['le']}"
+                    values[key] = values.get(key, 0.0) + sample.value
+                    continue
                 for key, name in REPLICA_COUNTERS.items():
                     if sample.name == name:
                         values[key] += sample.value
         out.append(values)
     return out
+
+
+def engine_ttft(
+    before: Sequence[dict[str, float]], after: Sequence[dict[str, float]]
+) -> dict[str, float | None]:
+    """The replicas' own TTFT over a run (vLLM measures it from the request's arrival
+    at its API server to the first token): mean, and p50/p90 interpolated in the
+    histogram's buckets. Set against the client's TTFT it splits a router's latency
+    (the hop, its queueing on a busy CPU) from the engines' (where the calls landed)."""
+    total: dict[str, float] = {}
+    for a, b in zip(before, after, strict=True):
+        for key, value in b.items():
+            total[key] = total.get(key, 0.0) + value - a.get(key, 0.0)
+    count = total.get("ttft_count", 0.0)
+    if count <= 0:
+        return {"mean_ms": None, "p50_ms": None, "p90_ms": None}
+    buckets = sorted((float(k[3:]), v) for k, v in total.items() if k.startswith("le:"))
+    return {
+        "mean_ms": round(1000 * total["ttft_sum_s"] / count, 2),
+        "p50_ms": _bucket_quantile_ms(buckets, 0.5),
+        "p90_ms": _bucket_quantile_ms(buckets, 0.9),
+    }
+
+
+def _bucket_quantile_ms(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
+    """Quantile q of a cumulative histogram [(upper bound s, count)], linear inside the
+    bucket it falls in (Prometheus' histogram_quantile rule)."""
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower_s, lower_count = 0.0, 0.0
+    for upper_s, count in buckets:
+        if count >= rank:
+            if math.isinf(upper_s):
+                return round(1000 * lower_s, 2)  # past the last finite bound
+            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 1.0
+            return round(1000 * (lower_s + share * (upper_s - lower_s)), 2)
+        lower_s, lower_count = upper_s, count
+    return None
 
 
 def replica_num_gpu_blocks(rs: he.ReplicaSet) -> list[int]:
@@ -555,8 +613,8 @@ def system_prompt_tokens(rs: he.ReplicaSet, workload: Workload) -> list[int]:
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     keys = ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "output_tokens_per_s", "cached_share")
-    for key in (*keys, "preemptions"):
-        values = [r[key] for r in runs if r.get(key) is not None]
+    for key in (*keys, "preemptions", "engine_ttft_p50_ms", "engine_ttft_p90_ms"):
+        values = [v for v in (_run_value(r, key) for r in runs) if v is not None]
         if values:
             out[key] = {
                 "mean": round(statistics.fmean(values), 4),
@@ -564,6 +622,13 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "max": round(max(values), 4),
             }
     return out
+
+
+def _run_value(run: dict[str, Any], key: str) -> Any:
+    """A run's figure; `engine_ttft_<q>` reads `run["engine_ttft"][<q>]`."""
+    if key.startswith("engine_ttft_"):
+        return (run.get("engine_ttft") or {}).get(key.removeprefix("engine_ttft_"))
+    return run.get(key)
 
 
 def positive_float(text: str) -> float:
@@ -612,6 +677,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="use running replicas (headway_engines.py start-vllm --dev-mode --state-file)"
         " instead of starting two",
+    )
+    ap.add_argument(
+        "--scrape-interval-s",
+        type=positive_float,
+        default=None,
+        help="Headway arms: collectors.scrape_interval_s (default: the gateway's)",
     )
     ap.add_argument("--rows-out", type=Path, default=None, help="per-request rows (JSON lines)")
     ap.add_argument("--out", type=Path, default=None)
@@ -671,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rs = start_replicas(run)
             for arm in arms:
                 reset_caches(rs)
-                proc, base, metrics_url = start_router(arm, rs, peers, tmp)
+                proc, base, metrics_url = start_router(arm, rs, peers, tmp, args.scrape_interval_s)
                 before, cpu0 = replica_counters(rs), cpu_seconds(proc.pid)
                 engine_cpu0 = [tree_cpu_seconds(r.pid) for r in rs.replicas]
                 try:
@@ -696,6 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             for a, b in zip(before, after, strict=True)
                         )
                     )
+                    res["engine_ttft"] = engine_ttft(before, after)
                     res["router_cpu_s"] = round(cpu_seconds(proc.pid) - cpu0, 3)
                     # What the replicas burnt serving this arm (engine and API server:
                     # a router's own calls to them, such as scrapes or tokenize, count).
@@ -723,6 +795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"run {run} {arm.label:26s} p50 {res['ttft_p50_ms']} p90 {res['ttft_p90_ms']}"
                     f" p99 {res['ttft_p99_ms']} ms  cached {res['cached_share']}"
                     f"  split {res['requests_per_replica']}  preempt {res['preemptions']}"
+                    f"  engine TTFT p50 {res['engine_ttft']['p50_ms']}"
+                    f" p90 {res['engine_ttft']['p90_ms']} ms"
                     f"  tok/s {res['output_tokens_per_s']}  wall {res['wall_s']} s"
                     f"  CPU router {res['router_cpu_s']} engines {res['engine_cpu_s']} s"
                     f"  errors {res['num_errors']}"

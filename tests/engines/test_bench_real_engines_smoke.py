@@ -89,6 +89,55 @@ def test_bench_real_engines_cache_accounting() -> None:
     assert bench.cache_demand_tokens(rows, system_tokens) == 170 + 60 + 35 + 30
 
 
+def _engine_page(ttfts_s: list[float]) -> dict[str, float]:
+    """One replica's counters as `replica_counters` reads them, from a page rendered by
+    prometheus-client's own histogram (vLLM's TTFT buckets)."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    registry = CollectorRegistry()
+    hist = Histogram(
+        "vllm:time_to_first_token_seconds",
+        "TTFT",
+        ["model_name"],
+        buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0),
+        registry=registry,
+    )
+    for t in ttfts_s:
+        hist.labels(model_name="m").observe(t)
+    values: dict[str, float] = dict.fromkeys(bench.REPLICA_COUNTERS, 0.0)
+    text = generate_latest(registry).decode()
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name == bench.ENGINE_TTFT_BUCKET:
+                values[f"le:{sample.labels['le']}"] = sample.value
+            for key, name in bench.REPLICA_COUNTERS.items():
+                if sample.name == name:
+                    values[key] += sample.value
+    return values
+
+
+def test_bench_real_engines_engine_ttft() -> None:
+    """The replicas' own TTFT over a run: the delta of both replicas' histograms."""
+    before = [_engine_page([0.3]), _engine_page([])]  # earlier calls do not count
+    # This run: 10 calls, 9 between 20 and 40 ms (replica 0 and 1), one at 0.2 s.
+    after = [
+        _engine_page([0.3, 0.025, 0.03, 0.035, 0.2]),
+        _engine_page([0.022, 0.024, 0.026, 0.028, 0.03, 0.032]),
+    ]
+    got = bench.engine_ttft(before, after)
+    assert got["mean_ms"] == round(1000 * (0.025 + 0.03 + 0.035 + 0.2 + 0.162) / 10, 2)
+    # Rank 5 of 10 in the (0.02, 0.04] bucket that holds 9: 20 + 5/9 * 20 ms.
+    assert got["p50_ms"] == round(20 + 5 / 9 * 20, 2)
+    # Rank 9 is the last call of that bucket: its upper bound.
+    assert got["p90_ms"] == 40.0
+    assert bench.engine_ttft(before, before) == {"mean_ms": None, "p50_ms": None, "p90_ms": None}
+    runs = [{"engine_ttft": got}, {"engine_ttft": {"p50_ms": None, "p90_ms": 60.0}}]
+    summary = bench.summarize(runs)
+    assert summary["engine_ttft_p90_ms"] == {"mean": 50.0, "min": 40.0, "max": 60.0}
+    assert summary["engine_ttft_p50_ms"]["max"] == round(20 + 5 / 9 * 20, 2)
+
+
 @pytest.mark.engine
 @pytest.mark.timeout(240)
 def test_bench_real_engines_smoke(tmp_path: Path) -> None:
