@@ -26,6 +26,7 @@ import json
 import os
 import resource
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -345,6 +346,9 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=512)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rounds over the time-scales; each scale is judged by the median of "
+                         "its rounds' p99 lag (the host's noise moves single runs 2-3x)")  # fmt: skip
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke configuration")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
@@ -359,24 +363,39 @@ def main() -> None:
     rows = []
     print(f"{'scale':>6} {'lag p50':>8} {'lag p99':>8} {'ms p99':>7} {'srv p99':>8} "
           f"{'wake p99':>9} {'ITL dist':>9} {'early':>6} {'sim CPU':>8} {'tok/s':>8}")  # fmt: skip
-    for ts in [float(x) for x in args.time_scales.split(",")]:
+    if args.repeats < 1:
+        ap.error("--repeats: must be >= 1")
+    scales = [float(x) for x in args.time_scales.split(",")]
+    # Rounds alternate over the scales, so a slow stretch of the host hits every scale.
+    for repeat, ts in ((i, ts) for i in range(args.repeats) for ts in scales):
         r = run_time_scale(args, ts)
         r["tokens_per_s"] = r["num_measured_tokens"] / (args.duration - args.warmup)
+        r["repeat"] = repeat
         rows.append(r)
         print(f"{ts:>6.2f} {r['lag_frac_p50']:>8.1%} {r['lag_frac_p99']:>8.1%} "
               f"{r['lag_ms_p99']:>7.2f} {r['server_write_lag_ms_p99'] or 0:>8.2f} "
               f"{r['server_wake_lag_ms_p99'] or 0:>9.2f} "
               f"{r['itl_distortion']:>9.2%} {r['early_fraction']:>6.1%} "
               f"{r['sim_cpu_cores']:>8.2f} {r['tokens_per_s']:>8.0f}", flush=True)  # fmt: skip
-    ok = [r["time_scale"] for r in rows if r["lag_frac_p99"] <= LAG_TARGET]
+    per_scale = {
+        ts: sorted(r["lag_frac_p99"] for r in rows if r["time_scale"] == ts) for ts in scales
+    }
+    median_p99 = {ts: statistics.median(v) for ts, v in per_scale.items()}
+    if args.repeats > 1:
+        for ts, values in per_scale.items():
+            print(f"{ts:>6.2f} p99 lag median {median_p99[ts]:.1%} of "
+                  f"{', '.join(f'{v:.1%}' for v in values)}")  # fmt: skip
+    ok = [ts for ts, v in median_p99.items() if v <= LAG_TARGET]
     best = max(ok) if ok else None
-    print(f"largest time-scale with p99 lag <= {LAG_TARGET:.0%} of step time: {best}")
+    what = "median p99" if args.repeats > 1 else "p99"
+    print(f"largest time-scale with {what} lag <= {LAG_TARGET:.0%} of step time: {best}")
     write_result(
         args.out,
         {
             "benchmark": "sim_capacity",
             "config": {k: v for k, v in vars(args).items() if k not in ("client", "urls", "out")},
             "rows": rows,
+            "median_lag_frac_p99": {str(ts): v for ts, v in median_p99.items()},
             "lag_target_fraction": LAG_TARGET,
             "largest_time_scale_within_target": best,
             "target_time_scale": 0.25,
