@@ -1,0 +1,138 @@
+"""`routed-load` scorer: prefers endpoints this profile has routed less work to lately.
+
+The in-flight load scorers (`least-request`, `token-load`) see only what is on an
+endpoint now; near idle they tie and the picker's rng decides. Where cache affinity
+decides nothing (a prompt whose prefix is cached nowhere: a tenant's first request,
+or one after eviction) that rng choice places work that stays for the rest of the
+run, since every later request of that prefix follows it. This term remembers.
+
+Per endpoint e, w(e) is an exponentially decayed sum of the work routed there:
+
+    w(e) <- w(e) * 2^(-1 / half_life_decisions)    on every routed decision (any e)
+    w(chosen) += u(request)
+
+with u = 1 (`unit: requests`, the default) or u = prompt tokens (estimate) + the
+request's max output tokens (`unit: tokens`; gross: `observe` does not see the
+expected cache hit, and a hit's work is mostly its decode anyway). The decay is clock-free: one step per
+decision this profile commits, so the memory spans the last ~`half_life_decisions`
+decisions whatever the request rate (the default, 2048, spans several visits of
+every tenant in the routing_quality scenario: 150 tenants x 3 calls per visit).
+
+score(e) = 1 - w(e) / max(w over candidates) (`normalize: relative`, the default:
+`token-load`'s rule); all equal (including no history) scores 1.0 each. With
+`normalize: range`, score(e) = (max w - w(e)) / (max w - min w): full pull however
+small the differences (noisier). A candidate with no history (new, or dropped: see
+below) counts as the mean w of the candidates that have one, and its first routed
+request starts it at the mean w of every endpoint known, plus that request: a
+joining endpoint is neither flooded with every new prefix nor starved. (At start-up
+every endpoint joins that way, so early endpoints carry a bias of a few requests,
+which decays with the rest.)
+
+Invariants (state changes only in `observe`): stored values are w(e) x `_scale`
+(one multiplication per decision instead of decaying every entry); when `_scale`
+passes 2^32 every entry is divided by it, and entries below 2^-20 of the largest are
+dropped then. So state is bounded: an endpoint that left (routed nothing for ~20
+half-lives) is forgotten, and if it returns it counts as new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from headway.routing.config import ConfigError
+from headway.routing.context import RequestContext
+from headway.routing.decision import Decision, PluginKind
+from headway.routing.load import inverse_relative
+from headway.routing.plugin import Endpoints, PluginSpec
+from headway.routing.state import RequestScratch
+
+_UNITS = ("requests", "tokens")
+_NORMALIZE = ("relative", "range")
+_RENORMALIZE_AT = 2.0**32  # rescale stored values once the growth factor passes this
+_FORGET_BELOW = 2.0**-20  # ... and drop entries this small relative to the largest
+
+
+@dataclass(frozen=True)
+class RoutedLoadParams:
+    half_life_decisions: int = 2048  # routed decisions after which past work counts half
+    unit: str = "requests"  # requests: 1 per call; tokens: prompt estimate + max output
+    normalize: str = "relative"  # relative: 1 - w / max w; range: (max w - w) / (max - min)
+
+    def __post_init__(self) -> None:
+        if self.half_life_decisions < 1:
+            raise ConfigError("half_life_decisions", "must be >= 1")
+        if self.unit not in _UNITS:
+            raise ConfigError("unit", f"must be one of {list(_UNITS)}, got {self.unit!r}")
+        if self.normalize not in _NORMALIZE:
+            raise ConfigError(
+                "normalize", f"must be one of {list(_NORMALIZE)}, got {self.normalize!r}"
+            )
+
+
+class RoutedLoadScorer:
+    TYPE: ClassVar[str] = "routed-load"
+
+    def __init__(self, params: RoutedLoadParams) -> None:
+        self.params = params
+        self._growth = 2.0 ** (1.0 / params.half_life_decisions)
+        self._scale = 1.0  # stored value / w
+        self._stored: dict[str, float] = {}
+
+    @property
+    def num_endpoints_tracked(self) -> int:
+        """Endpoints with history (bounded: see the module docstring)."""
+        return len(self._stored)
+
+    def routed_load(self, endpoint_id: str) -> float | None:
+        """w(endpoint_id) now; None when it has no history."""
+        stored = self._stored.get(endpoint_id)
+        return None if stored is None else stored / self._scale
+
+    def score(
+        self, ctx: RequestContext, endpoints: Endpoints, scratch: RequestScratch
+    ) -> Mapping[str, float]:
+        known = [self._stored[e.endpoint_id] for e in endpoints if e.endpoint_id in self._stored]
+        fill = sum(known) / len(known) if known else 0.0
+        values = {e.endpoint_id: self._stored.get(e.endpoint_id, fill) for e in endpoints}
+        if self.params.normalize == "relative" or not values:
+            return inverse_relative(values)
+        most, least = max(values.values()), min(values.values())
+        if most == least:
+            return dict.fromkeys(values, 1.0)
+        return {k: (most - v) / (most - least) for k, v in values.items()}
+
+    def observe(self, ctx: RequestContext, decision: Decision) -> None:
+        endpoint_id = decision.endpoint_id
+        if endpoint_id is None:
+            return
+        if self.params.unit == "requests":
+            work = 1.0
+        else:
+            work = float(ctx.num_prompt_tokens_est + (ctx.max_output_tokens or 0))
+        self._scale *= self._growth
+        stored = self._stored.get(endpoint_id)
+        if stored is None and self._stored:
+            # New (or forgotten) endpoint: start it at the mean of the known ones.
+            stored = sum(self._stored.values()) / len(self._stored)
+        self._stored[endpoint_id] = (stored or 0.0) + work * self._scale
+        if self._scale > _RENORMALIZE_AT:
+            self._renormalize()
+
+    def _renormalize(self) -> None:
+        top = max(self._stored.values())
+        self._stored = {
+            k: v / self._scale for k, v in self._stored.items() if v >= top * _FORGET_BELOW
+        }
+        self._scale = 1.0
+
+
+SPEC = PluginSpec(
+    type=RoutedLoadScorer.TYPE,
+    kind=PluginKind.SCORER,
+    params_type=RoutedLoadParams,
+    factory=RoutedLoadScorer,
+    reads=frozenset(),  # the endpoint id only
+    summary="1 - decayed work this profile routed to the endpoint / the candidates' maximum",
+)

@@ -1,0 +1,121 @@
+"""`routed-load` scorer: decayed work per endpoint, relative scores, new and departed
+endpoints, bounded state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from routing_helpers import ctx, snap
+
+from headway.routing import RequestScratch
+from headway.routing.config import ConfigError
+from headway.routing.decision import Decision, NoEndpointReason, Outcome
+from headway.routing.plugins.routed_load import RoutedLoadParams, RoutedLoadScorer
+
+
+def routed(endpoint_id: str) -> Decision:
+    return Decision("p", Outcome.ROUTED, 0.0, 1, 1, endpoint_id=endpoint_id)
+
+
+def scorer_after(history: list[str], **params: Any) -> RoutedLoadScorer:
+    s = RoutedLoadScorer(RoutedLoadParams(**params))
+    for endpoint_id in history:
+        s.observe(ctx(num_prompt_tokens_est=100, max_output_tokens=20), routed(endpoint_id))
+    return s
+
+
+def scores(s: RoutedLoadScorer, ids: list[str]) -> dict[str, float]:
+    out = s.score(ctx(), tuple(snap(i) for i in ids), RequestScratch(0.0))
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+@pytest.mark.parametrize(
+    ("history", "params", "candidates", "expected"),
+    [
+        ([], {}, ["a", "b"], {"a": 1.0, "b": 1.0}),
+        # "b" joins at the mean of what is known ("a": 1), then "a" gets two more.
+        (["a", "b", "a", "a"], {"half_life_decisions": 10**9}, ["a", "b"],
+         {"a": 0.0, "b": 0.3333}),
+        (["a", "a", "b"], {"half_life_decisions": 10**9}, ["a", "b"], {"a": 0.3333, "b": 0.0}),
+        # Only the candidates count: a=5, b=2, c=2.5; without "a", "c" is the busiest.
+        (["a", "b", "c", "a", "a", "a", "a"], {"half_life_decisions": 10**9}, ["b", "c"],
+         {"b": 0.2, "c": 0.0}),
+        # A candidate without history counts as the known candidates' mean (2.5).
+        (["a", "b", "a", "a"], {"half_life_decisions": 10**9}, ["a", "b", "new"],
+         {"a": 0.0, "b": 0.3333, "new": 0.1667}),
+        # Decay: 4 to "a", then 4 to "b" (two half-lives): a = x / 4, b = x / 4 + x.
+        (["a"] * 4 + ["b"] * 4, {"half_life_decisions": 2}, ["a", "b"], {"a": 0.8, "b": 0.0}),
+        (["a", "b"], {"unit": "tokens", "half_life_decisions": 10**9}, ["a", "b"],
+         {"a": 0.5, "b": 0.0}),
+        (["a", "a", "b"], {"normalize": "range", "half_life_decisions": 10**9},
+         ["a", "b", "c"], {"a": 1.0, "b": 0.0, "c": 0.5}),
+    ],
+    ids=[
+        "no-history-all-equal",
+        "relative-to-busiest",
+        "joins-at-mean",
+        "candidates-only",
+        "new-endpoint-at-mean",
+        "decay-by-decisions",
+        "tokens-unit",
+        "range-normalization",
+    ],
+)  # fmt: skip
+def test_scores(
+    history: list[str], params: dict[str, Any], candidates: list[str], expected: dict[str, float]
+) -> None:
+    assert scores(scorer_after(history, **params), candidates) == expected
+
+
+@pytest.mark.parametrize(
+    ("unit", "expected_a"),
+    [("requests", 2.0), ("tokens", 240.0)],
+    ids=["requests-count-one", "tokens-count-prompt-and-output"],
+)
+def test_unit_of_work(unit: str, expected_a: float) -> None:
+    s = scorer_after(["a", "a"], unit=unit, half_life_decisions=10**9)
+    assert s.routed_load("a") == pytest.approx(expected_a)
+    assert s.routed_load("b") is None
+
+
+def test_new_endpoint_joins_at_the_mean_in_observe() -> None:
+    s = scorer_after(["a"] * 6 + ["b"] * 2, half_life_decisions=10**9)  # a=6, b=7+1
+    s.observe(ctx(), routed("new"))
+    assert s.routed_load("new") == pytest.approx(7.0 + 1.0)
+
+
+def test_half_life_halves_old_work() -> None:
+    s = scorer_after(["a"] + ["b"] * 8, half_life_decisions=8)
+    assert s.routed_load("a") == pytest.approx(0.5, rel=1e-9)
+
+
+def test_no_endpoint_decisions_change_nothing() -> None:
+    s = scorer_after(["a"], half_life_decisions=4)
+    reason = NoEndpointReason.NO_ENDPOINTS
+    s.observe(ctx(), Decision("p", Outcome.NO_ENDPOINT, 0.0, 0, 0, reason=reason))
+    assert s.routed_load("a") == pytest.approx(1.0)
+
+
+def test_state_is_bounded_departed_endpoints_are_dropped() -> None:
+    # 64 endpoints routed once each, then only "a" for a long time: the others decay
+    # below the forget threshold and are dropped at a renormalization.
+    s = scorer_after([f"e{i}" for i in range(64)] + ["a"] * 2000, half_life_decisions=16)
+    assert s.routed_load("e0") is None
+    assert s.routed_load("a") == pytest.approx(1.0 / (1.0 - 2.0 ** (-1 / 16)), rel=1e-6)
+    assert s.num_endpoints_tracked == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"half_life_decisions": 0}, "half_life_decisions"),
+        ({"unit": "bytes"}, "unit"),
+        ({"normalize": "absolute"}, "normalize"),
+    ],
+    ids=["half-life-positive", "unit-known", "normalize-known"],
+)
+def test_params_validated(params: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        RoutedLoadParams(**params)
+    assert field in str(err.value)
