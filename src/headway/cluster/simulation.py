@@ -340,6 +340,9 @@ class ClusterRun:
     # to the decode replica (link queueing + transfer + latency).
     num_kv_transfers: int = 0
     mean_kv_transfer_s: float = 0.0
+    # Call id -> the endpoint it was routed to (P/D: its decode replica), so a caller
+    # can count per-replica work over any window of `records`.
+    routed_to: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def prefix_hit_rate(self) -> float:
@@ -483,6 +486,7 @@ class ClusterSimulation:
         self._records: list[RequestRecord] = []
         self._calls: dict[str, _CallState] = {}
         self._decisions: dict[str, int] = {r.endpoint_id: 0 for r in self._replicas}
+        self._routed_to: dict[str, str] = {}
         self._num_open_sessions = 0
         self._waiting: deque[_Waiter] = deque()
         self._is_pd = config.is_disaggregated
@@ -545,6 +549,7 @@ class ClusterSimulation:
             self._max_queue_depth,
             self._num_kv_transfers,
             self._kv_transfer_s / self._num_kv_transfers if self._num_kv_transfers else 0.0,
+            dict(self._routed_to),
         )
 
     def _schedule_stage(self, state: _SessionState, now_s: float) -> None:
@@ -664,6 +669,7 @@ class ClusterSimulation:
         self._handler.observe(ctx, result)
         replica = self._by_id[endpoint_id]
         self._decisions[endpoint_id] += 1
+        self._routed_to[call.call_id] = endpoint_id
         reserved = max(0, len(token_ids) + call.max_tokens - expected)
         replica.num_in_flight_requests += 1
         replica.num_in_flight_tokens += reserved
