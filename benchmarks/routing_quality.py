@@ -308,6 +308,41 @@ def window_metrics(
     }
 
 
+def spread(counts: Mapping[str, float]) -> dict[str, Any]:
+    """Per-replica counts (in endpoint order as given) and max / mean over replicas
+    (1.0: perfectly even; None when there are none)."""
+    values = list(counts.values())
+    mean = sum(values) / len(values) if values else 0.0
+    return {
+        "per_replica": [round(v, 3) for v in values],
+        "max_over_mean": round(max(values) / mean, 3) if mean > 0 else None,
+    }
+
+
+def sim_replica_spread(
+    records: Sequence[RequestRecord],
+    routed_to: Mapping[str, str],
+    endpoint_ids: Sequence[str],
+    window_from: float,
+    window_to: float,
+) -> dict[str, Any]:
+    """Cluster simulation: per replica, the calls sent in the window that were routed
+    there (`replica_requests`), and their new prompt tokens (prompt less the cached
+    part: `replica_new_prompt_tokens`), each as `spread`."""
+    num_requests = dict.fromkeys(endpoint_ids, 0.0)
+    new_tokens = dict.fromkeys(endpoint_ids, 0.0)
+    for r in records:
+        endpoint_id = routed_to.get(r.call_id)
+        if endpoint_id is None or not window_from <= r.sent_at < window_to:
+            continue
+        num_requests[endpoint_id] += 1
+        new_tokens[endpoint_id] += max(0, (r.prompt_tokens or 0) - (r.cached_tokens or 0))
+    return {
+        "replica_requests": spread(num_requests),
+        "replica_new_prompt_tokens": spread(new_tokens),
+    }
+
+
 def is_met(metrics: Mapping[str, Any]) -> bool:
     return bool(metrics["num_measured"]) and metrics["slo_attainment"] >= ATTAINMENT
 
@@ -381,9 +416,13 @@ class ClusterModel:
         )
         sim = ClusterSimulation(config, self.catalog, self.tokenizer, self.vocab)
         run = sim.run((s.offset_s, s.session) for s in plan)
+        self.last_run = run
+        endpoint_ids = [r.endpoint_id for r in run.replicas]
         out = []
         for rung in rungs:
             m = window_metrics(run.records, rung.measure_from_model_s, rung.end_model_s, 1.0)
+            m.update(sim_replica_spread(run.records, run.routed_to, endpoint_ids,
+                                        rung.measure_from_model_s, rung.end_model_s))  # fmt: skip
             m["rate_sessions_per_s"] = rung.rate
             m["is_met"] = is_met(m)
             out.append(m)
@@ -622,18 +661,57 @@ async def reset_caches(urls: Sequence[str], timeout_s: float = 30.0) -> bool:
     return not pending
 
 
-async def scrape_prefix_counters(urls: Sequence[str]) -> tuple[float, float]:
-    """Fleet totals (vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total)."""
+_PER_REPLICA_COUNTERS = {
+    "vllm:request_success_total": "requests",
+    "vllm:prompt_tokens_total": "prompt_tokens",
+}
+
+
+def replica_counters(metrics_text: str) -> dict[str, float]:
+    """One engine's finished requests (vllm:request_success_total, every finish reason)
+    and prompt tokens (vllm:prompt_tokens_total), summed over label sets."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = dict.fromkeys(_PER_REPLICA_COUNTERS.values(), 0.0)
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            key = _PER_REPLICA_COUNTERS.get(sample.name)
+            if key is not None:
+                out[key] += sample.value
+    return out
+
+
+async def scrape_prefix_counters(
+    urls: Sequence[str],
+) -> tuple[float, float, list[dict[str, float]]]:
+    """Fleet totals (vllm:prefix_cache_queries_total, vllm:prefix_cache_hits_total),
+    and each replica's `replica_counters`, in `urls` order."""
     import aiohttp
 
     queries = hits = 0.0
+    per_replica: list[dict[str, float]] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         for url in urls:
             async with http.get(url + "/metrics") as resp:
-                q, h = prefix_cache_counters(await resp.text())
+                text = await resp.text()
+            q, h = prefix_cache_counters(text)
             queries += q
             hits += h
-    return queries, hits
+            per_replica.append(replica_counters(text))
+    return queries, hits, per_replica
+
+
+def live_replica_spread(
+    before: Sequence[Mapping[str, float]], after: Sequence[Mapping[str, float]]
+) -> dict[str, Any]:
+    """Per replica, the counters' growth between two scrapes, each as `spread`
+    (`replica_requests`: requests finished in the window; `replica_prompt_tokens`)."""
+    out: dict[str, Any] = {}
+    for key, name in (("requests", "replica_requests"), ("prompt_tokens", "replica_prompt_tokens")):
+        out[name] = spread(
+            {f"r{i}": b[key] - a[key] for i, (a, b) in enumerate(zip(before, after, strict=True))}
+        )
+    return out
 
 
 def _client_with_send_log() -> Any:
@@ -689,12 +767,14 @@ async def run_live_staircase(
         taken_at = now_s()
         cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         busy = _busy_cpu_seconds()
+        per_replica: list[dict[str, float]] | None = None
         try:
-            queries, hits = await scrape_prefix_counters(fleet.replica_urls)
+            queries, hits, per_replica = await scrape_prefix_counters(fleet.replica_urls)
         except (TimeoutError, OSError) as exc:  # an overloaded simulator: no hit rate
             print(f"  /metrics scrape failed: {exc!r}", file=sys.stderr)
             queries = hits = math.nan
-        marks[(k, which)] = {"at": taken_at, "cpu": cpu, "busy": busy, "q": queries, "h": hits}
+        marks[(k, which)] = {"at": taken_at, "cpu": cpu, "busy": busy, "q": queries, "h": hits,
+                             "replicas": per_replica}  # fmt: skip
 
     marker_tasks = [
         asyncio.ensure_future(mark(k, which, wall(t)))
@@ -745,6 +825,8 @@ async def run_live_staircase(
             m["sim_cpu_cores"] = round((b["cpu"]["sim"] - a["cpu"]["sim"]) / dt, 3)
             m["router_cpu_cores"] = round((b["cpu"]["router"] - a["cpu"]["router"]) / dt, 3)
             m["machine_busy_cores"] = round((b["busy"] - a["busy"]) / dt, 3)
+            if a["replicas"] is not None and b["replicas"] is not None:
+                m.update(live_replica_spread(a["replicas"], b["replicas"]))
         else:
             m["engine_hit_rate"] = None
         m["rate_sessions_per_s"] = rung.rate
@@ -767,6 +849,11 @@ def _f(x: float | None, spec: str = ".0f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _max_mean(m: Mapping[str, Any]) -> float | None:
+    spread_ = m.get("replica_requests")
+    return None if spread_ is None else spread_["max_over_mean"]
+
+
 def run_arm(
     fleet: LiveFleet,
     arm: Arm,
@@ -785,7 +872,8 @@ def run_arm(
             f"  {arm.label:<26} {m['rate_sessions_per_s']:7.2f} sess/s  "
             f"attain {m['slo_attainment']:.3f} (n={m['num_measured']})  "
             f"TTFT p50/p90 {_f(m['ttft_p50_ms'])}/{_f(m['ttft_p90_ms'])} ms  "
-            f"hit {_f(m['engine_hit_rate'], '.3f')}  sim {_f(m.get('sim_cpu_cores'), '.2f')} "
+            f"hit {_f(m['engine_hit_rate'], '.3f')}  req max/mean {_f(_max_mean(m), '.2f')}  "
+            f"sim {_f(m.get('sim_cpu_cores'), '.2f')} "
             f"router {_f(m.get('router_cpu_cores'), '.2f')} "
             f"busy {_f(m.get('machine_busy_cores'), '.2f')} cores",
             flush=True,
@@ -911,6 +999,7 @@ TABLE_KEYS = (
     "rejected_share",
     "error_share",
     "num_measured",
+    "replica_requests",
 )
 
 
@@ -928,6 +1017,9 @@ def main() -> None:
     ap.add_argument("--time-scale", type=float, default=None, help="override the scenario's")
     ap.add_argument("--seed", type=int, default=None,
                     help="override the scenario's seed (arrivals, prompts, the fleet's text)")  # fmt: skip
+    ap.add_argument("--measure-model-s", type=float, default=None,
+                    help="override the scenario's measured part of each rung (model s): "
+                    "p90 over more calls")  # fmt: skip
     ap.add_argument("--ladder", default=None,
                     help="comma-separated multiples of round-robin's knee (default 1,1.5,2,2.5,3,4)")  # fmt: skip
     ap.add_argument("--rr-knee", type=float, default=None,
@@ -951,11 +1043,7 @@ def main() -> None:
     # A plain kill must still stop the simulator and the router (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    scenario = SCENARIOS["tiny" if args.tiny else "quick" if args.quick else "full"]
-    if args.time_scale is not None:
-        scenario = replace(scenario, time_scale=args.time_scale)
-    if args.seed is not None:
-        scenario = replace(scenario, seed=args.seed)
+    scenario = scenario_of(args)
     tokenizer = default_tokenizer()
     t_start = time.monotonic()
     print(
@@ -1102,6 +1190,21 @@ def main() -> None:
     )
 
 
+def scenario_of(args: argparse.Namespace) -> Scenario:
+    """The scenario the size flags name, with --time-scale, --seed and
+    --measure-model-s applied."""
+    scenario = SCENARIOS["tiny" if args.tiny else "quick" if args.quick else "full"]
+    if args.time_scale is not None:
+        scenario = replace(scenario, time_scale=args.time_scale)
+    if args.seed is not None:
+        scenario = replace(scenario, seed=args.seed)
+    if args.measure_model_s is not None:
+        if not args.measure_model_s > 0:
+            raise SystemExit("--measure-model-s: must be > 0")
+        scenario = replace(scenario, measure_model_s=args.measure_model_s)
+    return scenario
+
+
 def sim_profiles(args: argparse.Namespace) -> None:
     """Cluster-simulation staircases of other routing (no live fleet): `--sim-weights`
     (kv-aware's filters with other scorers and weights) or `--sim-profiles` (a preset
@@ -1111,7 +1214,7 @@ def sim_profiles(args: argparse.Namespace) -> None:
     flag = "--sim-weights" if args.sim_weights is not None else "--sim-profiles"
     if args.rr_knee is None:
         raise SystemExit(f"{flag}: needs --rr-knee")
-    scenario = SCENARIOS["tiny" if args.tiny else "quick" if args.quick else "full"]
+    scenario = scenario_of(args)
     ladder = tuple(float(x) for x in args.ladder.split(",")) if args.ladder else LADDER
     rungs = scenario.rungs([m * args.rr_knee for m in ladder])
     cluster = ClusterModel(scenario, default_tokenizer())
@@ -1131,8 +1234,9 @@ def sim_profiles(args: argparse.Namespace) -> None:
         knee = knee_of(res, ladder)
         out[name] = {"profile": profile, **knee, "rungs": res}
         cells = ", ".join(
-            f"{m:g}x {r['slo_attainment']:.3f} p90 {_f(r['ttft_p90_all_ms'])} ms "
-            f"cached {r['client_cached_share'] or 0:.2f}"
+            f"{m:g}x {r['slo_attainment']:.3f} p50/p90 {_f(r['ttft_p50_ms'], '.2f')}/"
+            f"{_f(r['ttft_p90_all_ms'], '.2f')} ms cached {r['client_cached_share'] or 0:.3f} "
+            f"req max/mean {_f(r['replica_requests']['max_over_mean'], '.2f')}"
             for m, r in zip(ladder, res, strict=True)
         )
         print(f"{name}: knee {knee['knee_multiple']}x; {cells}", flush=True)
@@ -1155,8 +1259,9 @@ def print_summary(
     print(f"\nround-robin knee = {k_rr:.2f} sessions/s ({k_rr * scenario.num_turns:.1f} req/s), "
           "model time")  # fmt: skip
     hdr = (f"{'arm':<26} {'knee':>6} {'rate':>5} {'attain':>6} {'TTFT50':>7} {'TTFT90':>7} "
-           f"{'TPOT50':>6} {'out tok/s':>9} {'hit':>5} {'rej':>5} | sim: {'attain':>6} "
-           f"{'TTFT90':>7} {'hit':>5}")  # fmt: skip
+           f"{'TPOT50':>6} {'out tok/s':>9} {'hit':>5} {'rej':>5} {'req mx/mn':>9} | "
+           f"sim: {'attain':>6} "
+           f"{'TTFT90':>7} {'hit':>5} {'req':>5}")  # fmt: skip
     print(hdr)
     for arm in arms:
         k = knees.get(arm.label, {}).get("knee_multiple")
@@ -1167,7 +1272,7 @@ def print_summary(
             cc = crosscheck.get(arm.label, {}).get("rungs", {}).get(f"{mult:g}x")
             sim = (
                 f"{cc['slo_attainment']:6.3f} {_f(cc['ttft_p90_all_ms']):>7} "
-                f"{_f(cc['client_cached_share'], '.2f'):>5}"
+                f"{_f(cc['client_cached_share'], '.2f'):>5} {_f(_max_mean(cc), '.2f'):>5}"
                 if cc
                 else ""
             )
@@ -1175,7 +1280,8 @@ def print_summary(
                   f"{row['slo_attainment']:6.3f} {_f(row['ttft_p50_ms']):>7} "
                   f"{_f(row['ttft_p90_all_ms']):>7} {_f(row['tpot_p50_ms'], '.1f'):>6} "
                   f"{row['output_tokens_per_s']:9.0f} {_f(row['engine_hit_rate'], '.2f'):>5} "
-                  f"{row['rejected_share']:5.2f} | sim: {sim}")  # fmt: skip
+                  f"{row['rejected_share']:5.2f} {_f(_max_mean(row), '.2f'):>9} | "
+                  f"sim: {sim}")  # fmt: skip
 
 
 if __name__ == "__main__":
