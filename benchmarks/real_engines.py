@@ -78,6 +78,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import statistics
 import subprocess
@@ -166,15 +167,29 @@ def peer_routers() -> dict[str, str]:
     return found
 
 
+def _popen(cmd: list[str], log: Any, nice: int) -> subprocess.Popen[bytes]:
+    """A router process, at scheduling niceness `nice` (0: the default)."""
+    return subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: os.nice(nice) and None) if nice else None,
+    )
+
+
 def start_router(
     arm: Arm,
     rs: he.ReplicaSet,
     peers: dict[str, str],
     tmp: Path,
     scrape_interval_s: float | None = None,
+    router_nice: int = 0,
+    access_log: Path | None = None,
 ) -> tuple[subprocess.Popen[bytes], str, str]:
     """Start `arm`'s router in front of `rs`; (process, base URL, its metrics URL).
-    `scrape_interval_s` sets a Headway gateway's metrics scrape interval."""
+    `scrape_interval_s` sets a Headway gateway's metrics scrape interval, `access_log`
+    the file it writes its access log to (None: no access log); `router_nice` the
+    router's niceness (every arm alike)."""
     urls = [r.url for r in rs.replicas]
     log = (tmp / f"router-{arm.label.replace(' ', '_')}-{time.monotonic_ns()}.log").open("wb")
     if arm.router == "headway":
@@ -182,7 +197,13 @@ def start_router(
         config = {
             "listen": {"host": "127.0.0.1", "port": port},
             "prompt": {"hash_seed": rs.hash_seed},
-            "access_log": {"enabled": False},
+            # Off unless asked for (`--gateway-log`: the gateway's own TTFT, to split a
+            # run's latency; it costs the gateway CPU the peers do not spend).
+            "access_log": (
+                {"enabled": True, "path": str(access_log)}
+                if access_log is not None
+                else {"enabled": False}
+            ),
             **(
                 {"collectors": {"scrape_interval_s": scrape_interval_s}}
                 if scrape_interval_s is not None
@@ -193,7 +214,7 @@ def start_router(
         cfg = tmp / "gateway.json"
         cfg.write_text(json.dumps(config))
         cmd = [sys.executable, "-m", "headway.cli", "serve", "--config", str(cfg)]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = _popen(cmd, log, router_nice)
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_http(base + "/v1/models", proc, "headway serve")
@@ -213,7 +234,7 @@ def start_router(
             for r in rs.replicas:
                 cmd += ["--kv-event-source", f"{r.url}=tcp://127.0.0.1:{r.kv_port}"]
             cmd += ["--kv-event-block-size", str(rs.block_size), "--kv-event-model", "m"]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = _popen(cmd, log, router_nice)
         try:
             _wait_http(base + "/readiness", proc, "vllm-router")
         except BaseException:
@@ -223,7 +244,7 @@ def start_router(
     cmd = [peers["sglang-router"], "launch", "--host", "127.0.0.1", "--port", str(port),
            "--prometheus-port", str(prom), "--worker-urls", *urls, "--policy", arm.policy,
            "--disable-retries"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = _popen(cmd, log, router_nice)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -291,6 +312,23 @@ def engine_ttft(
         "mean_ms": round(1000 * total["ttft_sum_s"] / count, 2),
         "p50_ms": _bucket_quantile_ms(buckets, 0.5),
         "p90_ms": _bucket_quantile_ms(buckets, 0.9),
+    }
+
+
+def gateway_ttft(access_log: Path) -> dict[str, float | None]:
+    """A Headway gateway's own TTFT over a run (its access log's `ttft_ms`: from the
+    request's arrival at the gateway to the upstream's first byte): p50/p90."""
+    ttfts = sorted(
+        rec["ttft_ms"]
+        for rec in map(json.loads, access_log.read_text().splitlines())
+        if rec.get("ttft_ms") is not None
+    )
+    if not ttfts:
+        return {"p50_ms": None, "p90_ms": None}
+    deciles = statistics.quantiles(ttfts, n=10, method="inclusive") if len(ttfts) > 1 else None
+    return {
+        "p50_ms": round(deciles[4], 2) if deciles else ttfts[0],
+        "p90_ms": round(deciles[8], 2) if deciles else ttfts[0],
     }
 
 
@@ -684,6 +722,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Headway arms: collectors.scrape_interval_s (default: the gateway's)",
     )
+    ap.add_argument(
+        "--router-nice",
+        type=int,
+        default=0,
+        help="every router's niceness (negative: ahead of the replicas, as a router on"
+        " its own CPUs would be; needs the privilege)",
+    )
+    ap.add_argument(
+        "--gateway-log",
+        action="store_true",
+        help="Headway arms: write the access log and report the gateway's own TTFT"
+        " (costs the gateway CPU)",
+    )
     ap.add_argument("--rows-out", type=Path, default=None, help="per-request rows (JSON lines)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -742,7 +793,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rs = start_replicas(run)
             for arm in arms:
                 reset_caches(rs)
-                proc, base, metrics_url = start_router(arm, rs, peers, tmp, args.scrape_interval_s)
+                access_log = (
+                    tmp / f"access-{run}-{arm.label.replace(' ', '_')}.jsonl"
+                    if args.gateway_log and arm.router == "headway"
+                    else None
+                )
+                proc, base, metrics_url = start_router(
+                    arm, rs, peers, tmp, args.scrape_interval_s, args.router_nice, access_log
+                )
                 before, cpu0 = replica_counters(rs), cpu_seconds(proc.pid)
                 engine_cpu0 = [tree_cpu_seconds(r.pid) for r in rs.replicas]
                 try:
@@ -783,6 +841,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             prom_path.write_bytes(resp.read())
                 finally:
                     stop_process(proc)
+                if access_log is not None:
+                    res["gateway_ttft"] = gateway_ttft(access_log)
                 res["cache_demand_tokens"] = cache_demand_tokens(rows, system_tokens)
                 res["cached_share_bound"] = cached_share_bound(rows, system_tokens, rs.block_size)
                 results[arm.label].append(res)
@@ -795,6 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"run {run} {arm.label:26s} p50 {res['ttft_p50_ms']} p90 {res['ttft_p90_ms']}"
                     f" p99 {res['ttft_p99_ms']} ms  cached {res['cached_share']}"
                     f"  split {res['requests_per_replica']}  preempt {res['preemptions']}"
+                    f"  gateway TTFT {res.get('gateway_ttft')}"
                     f"  engine TTFT p50 {res['engine_ttft']['p50_ms']}"
                     f" p90 {res['engine_ttft']['p90_ms']} ms"
                     f"  tok/s {res['output_tokens_per_s']}  wall {res['wall_s']} s"
