@@ -130,8 +130,9 @@ class RequestRecord:
             return None
         return (e2e - ttft) / (n - 1)
 
-    def to_json(self) -> dict[str, Any]:
-        """The access-log line's fields (latencies in milliseconds)."""
+    def line(self, worker: int | None = None) -> AccessLine:
+        """The access-log line (latencies in milliseconds); `worker`: the process's
+        index under `--workers`."""
         # The properties' arithmetic inlined: this runs once per request.
         arrived_at, first_byte_at, finished_at = (
             self.arrived_at,
@@ -146,28 +147,57 @@ class RequestRecord:
             tpot_s = self.tpot_s
             if tpot_s is not None:
                 tpot_ms = round(tpot_s * _MS_PER_S, 3)
-        return {
-            "ts": round(self.arrived_wall_s, 3),
-            "request_id": self.request_id,
-            "api": self.api,
-            "model": self.model,
-            "pool": self.pool,
-            "endpoint": self.endpoint,
-            "tenant": self.tenant,
-            "session": self.session,
-            "stream": self.is_stream,
-            "status": self.status,
-            "outcome": self.outcome,
-            "error": self.error,
-            "prompt_tokens": self.num_prompt_tokens,
-            "cached_tokens": self.num_cached_tokens,
-            "completion_tokens": self.num_completion_tokens,
-            "ttft_ms": ttft_ms,
-            "tpot_ms": tpot_ms,
-            "e2e_ms": e2e_ms,
-            "retries": self.num_retries,
-            "retry_reasons": self.retry_reasons,
-        }
+        return AccessLine(
+            round(self.arrived_wall_s, 3),
+            self.request_id,
+            self.api,
+            self.model,
+            self.pool,
+            self.endpoint,
+            self.tenant,
+            self.session,
+            self.is_stream,
+            self.status,
+            self.outcome,
+            self.error,
+            self.num_prompt_tokens,
+            self.num_cached_tokens,
+            self.num_completion_tokens,
+            ttft_ms,
+            tpot_ms,
+            e2e_ms,
+            self.num_retries,
+            self.retry_reasons,
+            worker,
+        )
+
+
+class AccessLine(msgspec.Struct):
+    """One access-log line's fields, in the line's order. A struct, not a dict: it is
+    built and encoded once per request, and msgspec encodes a struct's fields without
+    hashing keys (a third of the line's cost as a dict)."""
+
+    ts: float  # wall clock at arrival, seconds
+    request_id: str
+    api: str
+    model: str
+    pool: str
+    endpoint: str
+    tenant: str | None
+    session: str | None
+    stream: bool
+    status: int
+    outcome: str
+    error: str | None
+    prompt_tokens: int | None
+    cached_tokens: int | None
+    completion_tokens: int | None
+    ttft_ms: float | None
+    tpot_ms: float | None
+    e2e_ms: float | None
+    retries: int
+    retry_reasons: list[str]
+    worker: int | None
 
 
 def outcome_of(status: int, is_stream_complete: bool = True) -> str:
@@ -196,9 +226,7 @@ class AccessLog:
     def emit(self, record: RequestRecord) -> None:
         if not self.is_enabled or not log.isEnabledFor(logging.INFO):
             return
-        fields = record.to_json()
-        fields["worker"] = self.worker
-        line = self._encoder.encode(fields).decode()
+        line = self._encoder.encode(record.line(self.worker)).decode()
         handlers = log.handlers
         if len(handlers) == 1 and not log.propagate and not log.filters:
             handler = handlers[0]
