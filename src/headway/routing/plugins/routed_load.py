@@ -22,11 +22,12 @@ score(e) = 1 - w(e) / max(w over candidates) (`normalize: relative`, the default
 `token-load`'s rule); all equal (including no history) scores 1.0 each. With
 `normalize: range`, score(e) = (max w - w(e)) / (max w - min w): full pull however
 small the differences (noisier). A candidate with no history (new, or dropped: see
-below) counts as the mean w of the candidates that have one, and its first routed
-request starts it at the mean w of every endpoint known, plus that request: a
-joining endpoint is neither flooded with every new prefix nor starved. (At start-up
-every endpoint joins that way, so early endpoints carry a bias of a few requests,
-which decays with the rest.)
+below) counts as the least w among the candidates that have one, and its first
+routed request starts it at the least w of every endpoint known, plus that request:
+a joining endpoint ties with the least-loaded one, so it is neither flooded with every
+new prefix (as from 0) nor starved (as from the mean, above the least-loaded one). At
+start-up every endpoint but the first joins that way, one request above it; the bias
+decays with the rest.
 
 Invariants (state changes only in `observe`): stored values are w(e) x `_scale`
 (one multiplication per decision instead of decaying every entry); when `_scale`
@@ -94,7 +95,7 @@ class RoutedLoadScorer:
         self, ctx: RequestContext, endpoints: Endpoints, scratch: RequestScratch
     ) -> Mapping[str, float]:
         known = [self._stored[e.endpoint_id] for e in endpoints if e.endpoint_id in self._stored]
-        fill = sum(known) / len(known) if known else 0.0
+        fill = min(known, default=0.0)
         values = {e.endpoint_id: self._stored.get(e.endpoint_id, fill) for e in endpoints}
         if self.params.normalize == "relative" or not values:
             return inverse_relative(values)
@@ -114,8 +115,10 @@ class RoutedLoadScorer:
         self._scale *= self._growth
         stored = self._stored.get(endpoint_id)
         if stored is None and self._stored:
-            # New (or forgotten) endpoint: start it at the mean of the known ones.
-            stored = sum(self._stored.values()) / len(self._stored)
+            # New (or forgotten) endpoint: start it level with the least-loaded known one
+            # (0 would flood it with every new prefix; the mean would starve it, as
+            # every decision then prefers the least-loaded known endpoint).
+            stored = min(self._stored.values())
         self._stored[endpoint_id] = (stored or 0.0) + work * self._scale
         if self._scale > _RENORMALIZE_AT:
             self._renormalize()
