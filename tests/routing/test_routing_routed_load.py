@@ -122,21 +122,34 @@ def test_params_validated(params: dict[str, Any], field: str) -> None:
     assert field in str(err.value)
 
 
+def _kv_aware_with_routed_load(prefix_scorer: str, source: str) -> dict[str, Any]:
+    """kv-aware's profile (routing.presets) with routed-load 2 added."""
+    return {
+        "filters": ["healthy", "serves-model",
+                    {"type": "prefix-affinity-until-saturated", "params": {"source": source}},
+                    "saturation"],
+        "scorers": [{"type": prefix_scorer, "weight": 2.0}, {"type": "token-load", "weight": 1.0},
+                    {"type": "least-request", "weight": 1.0},
+                    {"type": "routed-load", "weight": 2.0}],
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    ("preset", "num_requests"),
-    [("kv-aware-approx", 40), ("kv-aware", 40)],
-    ids=["kv-aware-approx", "kv-aware"],
+    ("prefix_scorer", "source"),
+    [("approx-prefix", "approx"), ("precise-prefix", "auto")],
+    ids=["kv-aware-approx-shape", "kv-aware-shape"],
 )
-def test_presets_spread_idle_misses_evenly(preset: str, num_requests: int) -> None:
+def test_idle_misses_spread_evenly(prefix_scorer: str, source: str) -> None:
     """Every request a miss on an idle fleet (the in-flight terms tie every time): the
     routed-load term, not the rng, decides: the four endpoints take 10 each, give or
     take the start-up bias of one request (docstring)."""
     resources = RoutingResources(kv_index=KvBlockIndex())
-    handler = build_handler({"preset": preset}, resources=resources)
+    config = {"profiles": {"p": _kv_aware_with_routed_load(prefix_scorer, source)}}
+    handler = build_handler(config, resources=resources)
     rng = np.random.default_rng(3)
     counts = dict.fromkeys("abcd", 0)
     eps = tuple(snap(i) for i in counts)
-    for k in range(num_requests):
+    for k in range(40):
         c = ctx(request_id=f"r{k}", num_prompt_tokens_est=100)
         result = handler.decide(c, eps, now=0.0, rng=rng, timer=zero_timer)
         assert result.decision.endpoint_id is not None

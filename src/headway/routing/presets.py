@@ -60,16 +60,12 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # rate at 7x round-robin's knee in routing_quality); among the rest, precise
         # prefix 2 : token load 1 : in-flight requests 1 (load terms relative to the
         # candidates). In-flight tokens are charged net of the expected cache hit
-        # (gateway/routing.py). routed-load 2 (decayed requests this profile routed per
-        # endpoint) leans a prompt cached nowhere, e.g. a tenant's first request, towards
-        # the endpoints that took less work lately; the in-flight terms tie near idle.
-        # docs/policies.md has the numbers.
+        # (gateway/routing.py). docs/policies.md has the numbers.
         "kv-aware": _profile(
             (*_ELIGIBLE, _affinity("auto"), "saturation"),
             _scorer("precise-prefix", 2.0),
             _scorer("token-load", 1.0),
             _scorer("least-request", 1.0),
-            _scorer("routed-load", 2.0),
         ),
         # The same with the gateway's approximate prefix index (no KV events).
         "kv-aware-approx": _profile(
@@ -77,7 +73,6 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
             _scorer("approx-prefix", 2.0),
             _scorer("token-load", 1.0),
             _scorer("least-request", 1.0),
-            _scorer("routed-load", 2.0),
         ),
     }
 )
