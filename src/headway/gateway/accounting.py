@@ -110,7 +110,7 @@ class RequestRecord:
         self.num_prompt_tokens = _count(usage.get("prompt_tokens"))
         self.num_completion_tokens = _count(usage.get("completion_tokens"))
         details = usage.get("prompt_tokens_details")
-        if isinstance(details, Mapping):
+        if type(details) is dict or isinstance(details, Mapping):  # (an ABC check: slow)
             self.num_cached_tokens = _count(details.get("cached_tokens"))
 
     @property

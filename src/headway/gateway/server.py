@@ -334,6 +334,8 @@ class Gateway:
         self._handlers: set[asyncio.Task[Any]] = set()  # completion handlers running
         self._deadline_timer = _DeadlineTimer()  # every upstream attempt's deadline
         self._is_started = False
+        # The loop the app serves on (set at start-up; None: look it up per request).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._reload_lock = asyncio.Lock()
         # Reads the config file again for a reload (set by `headway serve --config`).
         self.config_loader: Callable[[], GatewayConfig] | None = None
@@ -528,6 +530,7 @@ class Gateway:
         return app
 
     async def _start_collectors(self, app: web.Application) -> None:
+        self._loop = asyncio.get_running_loop()
         tokenizer_path = self.config.prompt.tokenizer
         tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else default_tokenizer()
         self.prompts = PromptReader(self.config.prompt, tokenizer)
@@ -673,7 +676,8 @@ class Gateway:
 
     # -- completions ---------------------------------------------------------------
     async def _completion(self, request: web.Request, *, is_chat: bool) -> web.StreamResponse:
-        task = asyncio.current_task()
+        # With the loop given, no running-loop lookup (on 3.11 a getpid system call).
+        task = asyncio.current_task(self._loop)
         if task is not None:
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
