@@ -298,6 +298,7 @@ def window_metrics(
         "slo_attainment": num_met / n if n else 0.0,
         "ttft_p50_ms": _ms(_pct(ttfts, 50)),
         "ttft_p90_ms": _ms(_pct(ttfts, 90)),
+        "ttft_mean_ms": _ms(float(np.mean(ttfts))) if ttfts else None,
         "ttft_p90_all_ms": _ms(p90_all) if math.isfinite(p90_all) else None,
         "tpot_p50_ms": _ms(_pct(tpots, 50)),
         "output_tokens_per_s": round(num_chunks / ((window_to - window_from) * to_model), 1),
@@ -664,12 +665,16 @@ async def reset_caches(urls: Sequence[str], timeout_s: float = 30.0) -> bool:
 _PER_REPLICA_COUNTERS = {
     "vllm:request_success_total": "requests",
     "vllm:prompt_tokens_total": "prompt_tokens",
+    # The engine's own TTFT (wall seconds from the call's arrival at the replica).
+    "vllm:time_to_first_token_seconds_sum": "ttft_sum_s",
+    "vllm:time_to_first_token_seconds_count": "ttft_count",
 }
 
 
 def replica_counters(metrics_text: str) -> dict[str, float]:
-    """One engine's finished requests (vllm:request_success_total, every finish reason)
-    and prompt tokens (vllm:prompt_tokens_total), summed over label sets."""
+    """One engine's finished requests (vllm:request_success_total, every finish reason),
+    prompt tokens (vllm:prompt_tokens_total) and its TTFT histogram's sum and count,
+    summed over label sets."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out = dict.fromkeys(_PER_REPLICA_COUNTERS.values(), 0.0)
@@ -712,6 +717,17 @@ def live_replica_spread(
             {f"r{i}": b[key] - a[key] for i, (a, b) in enumerate(zip(before, after, strict=True))}
         )
     return out
+
+
+def engine_ttft_mean_ms(
+    before: Sequence[Mapping[str, float]], after: Sequence[Mapping[str, float]], to_model: float
+) -> float | None:
+    """The fleet's mean TTFT as the engines measured it (from a call's arrival at its
+    replica) between two scrapes, in model ms. Against the client's mean it isolates
+    what the front end (router, HTTP hops) adds: the engines see the same calls."""
+    total_s = sum(b["ttft_sum_s"] - a["ttft_sum_s"] for a, b in zip(before, after, strict=True))
+    count = sum(b["ttft_count"] - a["ttft_count"] for a, b in zip(before, after, strict=True))
+    return round(total_s / count * to_model * 1000, 3) if count > 0 else None
 
 
 def _client_with_send_log() -> Any:
@@ -827,6 +843,11 @@ async def run_live_staircase(
             m["machine_busy_cores"] = round((b["busy"] - a["busy"]) / dt, 3)
             if a["replicas"] is not None and b["replicas"] is not None:
                 m.update(live_replica_spread(a["replicas"], b["replicas"]))
+                m["engine_ttft_mean_ms"] = engine_ttft_mean_ms(a["replicas"], b["replicas"], s)
+                if m["engine_ttft_mean_ms"] is not None and m["ttft_mean_ms"] is not None:
+                    m["front_end_ttft_mean_ms"] = round(
+                        m["ttft_mean_ms"] - m["engine_ttft_mean_ms"], 3
+                    )
         else:
             m["engine_hit_rate"] = None
         m["rate_sessions_per_s"] = rung.rate
@@ -873,6 +894,8 @@ def run_arm(
             f"attain {m['slo_attainment']:.3f} (n={m['num_measured']})  "
             f"TTFT p50/p90 {_f(m['ttft_p50_ms'])}/{_f(m['ttft_p90_ms'])} ms  "
             f"hit {_f(m['engine_hit_rate'], '.3f')}  req max/mean {_f(_max_mean(m), '.2f')}  "
+            f"TTFT mean {_f(m.get('ttft_mean_ms'), '.3f')} (front end "
+            f"{_f(m.get('front_end_ttft_mean_ms'), '.3f')}) ms  "
             f"sim {_f(m.get('sim_cpu_cores'), '.2f')} "
             f"router {_f(m.get('router_cpu_cores'), '.2f')} "
             f"busy {_f(m.get('machine_busy_cores'), '.2f')} cores",

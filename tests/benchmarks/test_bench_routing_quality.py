@@ -235,6 +235,10 @@ def test_routing_quality_tiny(tmp_path: Path) -> None:
             assert step["num_measured"] > 0
             assert step["error_share"] == 0.0
             assert 0.0 <= step["engine_hit_rate"] <= 1.0
+            # The engines' own TTFT is part of the client's: the front end's share is
+            # what is left, a fraction of the whole.
+            assert 0.0 < step["engine_ttft_mean_ms"] <= step["ttft_mean_ms"] * 1.05
+            assert step["front_end_ttft_mean_ms"] < step["ttft_mean_ms"]
         assert set(doc["table"][label]) == {"1x", "1.5x"}
         if label in doc["cluster_crosscheck"]:
             assert set(doc["cluster_crosscheck"][label]["rungs"]) == {"1x", "1.5x", "2x", "3x"}

@@ -55,8 +55,35 @@ vllm:prefix_cache_hits_total{model_name="m"} 600.0
 """
 
 
+def _ttft_page(ttfts_s: list[float]) -> str:
+    """vLLM's TTFT histogram as prometheus-client renders it."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    hist = Histogram("vllm:time_to_first_token_seconds", "TTFT", ["model_name"], registry=registry)
+    for t in ttfts_s:
+        hist.labels(model_name="m").observe(t)
+    return generate_latest(registry).decode()
+
+
 def test_replica_counters_sum_label_sets(rq: ModuleType) -> None:
-    assert rq.replica_counters(METRICS) == {"requests": 7.0, "prompt_tokens": 700.0}
+    assert rq.replica_counters(METRICS + _ttft_page([0.25, 0.5])) == {
+        "requests": 7.0,
+        "prompt_tokens": 700.0,
+        "ttft_sum_s": 0.75,
+        "ttft_count": 2.0,
+    }
+
+
+def test_engine_ttft_mean_is_the_windows_mean_in_model_time(rq: ModuleType) -> None:
+    before = [rq.replica_counters(_ttft_page([1.0])), rq.replica_counters(_ttft_page([]))]
+    after = [
+        rq.replica_counters(_ttft_page([1.0, 0.2, 0.4])),
+        rq.replica_counters(_ttft_page([0.3])),
+    ]
+    # Calls of the window: 0.2, 0.4 and 0.3 wall s; time-scale 0.05: 15 model ms mean.
+    assert rq.engine_ttft_mean_ms(before, after, 0.05) == 15.0
+    assert rq.engine_ttft_mean_ms(before, before, 0.05) is None
 
 
 def test_live_replica_spread_is_the_growth_between_scrapes(rq: ModuleType) -> None:
