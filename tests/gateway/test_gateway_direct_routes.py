@@ -15,6 +15,8 @@ import pytest
 from aiohttp import web
 from gateway_harness import InProcessGateway, ThreadedUpstream, pool
 
+from headway.gateway import server
+
 MODEL = "direct-model"
 _ANSWER = {
     "id": "cmpl-1",
@@ -143,3 +145,31 @@ def test_only_exact_completion_posts_skip_the_router(
         assert json.loads(data)["choices"][0]["message"]["content"] == "hi"
     elif status != 417:  # aiohttp's expect handler answers without a body
         assert json.loads(data)["error"]["code"] == status
+
+
+@web.middleware
+async def _passthrough(request: web.Request, handler: Any) -> web.StreamResponse:
+    return await handler(request)  # type: ignore[no-any-return]
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("middlewares", "with_signal", "is_shortcut"),
+    [((), False, True), ((_passthrough,), False, False), ((), True, False)],
+    ids=["plain-app", "middleware", "response-prepare-signal"],
+)
+def test_no_shortcut_past_a_middleware_or_signal(
+    middlewares: tuple[Any, ...], with_signal: bool, is_shortcut: bool
+) -> None:
+    app = web.Application(middlewares=middlewares)
+    if with_signal:
+        app.on_response_prepare.append(_on_prepare)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response()
+
+    server._route_completions_directly(app, {"/v1/completions": handler})
+    assert ("_handle" in vars(app)) is is_shortcut
