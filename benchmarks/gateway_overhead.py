@@ -705,10 +705,14 @@ def main() -> None:
     targets: dict[str, dict[str, Any]] = {
         "cpu_us_per_request": {"target": TARGET_CPU_US_PER_REQUEST, "worst": worst_req,
                                "met": worst_req <= TARGET_CPU_US_PER_REQUEST},
-        "added_p50_ms_concurrency_1": {"target": TARGET_ADDED_P50_MS, "value": added,
-                                       "stream_value": stream_lo and stream_lo["added_p50_ms"],
-                                       "met": added <= TARGET_ADDED_P50_MS},
     }  # fmt: skip
+    if c_lo == 1:  # the latency target is at concurrency 1: judged only when it ran
+        targets["added_p50_ms_concurrency_1"] = {
+            "target": TARGET_ADDED_P50_MS,
+            "value": added,
+            "stream_value": stream_lo and stream_lo["added_p50_ms"],
+            "met": added <= TARGET_ADDED_P50_MS,
+        }
     if stream_lo is not None:
         worst_chunk = max(hw(True, c)["cpu_us_per_chunk"] for c in concurrencies)  # type: ignore[index]
         targets["cpu_us_per_chunk"] = {

@@ -44,3 +44,20 @@ def test_gateway_overhead_tiny(tmp_path: Path) -> None:
         "added_p50_ms_concurrency_1",
     }
     assert "CPU us/req" in proc.stdout
+
+
+def test_gateway_overhead_latency_target_needs_concurrency_1(tmp_path: Path) -> None:
+    """The added-latency target is at concurrency 1: a run without it does not judge it
+    (it once judged it from whatever concurrency ran)."""
+    out = tmp_path / "x.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--no-peers", "--no-stream", "--concurrency", "4",
+         "--requests", "50", "--warmup", "10", "--rounds", "1", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert [row["concurrency"] for row in doc["rows"]] == [4]
+    assert set(doc["targets"]) == {"cpu_us_per_request"}
