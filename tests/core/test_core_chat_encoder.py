@@ -76,6 +76,36 @@ def test_periodic_checks_after_the_first_ones() -> None:
     assert not enc.is_piecewise  # ... the third prompt is checked and switches it off
 
 
+def test_deferred_periodic_checks_wait_for_the_caller() -> None:
+    """With deferred checks, the every-third prompt is not encoded whole inside
+    `encode` (its rendering and ids wait in `take_due_check`, once); `verify` then
+    catches the mismatch and switches to whole-prompt encoding."""
+    enc = ChatEncoder(_Merging(), num_checked=0, check_every=3, defer_periodic_checks=True)
+    msgs = [{"role": "user", "content": "hi"}]
+    for _ in range(2):
+        enc.encode(msgs)
+        assert enc.take_due_check() is None
+    # The third prompt's whole rendering is not counted as work for `encode`...
+    assert enc.num_uncached_chars(msgs) == 0
+    ids = enc.encode(msgs)
+    assert enc.is_piecewise  # ... nor done there: it is due for the caller
+    due = enc.take_due_check()
+    assert due == (ChatTemplate().render(msgs), ids)
+    assert enc.take_due_check() is None  # handed out once
+    assert enc.verify(*due) is False
+    assert not enc.is_piecewise
+    assert enc.encode(msgs) == [len(ChatTemplate().render(msgs))]
+
+
+def test_verify_accepts_an_additive_tokenizer() -> None:
+    enc = ChatEncoder(TOK, num_checked=0, check_every=1, defer_periodic_checks=True)
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    ids = enc.encode(msgs)
+    due = enc.take_due_check()
+    assert due is not None and enc.verify(*due)
+    assert enc.is_piecewise and ids == TOK.encode(ChatTemplate().render(msgs))
+
+
 def test_pieces_cache_is_bounded() -> None:
     enc = ChatEncoder(TOK, max_pieces=5)
     for i in range(20):

@@ -5,13 +5,14 @@ chunk hashes, and the reader's cache and worker thread."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from typing import Any
 
 import pytest
 from sim_harness import MODEL, get, post
 
-from headway.core.tokenizer import ChatEncoder, ChatTemplate
+from headway.core.tokenizer import BEGIN_OF_TEXT, ChatEncoder, ChatTemplate
 from headway.gateway.config import PromptConfig
 from headway.gateway.prompt_blocks import (
     PromptReader,
@@ -210,6 +211,62 @@ def test_reader_threads_only_uncached_work() -> None:
             reader_fresh.close()
         await read(body(system.replace("careful", "reckless"), "question"))
         assert reader.num_threaded == 17
+
+    try:
+        asyncio.run(main())
+    finally:
+        reader.close()
+
+
+class _MergesMarkedPrompts:
+    """The shipped tokenizer, except that a whole rendered prompt (it starts with the
+    begin-of-text marker) containing MERGE encodes to something its pieces do not: a
+    tokenizer that is additive until a rare input. Notes the thread of each whole
+    encode."""
+
+    def __init__(self) -> None:
+        self._tok = default_tokenizer()
+        self.vocab_size = self._tok.vocab_size
+        self.eos_token_id = self._tok.eos_token_id
+        self.whole_encode_threads: list[str] = []
+
+    def encode(self, text: str) -> list[int]:
+        if text.startswith(BEGIN_OF_TEXT) and text != BEGIN_OF_TEXT:  # (not its piece)
+            self.whole_encode_threads.append(threading.current_thread().name)
+            if "MERGE" in text:
+                return [1, 2, 3]
+        return self._tok.encode(text)
+
+    def decode(self, token_ids: Any) -> str:
+        return self._tok.decode(token_ids)
+
+
+def test_reader_checks_periodically_off_the_request_path() -> None:
+    """The first 16 prompts are checked inline; the 64th's check runs in the worker
+    thread after its read returned. When that check finds a mismatch, the encoder
+    switches to whole-prompt encoding and the reader forgets what it read piecewise."""
+    tokenizer = _MergesMarkedPrompts()
+    reader = PromptReader(PromptConfig(thread_min_bytes=10**9), tokenizer)
+
+    async def read(i: int, text: str) -> Any:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"{text} {i}"}]}
+        return await reader.read(body, is_chat=True, block_size=16, tokenize=True)
+
+    async def main() -> None:
+        for i in range(63):
+            await read(i, "question")
+        assert tokenizer.whole_encode_threads == ["MainThread"] * 16
+        assert reader._chat.is_piecewise and len(reader._cache) == 63
+        piecewise = await read(63, "MERGE")  # the 64th: its check is due
+        assert piecewise.num_prompt_tokens != 3  # answered piecewise, not checked inline
+        assert reader.num_background_checks == 1
+        await asyncio.gather(*reader._checks)
+        await asyncio.sleep(0)  # the done-callback runs on the loop
+        assert tokenizer.whole_encode_threads[16].startswith("headway-prompt")
+        assert not reader._chat.is_piecewise
+        assert len(reader._cache) == 0  # read piecewise: forgotten
+        again = await read(63, "MERGE")
+        assert again.num_prompt_tokens == 3  # now encoded whole
 
     try:
         asyncio.run(main())

@@ -106,6 +106,11 @@ class ChatEncoder:
     encoded whole and compared; one mismatch switches the encoder to whole-prompt
     encoding for good.
 
+    With `defer_periodic_checks`, the every-`check_every`-th checks are not run inside
+    `encode`: the prompt's rendering and piecewise ids wait in `take_due_check` for the
+    caller to `verify` off its request path (a whole-prompt encode of a long prompt
+    costs milliseconds). The first `num_checked` are always checked inline.
+
     The piece cache is bounded (`max_pieces`, least recently used first out).
     """
 
@@ -116,6 +121,7 @@ class ChatEncoder:
         num_checked: int = 16,
         check_every: int = 64,
         max_pieces: int = 4096,
+        defer_periodic_checks: bool = False,
     ) -> None:
         self._tokenizer = tokenizer
         self._template = ChatTemplate()
@@ -123,8 +129,27 @@ class ChatEncoder:
         self._max_pieces = max_pieces
         self._num_checked = num_checked
         self._check_every = max(1, check_every)
+        self._defer = defer_periodic_checks
+        self._due_check: tuple[str, list[int]] | None = None
         self._num_encoded = 0
         self.is_piecewise = True
+
+    def _is_inline_check(self, n: int) -> bool:
+        """Whether the n-th prompt encoded is checked inside `encode`."""
+        return n <= self._num_checked or (not self._defer and n % self._check_every == 0)
+
+    def take_due_check(self) -> tuple[str, list[int]] | None:
+        """The deferred check due, if any (rendered prompt, piecewise ids), once."""
+        due, self._due_check = self._due_check, None
+        return due
+
+    def verify(self, rendered: str, ids: Sequence[int]) -> bool:
+        """Whether whole-prompt encoding of `rendered` gives `ids`; a mismatch switches
+        the encoder to whole-prompt encoding for good."""
+        if self._tokenizer.encode(rendered) == list(ids):
+            return True
+        self.is_piecewise = False
+        return False
 
     def _piece(self, text: str) -> tuple[int, ...]:
         ids = self._pieces.pop(text, None)
@@ -150,8 +175,7 @@ class ChatEncoder:
         piecewise, or this call is due for the check). A caller uses it to decide
         whether encoding is worth a worker thread; a message it cannot read counts 0
         (`encode` raises for it anyway)."""
-        due = self._num_encoded + 1
-        if not self.is_piecewise or due <= self._num_checked or due % self._check_every == 0:
+        if not self.is_piecewise or self._is_inline_check(self._num_encoded + 1):
             try:
                 return len(self.render(messages, add_generation_prompt))
             except ChatTemplateError:
@@ -220,11 +244,13 @@ class ChatEncoder:
         if add_generation_prompt:
             ids += self._piece(f"{START_HEADER}assistant{END_HEADER}\n\n")
         self._num_encoded += 1
-        if self._num_encoded <= self._num_checked or self._num_encoded % self._check_every == 0:
+        if self._is_inline_check(self._num_encoded):
             whole = self._tokenizer.encode(self.render(messages, add_generation_prompt))
             if whole != ids:
                 self.is_piecewise = False
                 if turns is not None:
                     turns.clear()
                 return whole
+        elif self._num_encoded % self._check_every == 0:
+            self._due_check = (self.render(messages, add_generation_prompt), list(ids))
         return ids

@@ -222,7 +222,11 @@ class PromptReader:
         # message (checked against whole-prompt tokenization) and look up the digests
         # of blocks hashed before.
         self._encoder = _GilFreeEncoder(tokenizer)
-        self._chat = ChatEncoder(self._encoder)
+        # The periodic whole-prompt checks run in the worker thread after the request
+        # has its info (`_check_later`), not on its path.
+        self._chat = ChatEncoder(self._encoder, defer_periodic_checks=True)
+        self._checks: set[asyncio.Future[bool]] = set()
+        self.num_background_checks = 0
         self._memo = BlockHashMemo()
         self._turn_hashes = TurnHashCache()
         self.num_cache_hits = 0
@@ -272,7 +276,32 @@ class PromptReader:
             self._cache[key] = info
             if len(self._cache) > self.config.cache_entries:
                 self._cache.popitem(last=False)
+        due = self._chat.take_due_check()
+        if due is not None:
+            self._check_later(*due)
         return info
+
+    def _check_later(self, rendered: str, ids: list[int]) -> None:
+        """Verify a piecewise encoding in the worker thread. On a mismatch the encoder
+        has switched to whole-prompt encoding; what was read piecewise is forgotten, so
+        later reads compute afresh (the calls already routed keep their info: a wrong
+        block hash costs a cache hit predicted, nothing else)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(2, thread_name_prefix="headway-prompt")
+        self.num_background_checks += 1
+        check = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._chat.verify, rendered, ids
+        )
+        self._checks.add(check)
+        check.add_done_callback(self._checked)
+
+    def _checked(self, check: asyncio.Future[bool]) -> None:
+        self._checks.discard(check)
+        if check.cancelled() or check.exception() is not None:
+            return  # (a tokenizer that fails here fails the next read, which says why)
+        if not check.result():
+            self._cache.clear()
+            self._turn_hashes = TurnHashCache()
 
     def compute(self, prompt: _Prompt, block_size: int | None, tokenize: bool) -> PromptInfo:
         chunk = self.config.chunk_chars
