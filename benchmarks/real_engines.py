@@ -173,7 +173,7 @@ def _popen(cmd: list[str], log: Any, nice: int) -> subprocess.Popen[bytes]:
         cmd,
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=(lambda: os.nice(nice) and None) if nice else None,
+        preexec_fn=(lambda: os.nice(nice)) if nice else None,  # (its return value is unused)
     )
 
 
