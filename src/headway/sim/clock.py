@@ -57,6 +57,20 @@ class LagHistogram:
         if size > self.max_s:
             self.max_s = size
 
+    def record_all(self, times: list[float], scheduled_at: float) -> None:
+        """`record(t - scheduled_at)` for each of `times` (a step's writes, per token)."""
+        counts, edges, find = self.counts, self.EDGES_S, bisect.bisect_left
+        max_s = self.max_s
+        for t in times:
+            lag_s = t - scheduled_at
+            size = -lag_s if lag_s < 0 else lag_s
+            counts[find(edges, size)] += 1
+            if lag_s < 0:
+                self.num_early += 1
+            if size > max_s:
+                max_s = size
+        self.max_s = max_s
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state: bucket upper edges (seconds; the last bucket is open) and counts."""
         return {

@@ -11,6 +11,13 @@ The engine loop's writes are the simulator's hot path (one per stream per step, 
 a step's end): once the response's headers are out and aiohttp frames its body in
 HTTP/1.1 chunks, a chunk is framed while it is rendered and handed to the transport in
 one call, without aiohttp's per-write coroutine (about 30% of a write's cost here).
+
+Rendering is per token too, so the common chunk (one token, no finish, no stop
+strings, no per-chunk usage) is not encoded from dicts: each stream keeps its chunk
+pre-encoded around two holes (`ChunkTemplate`, cut from msgspec's own encoding of the
+same dict, so the bytes are identical), filled with the token's JSON string (encoded
+once per token id, `TextAssembler.token_json`) and the step's `scheduled_at` (encoded
+once per step). Any other chunk is encoded from its dict.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from headway.core.engine import TokenOutput
 from headway.core.sequence import FinishReason
 from headway.sim import clock
 from headway.sim.protocol import ParsedRequest
@@ -57,6 +65,8 @@ class RequestState:
     response_id: str
     created: int
     model: str
+    # The text so far. A stream without stop strings never reads it: its token chunks
+    # (`TextAssembler.advance_token`) leave it alone.
     text: str = ""
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
@@ -90,6 +100,32 @@ class TextAssembler:
     def __init__(self, token_text: Callable[[int], str], eos_token_id: int) -> None:
         self._token_text = token_text
         self._eos = eos_token_id
+        # token id -> its text as a JSON string (quoted, escaped), as msgspec encodes it.
+        self._token_json: dict[int, bytes] = {}
+
+    def token_json(self, token_id: int) -> bytes:
+        """`token_id`'s text as a JSON string, encoded once per distinct id."""
+        data = self._token_json.get(token_id)
+        if data is None:
+            data = self._token_json[token_id] = msgspec.json.encode(self._token_text(token_id))
+        return data
+
+    def advance_token(self, state: RequestState, output: TokenOutput) -> bytes | None:
+        """`advance` for the common streamed case, without text: one token that is
+        not EOS, no finish, no stop strings to look for. Returns the token's text as a
+        JSON string; None (nothing applied) for any other case, which takes `advance`."""
+        ids = output.new_token_ids
+        if output.finish_reason is not None or len(ids) != 1 or state.parsed.stop:
+            return None
+        token_id = ids[0]
+        if token_id == self._eos:
+            return None
+        state.num_output_tokens = output.num_output_tokens
+        state.num_cached_tokens = output.num_cached_tokens
+        data = self._token_json.get(token_id)
+        if data is None:
+            data = self.token_json(token_id)
+        return data
 
     def advance(self, state: RequestState, emission: Emission) -> str:
         """Apply one emission; returns the new text to send (may be empty)."""
@@ -120,6 +156,78 @@ class TextAssembler:
                 return new
         state.text += new
         return new
+
+
+# Placeholders cut out of a chunk's encoding to make its template: plain ASCII, so
+# msgspec writes them unchanged between quotes.
+_TEXT_HOLE = "@@headway:text@@"
+_SCHEDULED_AT_HOLE = "@@headway:scheduled_at@@"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkTemplate:
+    """One stream's token chunk (`data: {...}` and the blank line), pre-encoded around
+    the two values that change from token to token: the text (a JSON string) and,
+    with debug timing, `headway_debug.scheduled_at` (a JSON number).
+
+    Invariant: `data(msgspec.json.encode(text), msgspec.json.encode(t))` is the bytes
+    of `b"data: " + msgspec.json.encode(chunk) + b"\n\n"` for the chunk dict the
+    template was cut from with that text and time filled in (`cut` splits msgspec's
+    own encoding of that dict, so key order and formatting are msgspec's).
+    """
+
+    before_text: bytes
+    before_scheduled_at: bytes | None  # None: no debug timing, nothing after the text
+    end: bytes
+    num_fixed_bytes: int  # of the three pieces above
+
+    @classmethod
+    def cut(cls, chunk: dict[str, Any]) -> ChunkTemplate | None:
+        """The template of `chunk`, whose text is `_TEXT_HOLE` and whose
+        `headway_debug.scheduled_at`, if any, is `_SCHEDULED_AT_HOLE`; None if a hole
+        (as a whole JSON string) is not found exactly once: a field such as the model
+        name happened to be one."""
+        encoded = b"data: " + msgspec.json.encode(chunk) + b"\n\n"
+        text_hole, time_hole = (msgspec.json.encode(h) for h in (_TEXT_HOLE, _SCHEDULED_AT_HOLE))
+        has_time = "headway_debug" in chunk
+        if encoded.count(text_hole) != 1 or encoded.count(time_hole) != has_time:
+            return None
+        before_text, after_text = encoded.split(text_hole)
+        before_scheduled_at: bytes | None = None
+        if has_time:
+            if time_hole not in after_text:
+                return None
+            before_scheduled_at, after_text = after_text.split(time_hole)
+        fixed = len(before_text) + len(before_scheduled_at or b"") + len(after_text)
+        return cls(before_text, before_scheduled_at, after_text, fixed)
+
+    def data(self, text_json: bytes, scheduled_at_json: bytes) -> bytes:
+        """The chunk with its holes filled."""
+        if self.before_scheduled_at is None:
+            return self.before_text + text_json + self.end
+        return b"".join(
+            (self.before_text, text_json, self.before_scheduled_at, scheduled_at_json, self.end)
+        )
+
+    def frame(self, text_json: bytes, scheduled_at_json: bytes) -> bytes:
+        """`data(...)` framed as one HTTP/1.1 chunk, built in one go."""
+        if self.before_scheduled_at is None:
+            n = self.num_fixed_bytes + len(text_json)
+            return b"%x\r\n%b%b%b\r\n" % (n, self.before_text, text_json, self.end)
+        n = self.num_fixed_bytes + len(text_json) + len(scheduled_at_json)
+        return b"%x\r\n%b%b%b%b%b\r\n" % (
+            n,
+            self.before_text,
+            text_json,
+            self.before_scheduled_at,
+            scheduled_at_json,
+            self.end,
+        )
+
+
+def _unframe(frame: bytes) -> bytes:
+    """The data of one HTTP/1.1 chunk (`size CRLF data CRLF`)."""
+    return frame[frame.index(b"\r\n") + 2 : -2]
 
 
 def write_now(resp: web.StreamResponse, data: bytes) -> None:
@@ -156,20 +264,24 @@ class StreamSink:
         state: RequestState,
         drop_after_tokens: int | None,
         head: bytes,
+        template: ChunkTemplate | None = None,
     ) -> None:
         self._writer = writer
         self._handle = handle
         self.state = state
         self._drop_after = drop_after_tokens
         self._head = head  # written before the first token (the chat role chunk)
+        self._template = template  # the common token chunk pre-encoded; None: never
         self._resp: web.StreamResponse | None = None
         self._transport: asyncio.Transport | None = None
-        self._data: bytes | None = None  # rendered by prepare, written by emit
+        # Rendered by prepare, written by emit: the chunk, framed as an HTTP/1.1
+        # chunk for the transport once `_is_framed` (then `_out_is_frame`).
+        self._out: bytes | None = None
+        self._out_is_frame = False
         self._is_chunked = False  # aiohttp frames this response's body in chunks
         # The headers are out and the body is chunked: emit may write framed chunks
-        # to the transport itself (`_frame`, made by prepare) instead of via aiohttp.
+        # to the transport itself (`_out`, framed by prepare) instead of via aiohttp.
         self._is_framed = False
-        self._frame: bytes | None = None
         self.queue: deque[bytes] = deque()
         self.is_finished = False  # the chunk with the finish reason went out
         self.is_settled = True  # the last chunk emitted has its timing recorded
@@ -190,7 +302,7 @@ class StreamSink:
     def close(self) -> None:
         """The handler is gone: write nothing more."""
         self._resp = self._transport = None
-        self._data = self._frame = None
+        self._out = None
 
     def detach(self) -> None:
         """Unlink from the request's handle (no reference cycle left for the GC)."""
@@ -209,6 +321,18 @@ class StreamSink:
     def _render(self, emission: Emission) -> None:
         writer = self._writer
         state = self.state
+        template = self._template
+        if template is not None and not self._head:
+            text_json = writer.assembler.advance_token(state, emission.output)
+            if text_json is not None:
+                scheduled_at_json = writer.scheduled_at_json(emission.scheduled_at)
+                if self._is_framed:
+                    self._out = template.frame(text_json, scheduled_at_json)
+                    self._out_is_frame = True
+                else:
+                    self._out = template.data(text_json, scheduled_at_json)
+                    self._out_is_frame = False
+                return
         text = writer.assembler.advance(state, emission)
         choice = writer._choice(state, text)
         if state.finish_reason is not None:
@@ -231,32 +355,38 @@ class StreamSink:
                 final["usage"] = usage(state, writer.report_cached)
                 data += b"data: " + msgspec.json.encode(final) + b"\n\n"
             data += SSE_DONE
-        self._data = data
         if self._is_framed:
-            self._frame = b"%x\r\n%b\r\n" % (len(data), data)
+            self._out = b"%x\r\n%b\r\n" % (len(data), data)
+            self._out_is_frame = True
+        else:
+            self._out = data
+            self._out_is_frame = False
 
     def emit(self) -> None:
-        data, self._data = self._data, None
-        if data is None or self.error is not None:
+        out = self._out
+        if out is None:
+            return
+        self._out = None
+        if self.error is not None:
             # After a failure (a dropped stream, a lost client) nothing more goes out,
             # though the engine may still produce tokens until the handler aborts it.
             return
-        frame, self._frame = self._frame, None
         self.is_settled = False
         resp, transport = self._resp, self._transport
         if resp is None or self.queue or transport is None or transport.get_write_buffer_size():
-            self.queue.append(data)
+            # aiohttp frames what the handler writes.
+            self.queue.append(_unframe(out) if self._out_is_frame else out)
             self._wake()
         else:
             try:
-                if frame is None:
-                    write_now(resp, data)
+                if not self._out_is_frame:
+                    write_now(resp, out)
                     # aiohttp sends the headers with the first chunk at the latest.
                     self._is_framed = self._is_chunked
                 elif transport.is_closing():
                     raise ConnectionResetError("the connection is closing")
                 else:
-                    transport.write(frame)
+                    transport.write(out)
             except ConnectionResetError as exc:
                 self._fail(exc)
                 return
@@ -314,6 +444,16 @@ class CompletionWriter:
         self.report_cached = report_cached_tokens
         self._on_first_token = on_first_token
         self._on_token_gap = on_token_gap
+        # The last `scheduled_at` encoded: every stream of a step shares it.
+        self._scheduled_at = float("nan")
+        self._scheduled_at_json = b""
+
+    def scheduled_at_json(self, scheduled_at: float) -> bytes:
+        """`scheduled_at` as JSON (msgspec's float format), encoded once per step."""
+        if scheduled_at != self._scheduled_at:
+            self._scheduled_at = scheduled_at
+            self._scheduled_at_json = msgspec.json.encode(scheduled_at)
+        return self._scheduled_at_json
 
     def _record_timing(self, handle: RequestHandle, state: RequestState, now: float) -> None:
         if handle.first_token_at is None:
@@ -375,7 +515,13 @@ class CompletionWriter:
             if parsed.continuous_usage_stats:
                 role["usage"] = usage(state, self.report_cached)  # 0 completion tokens yet
             head = b"data: " + msgspec.json.encode(role) + b"\n\n"
-        sink = StreamSink(self, handle, state, drop_after_tokens, head)
+        template = None
+        if not parsed.continuous_usage_stats:  # usage changes with every chunk
+            chunk = self._chunk(state, [self._choice(state, _TEXT_HOLE)])
+            if parsed.debug_timing:
+                chunk["headway_debug"] = {"scheduled_at": _SCHEDULED_AT_HOLE}
+            template = ChunkTemplate.cut(chunk)
+        sink = StreamSink(self, handle, state, drop_after_tokens, head, template)
         handle.sink = sink
         return sink
 

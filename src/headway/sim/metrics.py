@@ -8,12 +8,21 @@ Simulator-only extras use the `headway_sim:` prefix.
 
 from __future__ import annotations
 
+import bisect
+import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from headway.core.engine import Engine
 
@@ -34,6 +43,51 @@ class ReplicaCounters:
     num_aborted_requests: int = 0
     num_aborted_freed_blocks: int = 0
     num_injected_errors: int = 0
+
+
+class TokenHistogram(Collector):
+    """A histogram of one label set for observations made once per streamed token
+    (inter-token latency): `observe` is a bisect and two additions, where
+    prometheus_client's `Histogram.observe` takes two locks and walks the buckets in
+    Python (about 2 us, a few percent of the simulator's CPU per token).
+
+    Scraped as prometheus_client's `Histogram` is: the same bucket, count, sum and
+    `_created` samples (float values), from a custom collector. Observations come
+    from the one event loop (no lock). NaN is not observed (never a latency).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: dict[str, str],
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+        self._bounds = (*buckets, math.inf) if buckets[-1] != math.inf else buckets
+        self._le = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._created = time.time()
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        """Count `amount` in the first bucket whose upper bound is >= it."""
+        self._counts[bisect.bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=list(self._labels))
+        cumulative, acc = [], 0.0
+        for le, count in zip(self._le, self._counts, strict=True):
+            acc += count
+            cumulative.append((le, acc))
+        family.add_metric(list(self._labels.values()), cumulative, self._sum)
+        family.add_sample(self._name + "_created", dict(self._labels), self._created)
+        yield family
 
 
 class _EngineCollector(Collector):
@@ -152,10 +206,10 @@ class ReplicaMetrics:
             "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
             TTFT_BUCKETS_S,
         )  # fmt: skip
-        self.observe_itl = hist(
+        self.observe_itl = TokenHistogram(
             "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
-            ITL_BUCKETS_S,
-        )  # fmt: skip
+            labels, ITL_BUCKETS_S, self.registry,
+        ).observe  # fmt: skip
         self.observe_e2e = hist(
             "vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
             REQUEST_LATENCY_BUCKETS_S,

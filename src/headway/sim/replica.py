@@ -44,7 +44,7 @@ from headway.sim.faults import FaultConfig, FaultInjector
 from headway.sim.kv_publisher import KvEventPublisher
 
 
-@dataclass
+@dataclass(slots=True)
 class Emission:
     """Tokens for one request from one step, and when they were due (wall clock)."""
 
@@ -319,26 +319,30 @@ class Replica:
         """Render the step's streamed chunks ahead of its end; returns who gets what."""
         scheduled_at = self.wall_time(due)
         ready = []
-        for out in result.outputs:
-            handle = self._handles.get(out.request_id)
+        handles = self._handles
+        for out in result.outputs:  # per token: kept lean
+            handle = handles.get(out.request_id)
             if handle is None:
                 continue
             emission = Emission(out, scheduled_at)
-            if handle.sink is not None:
-                handle.sink.prepare(emission)
+            sink = handle.sink
+            if sink is not None:
+                sink.prepare(emission)
             ready.append((handle, emission))
             if out.finish_reason is not None:
                 # The engine freed it; the HTTP side drains its emissions and finishes.
-                self._handles.pop(out.request_id, None)
+                handles.pop(out.request_id, None)
         return ready
 
     def _emit(self, ready: list[tuple[RequestHandle, Emission]]) -> list[float]:
         """At the step's end: write every stream; returns when each write finished."""
-        written_at = []
+        written_at: list[float] = []
+        stamp, now = written_at.append, clock.now
         for handle, _ in ready:
-            if handle.sink is not None:
-                handle.sink.emit()
-                written_at.append(clock.now())
+            sink = handle.sink
+            if sink is not None:
+                sink.emit()
+                stamp(now())
         return written_at
 
     def _settle(
@@ -350,12 +354,12 @@ class Replica:
     ) -> None:
         """The step's bookkeeping, after its writes: lags, metrics, non-streamed
         requests, KV events."""
-        for t in written_at:
-            self.emission_lag.record(t - due)
+        self.emission_lag.record_all(written_at, due)
         now = written_at[-1] if written_at else clock.now()
         for handle, emission in ready:
-            if handle.sink is not None:
-                handle.sink.settle(now)
+            sink = handle.sink
+            if sink is not None:
+                sink.settle(now)
             else:
                 handle.push(emission)
         if result.events and self.publisher is not None:
