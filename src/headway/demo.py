@@ -26,14 +26,13 @@ from types import MappingProxyType
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from headway.bench.api import BenchConfig, BenchTarget, run_bench, write_results
 from headway.bench.report import TextTable, print_summary, rich_table, write_report
 from headway.cli_support import stop_on_first_sigint
-from headway.gateway.cli import stop_serving
+from headway.gateway.cli import start_serving, stop_serving
 from headway.gateway.config import GatewayConfigError, config_from_mapping
 from headway.gateway.server import Gateway
 from headway.routing.presets import PRESETS
@@ -150,17 +149,11 @@ async def serve_gateway(model: str, endpoints: list[str], preset: str) -> AsyncI
         {"pools": [{"model": model, "endpoints": endpoints, "routing": preset}]}
     )
     gateway = Gateway(config)
-    runner = web.AppRunner(
-        gateway.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
-    )
-    await runner.setup()
+    server = await start_serving(gateway, "127.0.0.1", 0)
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.port}"
     finally:
-        await stop_serving(runner, gateway, config.timeouts.drain_s)
+        await stop_serving(server, gateway, config.timeouts.drain_s)
 
 
 async def requests_per_endpoint(gateway_url: str) -> dict[str, int]:

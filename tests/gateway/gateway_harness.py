@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sim"))
 from sim_harness import scrape
 
 from headway.gateway.admin import make_admin_app
-from headway.gateway.cli import stop_serving
+from headway.gateway.cli import start_serving, stop_serving
 from headway.gateway.config import GatewayConfig, config_from_mapping
 from headway.gateway.server import Gateway
 
@@ -68,17 +68,8 @@ class InProcessGateway:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        runner = web.AppRunner(
-            self.gateway.make_app(),
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=1.0,
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-        self.url = f"http://127.0.0.1:{port}"
+        server = await start_serving(self.gateway, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{server.port}"
         admin_runner = None
         if self._with_admin:
             admin_runner = web.AppRunner(make_admin_app(self.gateway), shutdown_timeout=1.0)
@@ -90,7 +81,7 @@ class InProcessGateway:
         try:
             await self._stop.wait()
         finally:
-            await stop_serving(runner, self.gateway, self.config.timeouts.drain_s)
+            await stop_serving(server, self.gateway, self.config.timeouts.drain_s)
             if admin_runner is not None:
                 await admin_runner.cleanup()
 

@@ -1,7 +1,6 @@
-"""The completion routes' shortcut past aiohttp's router (`_route_completions_directly`):
-exactly `POST /v1/chat/completions` and `POST /v1/completions` skip it; every other
-request (query string, %-escapes, other methods and paths, `Expect`) is answered as
-the router answers it."""
+"""The gateway's routes on its lean front server (gateway/h1_server.py): which method
+and target reach which handler, what is sent upstream, and the 404/405/417 answers,
+through the standard library's HTTP client."""
 
 from __future__ import annotations
 
@@ -14,8 +13,6 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp import web
 from gateway_harness import InProcessGateway, ThreadedUpstream, pool
-
-from headway.gateway import server
 
 MODEL = "direct-model"
 _ANSWER = {
@@ -62,7 +59,7 @@ def gateway() -> Iterator[tuple[InProcessGateway, _Upstream]]:
 
 def _request(
     url: str, method: str, target: str, body: dict[str, Any] | None, headers: dict[str, str]
-) -> tuple[int, bytes]:
+) -> tuple[int, dict[str, str], bytes]:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
     try:
@@ -71,7 +68,7 @@ def _request(
             method, target, body=data, headers={"Content-Type": "application/json", **headers}
         )
         resp = conn.getresponse()
-        return resp.status, resp.read()
+        return resp.status, dict(resp.getheaders()), resp.read()
     finally:
         conn.close()
 
@@ -81,26 +78,29 @@ _TEXT = {"model": MODEL, "prompt": "hello", "max_tokens": 1}
 
 
 @pytest.mark.parametrize(
-    ("method", "target", "body", "headers", "status", "is_direct", "upstream_path"),
+    ("method", "target", "body", "headers", "status", "upstream_path", "allow"),
     [
-        ("POST", "/v1/chat/completions", _CHAT, {}, 200, True, "/v1/chat/completions"),
-        ("POST", "/v1/completions", _TEXT, {}, 200, True, "/v1/completions"),
-        # The router's answers, as before the shortcut.
-        ("POST", "/v1/chat/completions?x=1", _CHAT, {}, 200, False, "/v1/chat/completions"),
+        ("POST", "/v1/chat/completions", _CHAT, {}, 200, "/v1/chat/completions", None),
+        ("POST", "/v1/completions", _TEXT, {}, 200, "/v1/completions", None),
+        # The query string is not part of the route, nor sent upstream.
+        ("POST", "/v1/chat/completions?x=1", _CHAT, {}, 200, "/v1/chat/completions", None),
         (
             "POST",
             "/v1/chat/completions",
             _CHAT,
             {"Expect": "100-continue"},
             200,
-            False,
             "/v1/chat/completions",
+            None,
         ),
-        ("POST", "/v1/chat/completions", _CHAT, {"Expect": "something-else"}, 417, False, None),
-        ("POST", "/v1/chat%2Fcompletions", _CHAT, {}, 405, False, None),  # as before
-        ("POST", "/v1/chat/completions/", _CHAT, {}, 404, False, None),
-        ("GET", "/v1/chat/completions", None, {}, 405, False, None),
-        ("POST", "/v1/models", _CHAT, {}, 405, False, None),
+        ("POST", "/v1/chat/completions", _CHAT, {"Expect": "something-else"}, 417, None, None),
+        ("POST", "/v1/chat%2Fcompletions", _CHAT, {}, 404, None, None),
+        ("POST", "/v1/chat/completions/", _CHAT, {}, 404, None, None),
+        ("GET", "/v1/chat/completions", None, {}, 405, None, "POST"),
+        ("POST", "/v1/models", _CHAT, {}, 405, None, "GET, HEAD"),
+        ("GET", "/v1/models", None, {}, 200, None, None),
+        ("HEAD", "/health", None, {}, 200, None, None),
+        ("GET", "/nowhere", None, {}, 404, None, None),
     ],
     ids=[
         "chat",
@@ -110,66 +110,34 @@ _TEXT = {"model": MODEL, "prompt": "hello", "max_tokens": 1}
         "expect-other",
         "escaped-slash",
         "trailing-slash",
-        "get",
+        "get-completions",
         "post-to-models",
+        "models",
+        "head-health",
+        "unknown-path",
     ],
 )
-def test_only_exact_completion_posts_skip_the_router(
+def test_routes(
     gateway: tuple[InProcessGateway, _Upstream],
-    monkeypatch: pytest.MonkeyPatch,
     method: str,
     target: str,
     body: dict[str, Any] | None,
     headers: dict[str, str],
     status: int,
-    is_direct: bool,
     upstream_path: str | None,
+    allow: str | None,
 ) -> None:
     gw, upstream = gateway
-    resolved: list[str] = []
-    original = web.UrlDispatcher.resolve
-    gateway_host = urlsplit(gw.url).netloc
-
-    async def counting_resolve(self: web.UrlDispatcher, request: web.Request) -> Any:
-        if request.host == gateway_host:  # not the upstream's (same process)
-            resolved.append(request.raw_path)
-        return await original(self, request)
-
-    monkeypatch.setattr(web.UrlDispatcher, "resolve", counting_resolve)
     upstream.paths.clear()
-    got_status, data = _request(gw.url, method, target, body, headers)
+    got_status, got_headers, data = _request(gw.url, method, target, body, headers)
     assert got_status == status, data
-    assert resolved == ([] if is_direct else [target])
     assert upstream.paths == ([] if upstream_path is None else [upstream_path])
-    if status == 200:
+    assert got_headers.get("Allow") == allow
+    if method == "HEAD":
+        assert data == b""
+    elif status == 200 and upstream_path is not None:
         assert json.loads(data)["choices"][0]["message"]["content"] == "hi"
-    elif status != 417:  # aiohttp's expect handler answers without a body
+    elif status == 200:
+        assert json.loads(data)["data"][0]["id"] == MODEL
+    else:
         assert json.loads(data)["error"]["code"] == status
-
-
-@web.middleware
-async def _passthrough(request: web.Request, handler: Any) -> web.StreamResponse:
-    return await handler(request)  # type: ignore[no-any-return]
-
-
-async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    pass
-
-
-@pytest.mark.parametrize(
-    ("middlewares", "with_signal", "is_shortcut"),
-    [((), False, True), ((_passthrough,), False, False), ((), True, False)],
-    ids=["plain-app", "middleware", "response-prepare-signal"],
-)
-def test_no_shortcut_past_a_middleware_or_signal(
-    middlewares: tuple[Any, ...], with_signal: bool, is_shortcut: bool
-) -> None:
-    app = web.Application(middlewares=middlewares)
-    if with_signal:
-        app.on_response_prepare.append(_on_prepare)
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.Response()
-
-    server._route_completions_directly(app, {"/v1/completions": handler})
-    assert ("_handle" in vars(app)) is is_shortcut

@@ -47,6 +47,7 @@ from headway.gateway.config import (
     load_config,
     validate_endpoint,
 )
+from headway.gateway.h1_server import H1Server
 from headway.gateway.server import Gateway
 from headway.gateway.workers import Supervisor
 
@@ -347,7 +348,7 @@ async def serve(
     """Serve until SIGTERM/SIGINT; `worker`: this process's index under `--workers`
     (the port is then shared with SO_REUSEPORT)."""
     fleet = None
-    runner: web.AppRunner | None = None
+    server: H1Server | None = None
     admin_runner: web.AppRunner | None = None
     gateway: Gateway | None = None
     try:
@@ -373,23 +374,14 @@ async def serve(
             task.add_done_callback(reloads.discard)
 
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        runner = web.AppRunner(
-            gateway.make_app(),
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=_CLOSE_TIMEOUT_S,
-        )
-        await runner.setup()
-        site = web.TCPSite(
-            runner,
+        server = await start_serving(
+            gateway,
             config.listen.host,
             config.listen.port,
-            reuse_address=True,
             reuse_port=True if worker is not None else None,
         )
-        await site.start()
         _tune_gc()
-        port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+        port = server.port
         host = config.listen.host
         url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
         admin_url = None
@@ -443,8 +435,8 @@ async def serve(
         if admin_runner is not None:
             for admin_site in list(admin_runner.sites):
                 await admin_site.stop()
-        if runner is not None:
-            await stop_serving(runner, gateway, config.timeouts.drain_s)
+        if server is not None and gateway is not None:
+            await stop_serving(server, gateway, config.timeouts.drain_s)
         if admin_runner is not None:
             await admin_runner.cleanup()
         if fleet is not None:
@@ -472,17 +464,32 @@ async def _reload_on_signal(gateway: Gateway) -> None:
         log.exception("SIGHUP: reload failed; the running config keeps serving")
 
 
-async def stop_serving(runner: web.AppRunner, gateway: Gateway | None, drain_s: float) -> None:
-    """Stop accepting, let in-flight requests run up to `drain_s`, cancel the rest."""
-    for site in list(runner.sites):
-        await site.stop()
-    if gateway is not None:
-        num_cancelled = await gateway.drain(drain_s)
-        if num_cancelled:
-            log.warning(
-                "drain: cancelled %d request(s) still running after %s s", num_cancelled, drain_s
-            )
-    await runner.cleanup()
+async def start_serving(
+    gateway: Gateway, host: str, port: int, reuse_port: bool | None = None
+) -> H1Server:
+    """Start `gateway`'s collectors, then its client-facing server on `host`:`port`
+    (0: an ephemeral port, see `H1Server.port`)."""
+    await gateway.start()
+    server = gateway.make_server()
+    try:
+        await server.start(host, port, reuse_port=reuse_port)
+    except BaseException:
+        await gateway.close()
+        raise
+    return server
+
+
+async def stop_serving(server: H1Server, gateway: Gateway, drain_s: float) -> None:
+    """Stop accepting, let in-flight requests run up to `drain_s`, cancel the rest,
+    then close connections and the gateway's collectors."""
+    server.stop_accepting()
+    num_cancelled = await gateway.drain(drain_s)
+    if num_cancelled:
+        log.warning(
+            "drain: cancelled %d request(s) still running after %s s", num_cancelled, drain_s
+        )
+    await server.close(_CLOSE_TIMEOUT_S)
+    await gateway.close()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,13 +34,12 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import msgspec
-from aiohttp import web
 
 from headway.gateway.accounting import TENANT_HEADERS, AccessLog, RequestRecord, outcome_of
 from headway.gateway.admission import Admission, NoEndpoint, Rejected, Slot
@@ -52,6 +51,7 @@ from headway.gateway.discovery import (
     apply_endpoints,
     make_discovery,
 )
+from headway.gateway.h1_server import H1Server, HttpRequest, ResponseStream
 from headway.gateway.h1_transport import SchemeTransport
 from headway.gateway.health import HealthChecker
 from headway.gateway.kv_metrics import KvEventMetrics
@@ -70,7 +70,7 @@ from headway.gateway.transport import (
     UpstreamReadError,
     UpstreamResponse,
 )
-from headway.openai_errors import ApiError, error_response, sse_error_event
+from headway.openai_errors import ApiError, error_body, sse_error_event
 from headway.resources.tokenizer import default_tokenizer, load_tokenizer
 from headway.routing import PRESETS, Headers, KvBlockIndex, RequestContext
 
@@ -141,9 +141,6 @@ class _Attempt:
 
 class _ClientGone(Exception):
     """The client's connection broke while the gateway was writing to it."""
-
-    def __init__(self, response: web.StreamResponse) -> None:
-        self.response = response
 
 
 class _DeadlineTimer:
@@ -339,6 +336,7 @@ class Gateway:
         self._reload_lock = asyncio.Lock()
         # Reads the config file again for a reload (set by `headway serve --config`).
         self.config_loader: Callable[[], GatewayConfig] | None = None
+        self._routes = self._make_routes()
 
     def _make_scraper(self, config: GatewayConfig) -> MetricsScraper:
         return MetricsScraper(
@@ -497,39 +495,53 @@ class Gateway:
             await asyncio.wait(pending, timeout=5.0)
         return len(pending)
 
-    def make_app(self) -> web.Application:
-        """The gateway's routes. Every error the client sees is OpenAI-shaped JSON,
-        never a traceback, without a middleware (an aiohttp middleware wraps every
-        request in two more coroutines, a measurable share of a completion's CPU):
-        the completion handlers answer their own errors, the other routes are wrapped
-        in `_openai_errors`, and a catch-all route registered last answers unknown
-        paths (404) and known paths with another method (405)."""
-        app = web.Application(client_max_size=self.config.limits.max_body_bytes)
-        # The handler itself, not a method awaiting it: a coroutine less that every
-        # resumption of the request's task passes through.
-        completions = {
-            "/v1/chat/completions": partial(self._completion, is_chat=True),
-            "/v1/completions": partial(self._completion, is_chat=False),
-        }
-        for completion_path, handler in completions.items():
-            app.router.add_post(completion_path, handler)
-        app.router.add_get("/v1/models", _openai_errors(self.models))
-        app.router.add_get("/health", _openai_errors(self.health))
-        app.router.add_get("/ready", _openai_errors(self.ready))
-        app.router.add_get("/metrics", _openai_errors(self.metrics_handler))
-        app.router.add_post("/reset_prefix_cache", _openai_errors(self.reset_prefix_cache))
-        allowed: dict[str, set[str]] = {}
-        for route in app.router.routes():
-            path = route.resource.canonical if route.resource is not None else None
-            if path is not None:
-                allowed.setdefault(path, set()).add(route.method)
-        app.router.add_route("*", "/{path:.*}", _no_route(allowed))
-        app.on_startup.append(self._start_collectors)
-        app.on_cleanup.append(self._close_transport)
-        _route_completions_directly(app, completions)
-        return app
+    def make_server(self) -> H1Server:
+        """The client-facing HTTP server (docs/decisions/0004-front-server.md): every
+        request goes to `handle`. Call `start` before serving and `close` after."""
+        return H1Server(self.handle, max_body_bytes=self.config.limits.max_body_bytes)
 
-    async def _start_collectors(self, app: web.Application) -> None:
+    async def handle(self, request: HttpRequest) -> None:
+        """Route one request. Every error the client sees is OpenAI-shaped JSON, never a
+        traceback: the completion handlers answer their own errors (and count them),
+        the other routes' errors are answered here; unknown paths get 404, known paths
+        with another method 405 (with `Allow`)."""
+        methods = self._routes.get(request.path)
+        if methods is None:
+            request.error(404, "Not Found")
+            return
+        handler = methods.get(request.method)
+        if handler is None and request.method == "HEAD":
+            handler = methods.get("GET")
+        if handler is None:
+            allowed = ", ".join(sorted({*methods, "HEAD"} if "GET" in methods else methods))
+            request.error(405, "Method Not Allowed", headers={"Allow": allowed})
+            return
+        if request.path in _COMPLETION_PATHS:
+            await handler(request)
+            return
+        try:
+            if request.is_body_too_large:
+                raise ApiError(413, _too_large_message(request, self.config.limits.max_body_bytes))
+            await handler(request)
+        except ApiError as exc:
+            if not request.is_response_started:
+                request.error(exc.status, exc.message, exc.param)
+
+    def _make_routes(self) -> dict[str, dict[str, Callable[[HttpRequest], Awaitable[None]]]]:
+        return {
+            # The handler itself, not a method awaiting it: a coroutine less that every
+            # resumption of the request's task passes through.
+            "/v1/chat/completions": {"POST": partial(self._completion, is_chat=True)},
+            "/v1/completions": {"POST": partial(self._completion, is_chat=False)},
+            "/v1/models": {"GET": self.models},
+            "/health": {"GET": self.health},
+            "/ready": {"GET": self.ready},
+            "/metrics": {"GET": self.metrics_handler},
+            "/reset_prefix_cache": {"POST": self.reset_prefix_cache},
+        }
+
+    async def start(self) -> None:
+        """Start the collectors (health checks, scrapes, KV events, discovery)."""
         self._loop = asyncio.get_running_loop()
         tokenizer_path = self.config.prompt.tokenizer
         tokenizer = load_tokenizer(tokenizer_path) if tokenizer_path else default_tokenizer()
@@ -559,7 +571,8 @@ class Gateway:
                 log.exception("endpoint discovery failed; keeping the current endpoints")
             await asyncio.sleep(interval_s)
 
-    async def _close_transport(self, app: web.Application) -> None:
+    async def close(self) -> None:
+        """Stop the collectors and close upstream connections (after `drain`)."""
         if self._discovery_task is not None:
             await stop_tasks([self._discovery_task], None)
         await self.health_checker.stop()
@@ -591,30 +604,30 @@ class Gateway:
             children[1].set(self.kv_index.num_blocks(url))
 
     # -- simple endpoints ----------------------------------------------------------
-    async def models(self, request: web.Request) -> web.Response:
+    async def models(self, request: HttpRequest) -> None:
         data = [
             {"id": name, "object": "model", "created": self.started_at, "owned_by": "headway"}
             for pool in self.config.pools
             for name in pool.names
         ]
-        return _json({"object": "list", "data": data})
+        _json(request, {"object": "list", "data": data})
 
-    async def health(self, request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+    async def health(self, request: HttpRequest) -> None:
+        _json(request, {"status": "ok"})
 
-    async def ready(self, request: web.Request) -> web.Response:
+    async def ready(self, request: HttpRequest) -> None:
         empty = [p.model for p in self.config.pools if not p.endpoints]
         if empty:
-            return _json({"status": "not ready", "pools_without_endpoints": empty}, status=503)
-        return _json({"status": "ready"})
+            _json(request, {"status": "not ready", "pools_without_endpoints": empty}, status=503)
+            return
+        _json(request, {"status": "ready"})
 
-    async def metrics_handler(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.render(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    async def metrics_handler(self, request: HttpRequest) -> None:
+        request.respond(
+            200, self.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
-    async def reset_prefix_cache(self, request: web.Request) -> web.Response:
+    async def reset_prefix_cache(self, request: HttpRequest) -> None:
         """vLLM's dev route, fanned out: `POST /reset_prefix_cache` on every endpoint of
         every pool (not hosted `openai` ones); 200 when all succeeded, else 502 naming
         the ones that failed."""
@@ -639,8 +652,9 @@ class Gateway:
                 "param": None,
                 "code": 502,
             }
-            return _json(body, status=502)
-        return _json(body)
+            _json(request, body, status=502)
+            return
+        _json(request, body)
 
     async def _reset_one(self, url: str) -> str | None:
         """None when `url` reset its prefix cache, else why not."""
@@ -675,7 +689,7 @@ class Gateway:
         return None
 
     # -- completions ---------------------------------------------------------------
-    async def _completion(self, request: web.Request, *, is_chat: bool) -> web.StreamResponse:
+    async def _completion(self, request: HttpRequest, *, is_chat: bool) -> None:
         # With the loop given, no running-loop lookup (on 3.11 a getpid system call).
         task = asyncio.current_task(self._loop)
         if task is not None:
@@ -694,8 +708,13 @@ class Gateway:
         status = 500
         is_complete = True
         slot: Slot | None = None
+        # A whole response goes out after the accounting below: a client that reads
+        # the gateway's state right after its answer finds its slot released.
+        reply: _Reply | None = None
         try:
-            body = await _read_body(request, self.config.limits.max_body_bytes)
+            if request.is_body_too_large:
+                raise ApiError(413, _too_large_message(request, self.config.limits.max_body_bytes))
+            body = request.body
             req = parse_completion(body, is_chat=is_chat)
             rec.model = req.model
             rec.is_stream = req.is_stream
@@ -741,7 +760,7 @@ class Gateway:
                 # a retry's from its own start.
                 attempt = _Attempt(arrived_at if len(tried) == 1 else time.monotonic(), task)
                 try:
-                    resp = await self._proxy(
+                    reply = await self._proxy(
                         request,
                         req,
                         body,
@@ -752,9 +771,9 @@ class Gateway:
                         rec,
                         _route_header(route) if want_route else None,
                     )
-                    status = resp.status
+                    status = reply.status if reply is not None else 200
                     is_complete = attempt.outcome != "failure"
-                    return resp
+                    break
                 except _AttemptFailed as exc:
                     attempt.outcome = "failure"
                     failed = exc
@@ -788,29 +807,23 @@ class Gateway:
             status = 429
             rec.error = exc.reason
             headers = {**reply_headers, "Retry-After": str(exc.retry_after_s)}
-            return error_response(429, str(exc), headers=headers)
+            reply = _error_reply(429, str(exc), None, headers)
         except ApiError as exc:
             status = exc.status
             rec.error = exc.message
-            return error_response(exc.status, exc.message, exc.param, headers=reply_headers)
-        except _ClientGone as exc:
+            reply = _error_reply(exc.status, exc.message, exc.param, reply_headers)
+        except _ClientGone:
             status = 499  # the client went away mid-stream
-            return exc.response
         except asyncio.CancelledError:
             status = 499  # the client went away
             raise
-        except web.HTTPException as exc:  # e.g. from reading the body
-            if exc.status < 400:
-                raise
-            status = exc.status
-            rec.error = exc.reason
-            return error_response(exc.status, exc.reason, headers=reply_headers)
         except ConnectionResetError:
             raise
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             rec.error = "internal gateway error"
-            return error_response(500, rec.error, headers=reply_headers)
+            if not request.is_response_started:
+                reply = _error_reply(500, rec.error, None, reply_headers)
         finally:
             if slot is not None:
                 slot.release()  # hands the slot to the head of the queue, if any
@@ -819,6 +832,8 @@ class Gateway:
             rec.outcome = outcome_of(status, is_complete)
             self.metrics.request_done(rec)
             self.access_log.emit(rec)
+        if reply is not None:
+            request.respond(reply.status, reply.body, reply.headers, reply.content_type)
 
     async def _prompt_info(
         self, pool: PoolConfig, req: CompletionRequest, is_chat: bool
@@ -856,7 +871,7 @@ class Gateway:
             budget = self.retry_budgets[pool.model] = RetryBudget(pool.retry)
         return budget
 
-    def _session_id(self, request: web.Request) -> str | None:
+    def _session_id(self, request: HttpRequest) -> str | None:
         configured = self.config.prompt.session_header
         if configured is not None:
             value = request.headers.get(configured)
@@ -878,7 +893,7 @@ class Gateway:
 
     async def _proxy(
         self,
-        request: web.Request,
+        request: HttpRequest,
         req: CompletionRequest,
         body: bytes,
         route: Route,
@@ -887,7 +902,9 @@ class Gateway:
         attempt: _Attempt,
         rec: RequestRecord,
         route_header: str | None = None,
-    ) -> web.StreamResponse:
+    ) -> _Reply | None:
+        """Send the request to `route`'s endpoint; returns its whole answer for the
+        client, or None when the answer was a stream (relayed as it came)."""
         timeouts = self.config.timeouts
         total_deadline = arrived_at + timeouts.total_s if timeouts.total_s else None
         headers = {
@@ -932,7 +949,7 @@ class Gateway:
                 )
             is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
             if req.is_stream and upstream.status == 200 and is_sse:
-                resp, is_complete = await self._relay_stream(
+                is_complete = await self._relay_stream(
                     request,
                     req,
                     upstream,
@@ -944,7 +961,7 @@ class Gateway:
                     route_header,
                 )
                 attempt.outcome = "success" if is_complete else "failure"
-                return resp
+                return None
             deadline.at = total_deadline
             try:
                 data = await deadline.wait(upstream.read_all(_MAX_UPSTREAM_BODY_BYTES))
@@ -964,10 +981,11 @@ class Gateway:
             elif api_key is not None and api_key.encode() in data:
                 # A provider's 401 may quote the key it got; the client never sees it.
                 data = data.replace(api_key.encode(), _REDACTED.encode())
-            return web.Response(
-                status=upstream.status,
-                body=data,
-                headers=_response_headers(upstream.headers, request_id, route_header),
+            return _Reply(
+                upstream.status,
+                data,
+                _response_headers(upstream.headers, request_id, route_header),
+                None,  # the upstream's Content-Type is among its headers
             )
         finally:
             deadline.close()
@@ -976,7 +994,7 @@ class Gateway:
 
     async def _relay_stream(
         self,
-        request: web.Request,
+        request: HttpRequest,
         req: CompletionRequest,
         upstream: UpstreamResponse,
         route: Route,
@@ -985,15 +1003,14 @@ class Gateway:
         deadline: _Deadline,
         rec: RequestRecord,
         route_header: str | None = None,
-    ) -> tuple[web.StreamResponse, bool]:
-        """Relay SSE bytes as they come; True with the response when the upstream
-        stream ended cleanly. The client's response starts with the first relayed
-        bytes: an upstream that fails before them raises `_AttemptFailed` (retryable)."""
+    ) -> bool:
+        """Relay SSE bytes as they come; True when the upstream stream ended cleanly.
+        The client's response starts with the first relayed bytes: an upstream that
+        fails before them raises `_AttemptFailed` (retryable)."""
         timeouts = self.config.timeouts
         total_deadline = arrived_at + timeouts.total_s if timeouts.total_s else None
-        resp = web.StreamResponse(
-            status=200, headers=_response_headers(upstream.headers, request_id, route_header)
-        )
+        reply_headers = _response_headers(upstream.headers, request_id, route_header)
+        resp: ResponseStream | None = None
         sse = SseRelayFilter(strip_usage=req.must_strip_usage)
         idle_s = timeouts.idle_s
         last_at = 0.0
@@ -1022,8 +1039,8 @@ class Gateway:
                 is_counted = True
             now = time.monotonic()
             if out:
-                if not resp.prepared:
-                    await self._start_stream(request, resp)
+                if resp is None:
+                    resp = request.start_stream(200, reply_headers)
                 if last_at:
                     gaps.append(now - last_at)
                     if len(gaps) >= _MAX_PENDING_GAPS:  # bounded memory on long streams
@@ -1035,31 +1052,26 @@ class Gateway:
                 try:
                     await resp.write(out)
                 except ConnectionError:
-                    raise _ClientGone(resp) from None
+                    raise _ClientGone from None
             if idle_s:
                 deadline.at = _earliest(total_deadline, now + idle_s)
             else:
                 deadline.at = total_deadline
         if not is_counted:
             self._count_tokens(route, sse.usage, rec)
-        if error is not None and not resp.prepared:
+        if error is not None and resp is None:
             reason = "timeout" if error[0] == 504 else "read_error"
             raise _AttemptFailed(ApiError(*error), reason)
         try:
-            if not resp.prepared:
-                await self._start_stream(request, resp)
+            if resp is None:
+                resp = request.start_stream(200, reply_headers)
             if error is not None:
                 log.warning("request %s: %s", request_id, error[1])
                 await resp.write(sse_error_event(*error))
-            await resp.write_eof()
+            await resp.end()
         except ConnectionError:
-            raise _ClientGone(resp) from None
-        return resp, error is None
-
-    async def _start_stream(self, request: web.Request, resp: web.StreamResponse) -> None:
-        # No TCP_NODELAY here: aiohttp sets it on every connection it accepts
-        # (BaseProtocol.connection_made), so each relayed chunk goes out at once.
-        await resp.prepare(request)
+            raise _ClientGone from None
+        return error is None
 
     async def _error_detail(self, upstream: UpstreamResponse, deadline: float | None) -> str:
         try:
@@ -1104,73 +1116,22 @@ class Gateway:
 
 
 # -- helpers -------------------------------------------------------------------------
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_COMPLETION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
-_Completion = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
+class _Reply(NamedTuple):
+    """A whole response, written once the request's accounting is done."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] | None
+    content_type: str | None
 
 
-def _route_completions_directly(app: web.Application, handlers: Mapping[str, _Completion]) -> None:
-    """Hand a `POST` to exactly a completion path straight to its handler, without
-    `Application._handle` (~3% of a plain completion's instructions: the event loop
-    lookup, the router's coroutine, URL parsing, a match info built and frozen).
-
-    Everything else takes the application's own handler, unchanged: other paths and
-    methods, a target with a query string or %-escapes (the router matches those its
-    own way), and `Expect` headers (the router's expect handler answers them). What the
-    direct path skips is nothing these handlers use: they read no `match_info`, and an
-    app with a middleware or an `on_response_prepare` signal (at the time of this
-    call) gets no shortcut at all. aiohttp's server calls the application's `_handle`
-    (looked up when `AppRunner.setup` builds the server), so the shortcut is an
-    instance attribute over it; should a later aiohttp stop calling `_handle`, every
-    request simply takes the router again."""
-    app_handle: _Completion | None = getattr(app, "_handle", None)
-    if app_handle is None or app.middlewares or app.on_response_prepare:
-        return  # (a middleware or signal must see every request: no shortcut)
-
-    def handle(request: web.Request) -> Coroutine[Any, Any, web.StreamResponse]:
-        if request.method == "POST":
-            handler = handlers.get(request.raw_path)
-            if handler is not None and "Expect" not in request.headers:
-                return handler(request)
-        return app_handle(request)
-
-    app._handle = handle  # type: ignore[method-assign]  # see the docstring
-
-
-def _openai_errors(handler: _Handler) -> _Handler:
-    """`handler` with every error it raises answered as OpenAI-shaped JSON, never a
-    traceback (the completion handlers do this themselves)."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return error_response(exc.status, exc.reason)
-        except ApiError as exc:
-            return error_response(exc.status, exc.message, exc.param)
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.path)
-            return error_response(500, "internal gateway error")
-
-    return wrapped
-
-
-def _no_route(allowed: Mapping[str, set[str]]) -> _Handler:
-    """The catch-all route: 405 (with `Allow`) for a known path, else 404."""
-
-    async def no_route(request: web.Request) -> web.StreamResponse:
-        methods = allowed.get(request.path)
-        if methods:
-            exc = web.HTTPMethodNotAllowed(request.method, methods)
-            return error_response(exc.status, exc.reason, headers={"Allow": exc.headers["Allow"]})
-        return error_response(404, web.HTTPNotFound().reason)
-
-    return no_route
+def _error_reply(
+    status: int, message: str, param: str | None, headers: Mapping[str, str] | None
+) -> _Reply:
+    return _Reply(status, error_body(status, message, param), headers, "application/json")
 
 
 _NO_HEADERS = Headers()
@@ -1183,7 +1144,7 @@ def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, _REDACTED) if secret else text
 
 
-def _tenant(request: web.Request) -> str | None:
+def _tenant(request: HttpRequest) -> str | None:
     for name in TENANT_HEADERS:
         value = request.headers.get(name)
         if value:
@@ -1191,7 +1152,7 @@ def _tenant(request: web.Request) -> str | None:
     return None
 
 
-def _routing_headers(request: web.Request) -> Headers:
+def _routing_headers(request: HttpRequest) -> Headers:
     """The request headers routing sees: `traceparent` only (names lower-case)."""
     values = request.headers.getall("traceparent", ())
     if not values:
@@ -1199,13 +1160,11 @@ def _routing_headers(request: web.Request) -> Headers:
     return Headers(tuple(("traceparent", v) for v in values))
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"request body of {request.content_length} bytes is over the limit of {limit} bytes")  # fmt: skip
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, f"request body is over the limit of {limit} bytes") from None
+def _too_large_message(request: HttpRequest, limit: int) -> str:
+    length = request.headers.get("Content-Length")
+    if length is not None and length.isdigit():
+        return f"request body of {length} bytes is over the limit of {limit} bytes"
+    return f"request body is over the limit of {limit} bytes"
 
 
 def _response_headers(
@@ -1353,7 +1312,5 @@ async def _until(deadline: float | None, awaitable: Any) -> Any:
         raise _UpstreamTimeout from None
 
 
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=msgspec.json.encode(obj), content_type="application/json"
-    )
+def _json(request: HttpRequest, obj: Any, status: int = 200) -> None:
+    request.json(status, msgspec.json.encode(obj))
