@@ -22,7 +22,7 @@ from headway.sim.completions import (
 )
 from headway.sim.metrics import ITL_BUCKETS_S, TokenHistogram
 from headway.sim.protocol import ParsedRequest
-from headway.sim.replica import Emission, RequestHandle
+from headway.sim.replica import RequestHandle
 
 MODEL = "llama-3.1-8b"
 EOS = 0
@@ -102,7 +102,7 @@ def _stream(sink: StreamSink, tokens: list[int], is_chunked: bool) -> bytes:
         finish = FinishReason.LENGTH if n == len(tokens) else None
         out = TokenOutput("r", (token,), 3, n, 2, finish)
         # Times whose shortest repr varies in length.
-        sink.prepare(Emission(out, scheduled_at=1764398726.0 + n / 7))
+        sink.prepare(out, 1764398726.0 + n / 7)
         sink.emit()
     return b"".join(resp.written) + b"".join(transport.written)
 
@@ -132,9 +132,11 @@ def test_template_fills_in_what_msgspec_would_encode(is_chat: bool, token_id: in
     template = writer.attach_stream(RequestHandle("abc", 0.0), state, None)._template
     assert template is not None
     t = 1764398726.1 + token_id / 3
-    data = template.data(assembler.token_json(token_id), writer.scheduled_at_json(t))
+    text_json = assembler.token_json(token_id)
+    assert text_json is not None
+    data = template.data(text_json, writer.scheduled_at_json(t))
     assert data == _expected_chunk(is_chat, "abc", TEXTS[token_id], t)
-    frame = template.frame(assembler.token_json(token_id), writer.scheduled_at_json(t))
+    frame = template.frame(text_json, writer.scheduled_at_json(t))
     assert frame == b"%x\r\n%b\r\n" % (len(data), data)
 
 
@@ -183,6 +185,19 @@ def test_template_refuses_a_chunk_with_a_hole_in_a_field(
 ) -> None:
     sink = _sink(_parsed(False, debug_timing=debug_timing), "r1", True, model)
     assert (sink._template is not None) is is_templated
+
+
+def test_token_json_is_cached_and_never_eos() -> None:
+    calls: list[int] = []
+
+    def token_text(token_id: int) -> str:
+        calls.append(token_id)
+        return TEXTS[token_id]
+
+    assembler = TextAssembler(token_text, eos_token_id=EOS)
+    assert assembler.token_json(EOS) is None
+    assert assembler.token_json(2) == assembler.token_json(2) == b'"\\"quoted\\""'
+    assert calls == [2] and EOS not in assembler.token_json_cache
 
 
 def test_template_of_a_chunk_without_debug_timing() -> None:

@@ -23,7 +23,7 @@ from headway.sim.completions import RequestState, StreamSink, TextAssembler
 from headway.sim.config import SimConfig
 from headway.sim.fleet import TIMER_ENV, FleetConfigError, make_timer
 from headway.sim.protocol import ParsedRequest
-from headway.sim.replica import Emission, RequestHandle
+from headway.sim.replica import RequestHandle
 
 
 # -- LagHistogram -----------------------------------------------------------------
@@ -246,9 +246,9 @@ def _sink(parsed: ParsedRequest) -> tuple[StreamSink, FakeReplica]:
     return sink, replica
 
 
-def _emission(token: int, n: int, finish: FinishReason | None = None) -> Emission:
-    out = TokenOutput("r1", (token,), 3, n, 0, finish)
-    return Emission(out, scheduled_at=100.0 + n)
+def _emission(token: int, n: int, finish: FinishReason | None = None) -> tuple[TokenOutput, float]:
+    """A step's output for the sink and when it is due (wall clock)."""
+    return TokenOutput("r1", (token,), 3, n, 0, finish), 100.0 + n
 
 
 def _tokens(written: list[bytes]) -> list[str]:
@@ -266,7 +266,7 @@ async def test_sink_writes_in_order_through_a_full_buffer() -> None:
     plan = [(11, 1, 0), (12, 2, 4096), (13, 3, 0)]  # the 2nd finds the buffer full
     for token, n, buffered in plan:
         transport.buffered = buffered
-        sink.prepare(_emission(token, n, FinishReason.LENGTH if n == 3 else None))
+        sink.prepare(*_emission(token, n, FinishReason.LENGTH if n == 3 else None))
         sink.emit()
     # Direct write first; then the 2nd and (behind it, though the buffer emptied) the 3rd.
     assert _tokens(resp.written) == ["<11>"]
@@ -292,7 +292,7 @@ def test_sink_last_chunk_carries_the_end(parsed: ParsedRequest, expect_events: i
     sink, _ = _sink(parsed)
     resp = FakeResponse()
     sink.open(resp, FakeTransport())  # type: ignore[arg-type]
-    sink.prepare(_emission(11, 1, FinishReason.LENGTH))
+    sink.prepare(*_emission(11, 1, FinishReason.LENGTH))
     sink.emit()
     (data,) = resp.written
     events = [e for e in data.split(b"\n\n") if e]
@@ -306,7 +306,7 @@ def test_sink_stop_string_finishes_the_engine_request() -> None:
     resp = FakeResponse()
     sink.open(resp, FakeTransport())  # type: ignore[arg-type]
     for token, n in [(11, 1), (12, 2)]:
-        sink.prepare(_emission(token, n))
+        sink.prepare(*_emission(token, n))
         sink.emit()
     assert replica.finished == ["r1"]
     assert sink.is_finished
@@ -338,7 +338,7 @@ def test_sink_writes_framed_chunks_to_the_transport_once_headers_are_out(
     resp, transport = FakeResponse(), FakeTransport()
     sink.open(resp, transport, is_chunked)  # type: ignore[arg-type]
     for n in (1, 2, 3):
-        sink.prepare(_emission(10 + n, n, FinishReason.LENGTH if n == 3 else None))
+        sink.prepare(*_emission(10 + n, n, FinishReason.LENGTH if n == 3 else None))
         sink.emit()
     assert len(resp.written) == num_via_response
     assert len(transport.written) == 3 - num_via_response
@@ -352,10 +352,10 @@ def test_sink_fails_on_a_closing_transport() -> None:
     sink, _ = _sink(_parsed())
     resp, transport = FakeResponse(), FakeTransport()
     sink.open(resp, transport, True)  # type: ignore[arg-type]
-    sink.prepare(_emission(11, 1))
+    sink.prepare(*_emission(11, 1))
     sink.emit()
     transport.closing = True
-    sink.prepare(_emission(12, 2))
+    sink.prepare(*_emission(12, 2))
     sink.emit()
     assert isinstance(sink.error, ConnectionResetError)
     assert transport.written == [] and len(resp.written) == 1
@@ -363,7 +363,7 @@ def test_sink_fails_on_a_closing_transport() -> None:
 
 def test_sink_before_open_queues() -> None:
     sink, _ = _sink(_parsed())
-    sink.prepare(_emission(11, 1))
+    sink.prepare(*_emission(11, 1))
     sink.emit()
     assert len(sink.queue) == 1 and not sink.is_finished
 
@@ -482,15 +482,27 @@ class BrokenResponse(FakeResponse):
         raise ValueError("broken")
 
 
-@pytest.mark.parametrize("where", ["render", "write"], ids=["render", "write"])
+class BrokenAssembler:
+    def token_json(self, token_id: int) -> bytes:
+        raise ZeroDivisionError
+
+    def advance(self, state: RequestState, output: TokenOutput) -> str:
+        raise ZeroDivisionError
+
+
+@pytest.mark.parametrize(
+    ("where", "finish"),
+    [("render", None), ("render", FinishReason.LENGTH), ("write", None)],
+    ids=["render-template", "render-dict", "write"],
+)
 async def test_sink_failure_ends_the_request_not_the_loop(
-    where: str, monkeypatch: pytest.MonkeyPatch
+    where: str, finish: FinishReason | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sink, _ = _sink(_parsed())
     sink.open(BrokenResponse() if where == "write" else FakeResponse(), FakeTransport())  # type: ignore[arg-type]
     if where == "render":
-        monkeypatch.setattr(sink, "_render", lambda emission: 1 / 0)
-    sink.prepare(_emission(11, 1))  # must not raise: it runs in the engine loop
+        monkeypatch.setattr(sink._writer, "assembler", BrokenAssembler())
+    sink.prepare(*_emission(11, 1, finish))  # must not raise: it runs in the engine loop
     sink.emit()
     await asyncio.wait_for(sink.wait(), 1)  # the handler is woken to raise it
     assert isinstance(sink.error, ZeroDivisionError if where == "render" else ValueError)

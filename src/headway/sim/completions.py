@@ -37,7 +37,7 @@ from headway.core.engine import TokenOutput
 from headway.core.sequence import FinishReason
 from headway.sim import clock
 from headway.sim.protocol import ParsedRequest
-from headway.sim.replica import Emission, Replica, RequestHandle
+from headway.sim.replica import Replica, RequestHandle
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class RequestState:
     created: int
     model: str
     # The text so far. A stream without stop strings never reads it: its token chunks
-    # (`TextAssembler.advance_token`) leave it alone.
+    # (`StreamSink.prepare`'s template) leave it alone.
     text: str = ""
     num_output_tokens: int = 0
     num_cached_tokens: int = 0
@@ -100,36 +100,23 @@ class TextAssembler:
     def __init__(self, token_text: Callable[[int], str], eos_token_id: int) -> None:
         self._token_text = token_text
         self._eos = eos_token_id
-        # token id -> its text as a JSON string (quoted, escaped), as msgspec encodes it.
-        self._token_json: dict[int, bytes] = {}
+        # Token id -> its text as a JSON string (quoted, escaped) as msgspec encodes
+        # it; never EOS (no text). Read directly by the stream sinks.
+        self.token_json_cache: dict[int, bytes] = {}
 
-    def token_json(self, token_id: int) -> bytes:
-        """`token_id`'s text as a JSON string, encoded once per distinct id."""
-        data = self._token_json.get(token_id)
-        if data is None:
-            data = self._token_json[token_id] = msgspec.json.encode(self._token_text(token_id))
-        return data
-
-    def advance_token(self, state: RequestState, output: TokenOutput) -> bytes | None:
-        """`advance` for the common streamed case, without text: one token that is
-        not EOS, no finish, no stop strings to look for. Returns the token's text as a
-        JSON string; None (nothing applied) for any other case, which takes `advance`."""
-        ids = output.new_token_ids
-        if output.finish_reason is not None or len(ids) != 1 or state.parsed.stop:
-            return None
-        token_id = ids[0]
+    def token_json(self, token_id: int) -> bytes | None:
+        """`token_id`'s text as a JSON string, encoded once per distinct id; None for
+        EOS, which adds no text."""
         if token_id == self._eos:
             return None
-        state.num_output_tokens = output.num_output_tokens
-        state.num_cached_tokens = output.num_cached_tokens
-        data = self._token_json.get(token_id)
+        data = self.token_json_cache.get(token_id)
         if data is None:
-            data = self.token_json(token_id)
+            data = msgspec.json.encode(self._token_text(token_id))
+            self.token_json_cache[token_id] = data
         return data
 
-    def advance(self, state: RequestState, emission: Emission) -> str:
-        """Apply one emission; returns the new text to send (may be empty)."""
-        out = emission.output
+    def advance(self, state: RequestState, out: TokenOutput) -> str:
+        """Apply one step's output; returns the new text to send (may be empty)."""
         state.num_output_tokens = out.num_output_tokens
         state.num_cached_tokens = out.num_cached_tokens
         new = "".join(self._token_text(t) for t in out.new_token_ids if t != self._eos)
@@ -271,7 +258,12 @@ class StreamSink:
         self.state = state
         self._drop_after = drop_after_tokens
         self._head = head  # written before the first token (the chat role chunk)
-        self._template = template  # the common token chunk pre-encoded; None: never
+        # The common token chunk pre-encoded (None: every chunk from its dict); a
+        # stream with stop strings needs its text, so it never takes the template.
+        self._template = template if not state.parsed.stop else None
+        # What `prepare` fills in, once the head is out.
+        self._fast = self._template if not head else None
+        self._token_json = writer.assembler.token_json_cache
         self._resp: web.StreamResponse | None = None
         self._transport: asyncio.Transport | None = None
         # Rendered by prepare, written by emit: the chunk, framed as an HTTP/1.1
@@ -283,6 +275,7 @@ class StreamSink:
         # to the transport itself (`_out`, framed by prepare) instead of via aiohttp.
         self._is_framed = False
         self.queue: deque[bytes] = deque()
+        self._is_last = False  # the chunk rendered carries the finish reason
         self.is_finished = False  # the chunk with the finish reason went out
         self.is_settled = True  # the last chunk emitted has its timing recorded
         self.error: BaseException | None = None  # raised in the handler
@@ -309,36 +302,47 @@ class StreamSink:
         if self._handle.sink is self:
             self._handle.sink = None
 
-    def prepare(self, emission: Emission) -> None:
-        # Runs in the replica's engine loop: a failure here must end this request
-        # (in its handler), never the loop.
+    def prepare(self, output: TokenOutput, scheduled_at: float) -> None:
+        """Render the chunk of `output` (due at `scheduled_at`, wall clock) for `emit`.
+
+        Per token, in the replica's engine loop: the common chunk (one token with
+        text, no finish) is filled into the stream's template, touching as few
+        objects as it can; any other is encoded from its dict (`_render`). A failure
+        here must end this request (in its handler), never the loop."""
         try:
-            self._render(emission)
+            template = self._fast
+            if template is not None and output.finish_reason is None:
+                ids = output.new_token_ids
+                if len(ids) == 1:
+                    text_json = self._token_json.get(ids[0])
+                    if text_json is None:  # not seen yet, or EOS
+                        text_json = self._writer.assembler.token_json(ids[0])
+                    if text_json is not None:
+                        state = self.state
+                        state.num_output_tokens = output.num_output_tokens
+                        state.num_cached_tokens = output.num_cached_tokens
+                        time_json = self._writer.scheduled_at_json(scheduled_at)
+                        if self._is_framed:
+                            self._out = template.frame(text_json, time_json)
+                            self._out_is_frame = True
+                        else:
+                            self._out = template.data(text_json, time_json)
+                            self._out_is_frame = False
+                        return
+            self._render(output, scheduled_at)
         except Exception as exc:
             log.exception("rendering a chunk of %s failed", self._handle.request_id)
             self._fail(exc)
 
-    def _render(self, emission: Emission) -> None:
+    def _render(self, output: TokenOutput, scheduled_at: float) -> None:
         writer = self._writer
         state = self.state
-        template = self._template
-        if template is not None and not self._head:
-            text_json = writer.assembler.advance_token(state, emission.output)
-            if text_json is not None:
-                scheduled_at_json = writer.scheduled_at_json(emission.scheduled_at)
-                if self._is_framed:
-                    self._out = template.frame(text_json, scheduled_at_json)
-                    self._out_is_frame = True
-                else:
-                    self._out = template.data(text_json, scheduled_at_json)
-                    self._out_is_frame = False
-                return
-        text = writer.assembler.advance(state, emission)
+        text = writer.assembler.advance(state, output)
         choice = writer._choice(state, text)
         if state.finish_reason is not None:
             choice["finish_reason"] = state.finish_reason
             choice["stop_reason"] = state.stop_reason
-            if emission.output.finish_reason is None:
+            if output.finish_reason is None:
                 # A stop string ended it: the engine still holds the sequence.
                 writer.replica.finish(self._handle.request_id, FinishReason.STOP)
         parsed = state.parsed
@@ -346,10 +350,13 @@ class StreamSink:
         if parsed.continuous_usage_stats:
             chunk["usage"] = usage(state, writer.report_cached)
         if parsed.debug_timing:
-            chunk["headway_debug"] = {"scheduled_at": emission.scheduled_at}
+            chunk["headway_debug"] = {"scheduled_at": scheduled_at}
         data = self._head + b"data: " + msgspec.json.encode(chunk) + b"\n\n"
-        self._head = b""
+        if self._head:
+            self._head = b""
+            self._fast = self._template
         if state.finish_reason is not None:
+            self._is_last = True
             if parsed.include_usage:
                 final = writer._chunk(state, [])
                 final["usage"] = usage(state, writer.report_cached)
@@ -394,11 +401,10 @@ class StreamSink:
                 log.exception("writing a chunk of %s failed", self._handle.request_id)
                 self._fail(exc)
                 return
-        state = self.state
-        if state.finish_reason is not None:
+        if self._is_last:
             self.is_finished = True
             self._wake()
-        elif self._drop_after is not None and state.num_output_tokens >= self._drop_after:
+        elif self._drop_after is not None and self.state.num_output_tokens >= self._drop_after:
             self._fail(StreamDropped("fault injection: stream dropped"))
 
     def settle(self, now: float) -> None:
@@ -569,7 +575,7 @@ class CompletionWriter:
         while state.finish_reason is None:
             emission = await handle.next()
             self._record_timing(handle, state, clock.now())
-            self.assembler.advance(state, emission)
+            self.assembler.advance(state, emission.output)
             if state.finish_reason is not None and emission.output.finish_reason is None:
                 self.replica.finish(handle.request_id, FinishReason.STOP)
             if drop_after_tokens is not None and state.num_output_tokens >= drop_after_tokens:

@@ -55,8 +55,9 @@ class Emission:
 class EmissionSink(Protocol):
     """Where a streamed request's emissions go, in two phases per step."""
 
-    def prepare(self, emission: Emission) -> None:
-        """Render `emission` (before the step's end); may finish the request early."""
+    def prepare(self, output: TokenOutput, scheduled_at: float) -> None:
+        """Render `output`, due at `scheduled_at` (wall clock), before the step's end;
+        may finish the request early."""
 
     def emit(self) -> None:
         """Write what `prepare` rendered, now (the step's end); never blocks."""
@@ -315,7 +316,7 @@ class Replica:
                 if self.on_queue_time is not None:
                     self.on_queue_time(handle.scheduled_at - handle.arrived_at)
 
-    def _prepare(self, result: StepResult, due: float) -> list[tuple[RequestHandle, Emission]]:
+    def _prepare(self, result: StepResult, due: float) -> list[tuple[RequestHandle, TokenOutput]]:
         """Render the step's streamed chunks ahead of its end; returns who gets what."""
         scheduled_at = self.wall_time(due)
         ready = []
@@ -324,17 +325,16 @@ class Replica:
             handle = handles.get(out.request_id)
             if handle is None:
                 continue
-            emission = Emission(out, scheduled_at)
             sink = handle.sink
             if sink is not None:
-                sink.prepare(emission)
-            ready.append((handle, emission))
+                sink.prepare(out, scheduled_at)
+            ready.append((handle, out))
             if out.finish_reason is not None:
                 # The engine freed it; the HTTP side drains its emissions and finishes.
                 handles.pop(out.request_id, None)
         return ready
 
-    def _emit(self, ready: list[tuple[RequestHandle, Emission]]) -> list[float]:
+    def _emit(self, ready: list[tuple[RequestHandle, TokenOutput]]) -> list[float]:
         """At the step's end: write every stream; returns when each write finished."""
         written_at: list[float] = []
         stamp, now = written_at.append, clock.now
@@ -347,7 +347,7 @@ class Replica:
 
     def _settle(
         self,
-        ready: list[tuple[RequestHandle, Emission]],
+        ready: list[tuple[RequestHandle, TokenOutput]],
         written_at: list[float],
         result: StepResult,
         due: float,
@@ -356,12 +356,13 @@ class Replica:
         requests, KV events."""
         self.emission_lag.record_all(written_at, due)
         now = written_at[-1] if written_at else clock.now()
-        for handle, emission in ready:
+        scheduled_at = self.wall_time(due)
+        for handle, out in ready:
             sink = handle.sink
             if sink is not None:
                 sink.settle(now)
             else:
-                handle.push(emission)
+                handle.push(Emission(out, scheduled_at))
         if result.events and self.publisher is not None:
             self.publisher.publish(EventBatch(self.wall_time(due), result.events, 0))
         if self._on_step is not None:
