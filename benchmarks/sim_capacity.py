@@ -11,8 +11,10 @@ as late, and the share of early tokens is reported. For each time-scale it print
 the p50/p99 lag as a fraction of the step time (the request's scheduled inter-token
 gap), the p99 in ms, the server's own p99 write lag and engine-loop wake lag (`GET
 /debug/timing` over the measured window), the ITL distortion (measured mean ITL /
-scheduled mean ITL - 1), the simulator's CPU use; then the largest time-scale whose
-p99 lag stays <= 5% of step time.
+scheduled mean ITL - 1), the simulator's CPU use (cores, and microseconds of CPU per
+streamed token: the load fixes the tokens per second, so this is what a change to the
+simulator's hot path moves); then the largest time-scale whose p99 lag stays <= 5% of
+step time.
 
     .venv/bin/python benchmarks/sim_capacity.py --out benchmarks/results/sim_capacity.json
     .venv/bin/python benchmarks/sim_capacity.py --tiny     # CI smoke configuration
@@ -362,7 +364,8 @@ def main() -> None:
         args.time_scales, args.prompt_tokens, args.max_tokens = "0.1", 64, 32
     rows = []
     print(f"{'scale':>6} {'lag p50':>8} {'lag p99':>8} {'ms p99':>7} {'srv p99':>8} "
-          f"{'wake p99':>9} {'ITL dist':>9} {'early':>6} {'sim CPU':>8} {'tok/s':>8}")  # fmt: skip
+          f"{'wake p99':>9} {'ITL dist':>9} {'early':>6} {'sim CPU':>8} {'tok/s':>8} "
+          f"{'us/tok':>7}")  # fmt: skip
     if args.repeats < 1:
         ap.error("--repeats: must be >= 1")
     scales = [float(x) for x in args.time_scales.split(",")]
@@ -370,13 +373,15 @@ def main() -> None:
     for repeat, ts in ((i, ts) for i in range(args.repeats) for ts in scales):
         r = run_time_scale(args, ts)
         r["tokens_per_s"] = r["num_measured_tokens"] / (args.duration - args.warmup)
+        r["sim_cpu_us_per_token"] = r["sim_cpu_cores"] / max(r["tokens_per_s"], 1e-9) * 1e6
         r["repeat"] = repeat
         rows.append(r)
         print(f"{ts:>6.2f} {r['lag_frac_p50']:>8.1%} {r['lag_frac_p99']:>8.1%} "
               f"{r['lag_ms_p99']:>7.2f} {r['server_write_lag_ms_p99'] or 0:>8.2f} "
               f"{r['server_wake_lag_ms_p99'] or 0:>9.2f} "
               f"{r['itl_distortion']:>9.2%} {r['early_fraction']:>6.1%} "
-              f"{r['sim_cpu_cores']:>8.2f} {r['tokens_per_s']:>8.0f}", flush=True)  # fmt: skip
+              f"{r['sim_cpu_cores']:>8.2f} {r['tokens_per_s']:>8.0f} "
+              f"{r['sim_cpu_us_per_token']:>7.1f}", flush=True)  # fmt: skip
     per_scale = {
         ts: sorted(r["lag_frac_p99"] for r in rows if r["time_scale"] == ts) for ts in scales
     }
