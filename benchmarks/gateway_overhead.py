@@ -482,6 +482,7 @@ _COMPONENTS = (
     ("access log", ("gateway/accounting.py", "logging/")),
     ("timeouts (upstream deadline)", ("asyncio/timeouts.py", "_until (", "_Deadline.")),
     ("HTTP writes, both sides (aiohttp StreamWriter)", ("aiohttp/http_writer.py", "aiohttp/web_response.py")),
+    ("HTTP server (gateway/h1_server.py)", ("gateway/h1_server.py",)),
     ("upstream client (gateway/h1_transport.py, httptools)", ("gateway/h1_transport.py",
                                                               "httptools")),
     ("upstream client (aiohttp client)", ("aiohttp/client", "aiohttp/connector.py",
