@@ -516,7 +516,7 @@ def _profile(fleet: Fleet, py_spy: str, stream: bool, concurrency: int) -> dict[
     `Runner.run` says otherwise), which once made "the event loop" look like a third
     of the gateway's time at concurrency 1. Samples whose leaf is the poll are idle
     and dropped; C frames are then charged to their nearest Python caller."""
-    raw = fleet.tmp / f"profile-{stream}.txt"
+    raw = fleet.tmp / f"profile-{stream}.txt"  # (HEADWAY_KEEP_PROFILE=PATH: a copy kept)
     spy = subprocess.Popen(
         [py_spy, "record", "--pid", str(fleet.pids["headway"]), "--format", "raw",
          "--rate", "500", "--output", str(raw), "--native"],
@@ -530,6 +530,9 @@ def _profile(fleet: Fleet, py_spy: str, stream: bool, concurrency: int) -> dict[
         _, err = spy.communicate(timeout=60)
     if not raw.exists():
         return {"error": f"py-spy wrote no profile: {err.decode(errors='replace')[-500:]}"}
+    keep = os.environ.get("HEADWAY_KEEP_PROFILE")
+    if keep:
+        shutil.copyfile(raw, keep)
     self_time: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     by_component: collections.Counter[str] = collections.Counter()
