@@ -107,6 +107,7 @@ def test_streamed_request_record(gw: InProcessGateway, access_lines: _Lines) -> 
     assert rec["endpoint"] == gw.config.pools[0].endpoints[1]  # the healthy one
     assert rec["completion_tokens"] == 6 and rec["prompt_tokens"] > 0
     assert rec["ttft_ms"] > 0 and rec["tpot_ms"] > 0 and rec["e2e_ms"] >= rec["ttft_ms"]
+    assert 0 <= rec["routed_ms"] <= rec["ttft_ms"]  # before any byte came back
     assert rec["retries"] == len(rec["retry_reasons"])
     assert all(r == "connect_error" for r in rec["retry_reasons"])
     assert SECRET not in "".join(access_lines.lines)
@@ -152,6 +153,7 @@ def test_error_records(
     rec = _one(access_lines, request_id)
     assert (rec["status"], rec["outcome"]) == (status, outcome)
     assert rec["error"]
+    assert rec["routed_ms"] is None  # answered before any upstream was tried
 
 
 def test_metrics_histograms_by_model_and_endpoint(gw: InProcessGateway) -> None:

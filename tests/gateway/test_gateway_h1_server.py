@@ -258,10 +258,14 @@ async def test_streamed_response_reads_back_with_http_client(srv: Server) -> Non
     assert body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
 
 
+@pytest.mark.parametrize("keep_alive", [False, True], ids=["plain", "asks-keep-alive"])
 @pytest.mark.parametrize("path", ["/echo", "/stream"])
-async def test_http_10_client_gets_an_unframed_answer_and_a_close(srv: Server, path: str) -> None:
+async def test_http_10_client_gets_an_unframed_answer_and_a_close(
+    srv: Server, path: str, keep_alive: bool
+) -> None:
     reader, writer = await connect(srv.port)
-    writer.write(post(path, b"q", version="1.0"))
+    extra = "Connection: keep-alive\r\n" if keep_alive else ""
+    writer.write(post(path, b"q", extra, version="1.0"))
     status, headers, body = await read_response(reader)
     assert status == 200 and headers["connection"] == "close"
     assert "transfer-encoding" not in headers
@@ -278,6 +282,21 @@ async def test_client_disconnect_cancels_its_request(srv: Server) -> None:
     writer.close()
     async with asyncio.timeout(1.0):
         await srv.seen.cancelled.wait()
+
+
+async def test_request_cancelled_by_the_server_closes_without_an_answer(srv: Server) -> None:
+    reader, writer = await connect(srv.port)
+    writer.write(post("/hold", b""))
+    async with asyncio.timeout(DEADLINE_S):
+        while not srv.seen.requests:
+            await asyncio.sleep(0.005)
+    (conn,) = srv.server.connections
+    assert conn._task is not None
+    conn._task.cancel()  # what a drain does to requests still running at its deadline
+    async with asyncio.timeout(DEADLINE_S):
+        assert await reader.read() == b""  # no 500: the connection just ends
+    assert srv.seen.cancelled.is_set()
+    writer.close()
 
 
 async def test_slow_reader_pauses_the_stream(srv: Server) -> None:

@@ -75,6 +75,7 @@ class RequestRecord:
         "pool",
         "request_id",
         "retry_reasons",
+        "sent_at",
         "session",
         "status",
         "tenant",
@@ -97,6 +98,7 @@ class RequestRecord:
         self.num_completion_tokens: int | None = None
         self.arrived_at = arrived_at  # time.monotonic()
         self.arrived_wall_s = time.time()
+        self.sent_at: float | None = None  # the first upstream request began
         self.first_byte_at: float | None = None
         self.finished_at: float | None = None
         self.num_retries = 0
@@ -134,12 +136,15 @@ class RequestRecord:
         """The access-log line (latencies in milliseconds); `worker`: the process's
         index under `--workers`."""
         # The properties' arithmetic inlined: this runs once per request.
-        arrived_at, first_byte_at, finished_at = (
+        arrived_at, first_byte_at, finished_at, sent_at = (
             self.arrived_at,
             self.first_byte_at,
             self.finished_at,
+            self.sent_at,
         )
-        ttft_ms = tpot_ms = e2e_ms = None
+        ttft_ms = tpot_ms = e2e_ms = routed_ms = None
+        if sent_at is not None:
+            routed_ms = round((sent_at - arrived_at) * _MS_PER_S, 3)
         if finished_at is not None:
             e2e_ms = round((finished_at - arrived_at) * _MS_PER_S, 3)
         if first_byte_at is not None and self.is_stream:
@@ -166,6 +171,7 @@ class RequestRecord:
             ttft_ms,
             tpot_ms,
             e2e_ms,
+            routed_ms,
             self.num_retries,
             self.retry_reasons,
             worker,
@@ -195,6 +201,7 @@ class AccessLine(msgspec.Struct):
     ttft_ms: float | None
     tpot_ms: float | None
     e2e_ms: float | None
+    routed_ms: float | None  # arrival to the first upstream request: the gateway's own delay
     retries: int
     retry_reasons: list[str]
     worker: int | None

@@ -325,13 +325,15 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         headers = CIMultiDictProxy(CIMultiDict(self._header_pairs))
+        version = parser.get_http_version()
         request = HttpRequest(
             self,
             parser.get_method().decode("ascii", "replace"),
             self._url.decode("latin-1"),
-            parser.get_http_version(),
+            version,
             headers,
-            parser.should_keep_alive(),
+            # HTTP/1.0 connections close after one answer (no keep-alive negotiation).
+            version != "1.0" and parser.should_keep_alive(),
         )
         self._parsing = request
         if parser.should_upgrade():  # llhttp reads no body after an upgrade's head
@@ -405,33 +407,36 @@ class _Connection(asyncio.Protocol):
         self._task = self._loop.create_task(self._run(request))
 
     async def _run(self, request: HttpRequest) -> None:
+        is_cancelled = False
         try:
             if request.server_error is not None:
                 request.error(*request.server_error)
             else:
                 await self._server.handler(request)
         except asyncio.CancelledError:
-            pass  # the client went away, or the server is stopping
+            is_cancelled = True  # the client went away, or a drain ran out of time
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             if not request.is_response_started and not self.is_closed:
                 request.is_keep_alive = False
                 request.error(500, "internal gateway error")
         finally:
-            self._finish(request)
+            self._finish(request, is_cancelled)
 
-    def _finish(self, request: HttpRequest) -> None:
+    def _finish(self, request: HttpRequest, is_cancelled: bool = False) -> None:
         self._active = None
         self._task = None
         self.last_active_at = self._loop.time()
         if self.is_closed:
             return
         if request.state != _ENDED:
-            if request.state == _NOT_STARTED:
+            if request.state == _NOT_STARTED and not is_cancelled:
                 log.error("no response to %s %s", request.method, request.path)
                 request.is_keep_alive = False
                 request.error(500, "internal gateway error")
-            self.close()  # a stream cut short: the client sees the connection end
+            # A stream cut short, or a request cancelled before its answer: the
+            # client sees the connection end.
+            self.close()
             return
         if request.is_body_too_large:
             self._linger()

@@ -927,6 +927,8 @@ class Gateway:
         if req.is_stream and timeouts.ttft_s:
             first_deadline = _earliest(total_deadline, attempt.started_at + timeouts.ttft_s)
         deadline = _Deadline(first_deadline, attempt.task, self._deadline_timer)
+        if rec.sent_at is None:
+            rec.sent_at = time.monotonic()
         try:
             try:
                 upstream = await deadline.wait(self.transport.open(url, payload, headers))
