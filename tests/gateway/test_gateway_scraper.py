@@ -277,3 +277,57 @@ def test_large_page_is_read_whole() -> None:
         assert view is not None and view.metrics == CANNED["vllm-dp2-lora"][2]
     finally:
         upstream.stop()
+
+
+class NamedPages(ThreadedUpstream):
+    """A metrics endpoint that records each request's `name[]` list and answers as told:
+    `restricts` (only those series, as prometheus_client does), `ignores` (the whole page
+    whatever was asked, like llama.cpp), or `empties` (nothing when asked by name, like
+    a registry that cannot restrict)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.asked: list[list[str]] = []
+
+    def add_routes(self, app: web.Application) -> None:
+        async def metrics(request: web.Request) -> web.Response:
+            names = request.query.getall("name[]", [])
+            self.asked.append(names)
+            page = VLLM_PAGE
+            if names and self.mode == "restricts":
+                page = "".join(
+                    line + "\n"
+                    for line in VLLM_PAGE.splitlines()
+                    if line.split("{")[0].split(" ")[0] in names
+                )
+            elif names and self.mode == "empties":
+                page = ""
+            return web.Response(text=page, content_type="text/plain")
+
+        app.router.add_get("/metrics", metrics)
+
+
+@pytest.mark.parametrize(
+    ("mode", "asked_by_name"),
+    [("restricts", [True, True]), ("ignores", [True, True]), ("empties", [True, False, False])],
+    ids=["restricts", "ignores-the-query", "cannot-restrict"],
+)
+def test_scrapes_ask_for_the_adapters_series_by_name(mode: str, asked_by_name: list[bool]) -> None:
+    upstream = NamedPages(mode).start()
+    scraper = MetricsScraper({upstream.url: EngineKind.VLLM}, CollectorsConfig())
+
+    async def run() -> list[bool]:
+        try:
+            return [await scraper.scrape_once(upstream.url) for _ in range(2)]
+        finally:
+            await scraper.stop()
+
+    try:
+        assert asyncio.run(run()) == [True, True]
+        view = scraper.view(upstream.url)
+        assert view is not None and view.metrics == CANNED["vllm-dp2-lora"][2]
+        assert [bool(names) for names in upstream.asked] == asked_by_name
+        assert set(upstream.asked[0]) == set(ADAPTERS[EngineKind.VLLM].names)
+    finally:
+        upstream.stop()

@@ -6,7 +6,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sim_harness import MODEL, Fleet, chat_body, families, openai_client, poll, post, scrape
+from prometheus_client.parser import text_string_to_metric_families
+from sim_harness import MODEL, Fleet, chat_body, families, get, openai_client, poll, post, scrape
 
 GAUGES = ["vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"]
 COUNTERS = [
@@ -105,3 +106,20 @@ def test_preemption_under_kv_pressure(start_fleet: Any) -> None:
     )
     (info,) = families(fleet.url)["vllm:cache_config_info"].samples
     assert info.labels["num_gpu_blocks"] == "40"
+
+
+def test_page_restricted_by_name_like_prometheus_client(main_fleet: Fleet) -> None:
+    """`GET /metrics?name[]=...` answers only those series (sample names), as
+    prometheus_client's exposition apps (vLLM's /metrics) do; scrapers use it."""
+    names = ["vllm:num_requests_running", "vllm:prefix_cache_hits_total", "vllm:cache_config_info"]
+    query = "&".join(f"name[]={n}" for n in names)
+    resp = get(main_fleet.url, f"/metrics?{query}")
+    assert resp.status == 200
+    got = {
+        s.name
+        for family in text_string_to_metric_families(resp.body.decode())
+        for s in family.samples
+    }
+    assert got == set(names)
+    whole = scrape(main_fleet.url)
+    assert "vllm:time_to_first_token_seconds_count" in whole  # the plain page is whole

@@ -2,6 +2,13 @@
 series its engine adapter reads are parsed (engines.py), the result kept as that
 endpoint's latest `EngineMetrics`.
 
+The request asks for just those series (`/metrics?name[]=...`), which prometheus_client's
+exposition apps honour (vLLM and SGLang serve their pages with them; others ignore the
+query and send everything, which the line filter then drops): the engine does not render
+its histograms four times a second for a router that reads three gauges. An endpoint
+whose restricted page holds none of the series (e.g. a multiprocess registry that cannot
+restrict) is asked for the whole page from then on.
+
 Staleness (a state machine per endpoint, FRESH <-> STALE):
 
 * an endpoint is STALE when no scrape succeeded for more than
@@ -52,6 +59,7 @@ class ScrapeView:
 class _EndpointState:
     __slots__ = (
         "adapter",
+        "is_restricted",
         "is_stale",
         "last_error",
         "metrics",
@@ -64,6 +72,7 @@ class _EndpointState:
     def __init__(self, adapter: EngineAdapter) -> None:
         self.adapter = adapter
         self.pattern = adapter.line_filter()
+        self.is_restricted = True  # asks for its series by name (see the module docstring)
         self.metrics: EngineMetrics | None = None
         self.updated_at: float | None = None
         self.is_stale = False
@@ -143,14 +152,37 @@ class MetricsScraper:
 
     async def scrape_once(self, url: str) -> bool:
         """One scrape of `url`; True when it succeeded."""
+        state = self._states[url]
+        page = await self._fetch(url, state)
+        if page is None:
+            return False
+        try:
+            metrics = self.parse(url, page)
+            if state.is_restricted and metrics == _NOTHING:
+                state.is_restricted = False  # the engine could not restrict its page
+                log.info("%s/metrics: none of its series by name; reading whole pages", url)
+                page = await self._fetch(url, state)
+                if page is None:
+                    return False
+                metrics = self.parse(url, page)
+        except ValueError as exc:  # the strict parser rejects a malformed line
+            self.record_failure(url, f"unparsable page: {exc}")
+            return False
+        self.record_success(url, metrics)
+        return True
+
+    async def _fetch(self, url: str, state: _EndpointState) -> bytes | None:
+        """`url`'s metrics page (restricted to the adapter's series while the endpoint
+        allows it), or None after recording the failure."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
                 skip_auto_headers=("User-Agent",),
                 timeout=aiohttp.ClientTimeout(total=self.config.scrape_timeout_s),
             )
+        params = _series_params(state.adapter) if state.is_restricted else None
         try:
-            async with self._session.get(url + "/metrics") as resp:
+            async with self._session.get(url + "/metrics", params=params) as resp:
                 if resp.status != 200:
                     raise _ScrapeError(f"HTTP {resp.status}")
                 chunks: list[bytes] = []
@@ -160,17 +192,10 @@ class MetricsScraper:
                     if size > _MAX_PAGE_BYTES:
                         raise _ScrapeError(f"page over {_MAX_PAGE_BYTES} bytes")
                     chunks.append(chunk)
-                page = b"".join(chunks)
+                return b"".join(chunks)
         except (TimeoutError, aiohttp.ClientError, OSError, _ScrapeError) as exc:
             self.record_failure(url, repr(exc) if not isinstance(exc, _ScrapeError) else str(exc))
-            return False
-        try:
-            metrics = self.parse(url, page)
-        except ValueError as exc:  # the strict parser rejects a malformed line
-            self.record_failure(url, f"unparsable page: {exc}")
-            return False
-        self.record_success(url, metrics)
-        return True
+            return None
 
     # -- state -------------------------------------------------------------------
     def parse(self, url: str, page: bytes) -> EngineMetrics:
@@ -225,6 +250,13 @@ class MetricsScraper:
             log.info("metrics of %s are fresh again", url)
         if self._on_stale_change is not None:
             self._on_stale_change(url, is_stale)
+
+
+_NOTHING = EngineMetrics()  # a page without any series the adapter reads
+
+
+def _series_params(adapter: EngineAdapter) -> list[tuple[str, str]]:
+    return [("name[]", name) for name in adapter.names]
 
 
 class _ScrapeError(Exception):

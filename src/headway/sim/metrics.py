@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -193,7 +193,9 @@ class ReplicaMetrics:
         cache_info: dict[str, str],
         counters: ReplicaCounters,
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
+        # auto_describe: the registry learns every collector's series names when it
+        # registers it, so `render(names)` can restrict the page to those series.
+        self.registry = CollectorRegistry(auto_describe=True)
         labels = {"model_name": model_name, "engine": "0"}
         label_names = list(labels)
         self.registry.register(_EngineCollector(engine, labels, cache_info, counters))
@@ -227,5 +229,10 @@ class ReplicaMetrics:
             REQUEST_LATENCY_BUCKETS_S,
         )  # fmt: skip
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, names: Sequence[str] = ()) -> bytes:
+        """The exposition page; with `names`, only those series (sample names), as
+        prometheus_client's exposition apps answer `GET /metrics?name[]=...` (vLLM
+        serves its page with one): a scraper that asks for a few gauges does not have
+        every histogram rendered, on the loop that also runs the engine."""
+        registry = self.registry.restricted_registry(names) if names else self.registry
+        return generate_latest(registry)

@@ -306,7 +306,7 @@ class ReplicaServer:
 
     async def metrics_handler(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=self.metrics.render(),
+            body=self.metrics.render(request.query.getall("name[]", ())),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
