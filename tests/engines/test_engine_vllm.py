@@ -22,6 +22,7 @@ What is checked against vLLM itself (not against REFERENCE.md):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -37,6 +38,7 @@ from typing import Any
 import pytest
 import zmq
 from openai import OpenAI
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "engines"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
@@ -48,8 +50,11 @@ from sim_harness import families, get, poll, post, scrape
 
 from headway.core.kv_events import BlockStored, decode_batch
 from headway.core.tokenizer import ChatTemplate
+from headway.gateway.config import CollectorsConfig, EngineKind
+from headway.gateway.engines import ADAPTERS
 from headway.gateway.kv_subscriber import FirstBlockCheck
 from headway.gateway.prompt_blocks import precise_block_hashes
+from headway.gateway.scraper import MetricsScraper
 from headway.resources.tokenizer import load_tokenizer
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(300)]  # start-up ~1 min
@@ -506,3 +511,33 @@ def test_engine_first_block_hash_checks_agree_with_vllm(stack: Stack) -> None:
     )
     mismatches = _by_endpoint(stack.gateway.url, name, result="mismatch")
     assert not any(mismatches.values()), (mismatches, matches)
+
+
+def test_engine_vllm_metrics_asked_by_name_are_read(stack: Stack) -> None:
+    """The scraper asks for its adapter's series by name (`/metrics?name[]=...`, which
+    prometheus_client's exposition apps and the simulator honour). vLLM 0.32 ignores
+    the query and sends its whole page: the scraper reads its series from it all the
+    same, and keeps asking by name (an answer with none of them would switch it to
+    whole pages)."""
+    adapter = ADAPTERS[EngineKind.VLLM]
+    url = stack.replicas.replicas[0].url
+    query = "&".join(f"name[]={n}" for n in adapter.names)
+    page = get(url, f"/metrics?{query}").body.decode()
+    names = {s.name for f in text_string_to_metric_families(page) for s in f.samples}
+    assert "vllm:num_requests_running" in names and "vllm:cache_config_info" in names
+    assert "vllm:time_to_first_token_seconds_count" in names  # the whole page, as observed
+
+    scraper = MetricsScraper({url: EngineKind.VLLM}, CollectorsConfig())
+
+    async def once() -> bool:
+        try:
+            return await scraper.scrape_once(url)
+        finally:
+            await scraper.stop()
+
+    assert asyncio.run(once())
+    view = scraper.view(url)
+    assert view is not None and view.metrics is not None
+    assert view.metrics.num_running_requests is not None
+    assert view.metrics.block_size == stack.replicas.block_size
+    assert scraper._states[url].is_restricted  # still asking by name

@@ -3,11 +3,11 @@ series its engine adapter reads are parsed (engines.py), the result kept as that
 endpoint's latest `EngineMetrics`.
 
 The request asks for just those series (`/metrics?name[]=...`), which prometheus_client's
-exposition apps honour (vLLM and SGLang serve their pages with them; others ignore the
-query and send everything, which the line filter then drops): the engine does not render
-its histograms four times a second for a router that reads three gauges. An endpoint
-whose restricted page holds none of the series (e.g. a multiprocess registry that cannot
-restrict) is asked for the whole page from then on.
+exposition apps (and `headway sim`) honour: such an engine does not render its histograms
+four times a second for a router that reads three gauges. Engines that ignore the query
+(vLLM 0.32, llama.cpp) send the whole page, which the line filter then cuts down. An
+endpoint whose answer holds none of the series (e.g. a registry that cannot restrict) is
+asked for the whole page from then on.
 
 Staleness (a state machine per endpoint, FRESH <-> STALE):
 

@@ -231,8 +231,9 @@ class ReplicaMetrics:
 
     def render(self, names: Sequence[str] = ()) -> bytes:
         """The exposition page; with `names`, only those series (sample names), as
-        prometheus_client's exposition apps answer `GET /metrics?name[]=...` (vLLM
-        serves its page with one): a scraper that asks for a few gauges does not have
-        every histogram rendered, on the loop that also runs the engine."""
+        prometheus_client's exposition apps answer `GET /metrics?name[]=...`: a scraper
+        that asks for a few gauges does not have every histogram rendered on the loop
+        that also runs the engine (vLLM renders its page in the API server process,
+        away from the engine core, and ignores the query)."""
         registry = self.registry.restricted_registry(names) if names else self.registry
         return generate_latest(registry)
