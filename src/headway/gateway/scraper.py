@@ -1,6 +1,15 @@
-"""The metrics scraper: per endpoint, `GET /metrics` every `scrape_interval_s`, only the
-series its engine adapter reads are parsed (engines.py), the result kept as that
-endpoint's latest `EngineMetrics`.
+"""The metrics scraper: per endpoint, `GET /metrics` every `scrape_interval_s` (or less
+often, see below), only the series its engine adapter reads are parsed (engines.py),
+the result kept as that endpoint's latest `EngineMetrics`.
+
+A scrape costs the engine the time it takes to render its page, on the same server
+that streams its tokens (vLLM's API server renders ~52 KB with prometheus_client: 7.6
+ms of a vLLM-CPU replica's core per scrape, measured). So each endpoint's cadence
+follows what its answers cost: every `max(scrape_interval_s, cost / max_scrape_share)`
+seconds, capped at `max_scrape_interval_s`, where `cost` is a moving average of the
+scrape's response time (request sent to the last byte read; an engine busy serving
+answers later, and is scraped less often while it is). Failed scrapes leave it as it
+was.
 
 The request asks for just those series (`/metrics?name[]=...`), which prometheus_client's
 exposition apps (and `headway sim`) honour: such an engine does not render its histograms
@@ -12,8 +21,8 @@ asked for the whole page from then on.
 Staleness (a state machine per endpoint, FRESH <-> STALE):
 
 * an endpoint is STALE when no scrape succeeded for more than
-  `stale_after_intervals * scrape_interval_s` (counted from the scraper's start when
-  none ever succeeded); FRESH otherwise;
+  `stale_after_intervals` times its current interval (counted from the scraper's start
+  when none ever succeeded); FRESH otherwise;
 * it is evaluated after every attempt and whenever routing asks (`view`), on the
   injected clock, so a test can drive it with a fake clock;
 * each transition is logged once and sets the gauge
@@ -44,6 +53,17 @@ from headway.gateway.engines import ADAPTERS, EngineAdapter, EngineMetrics, filt
 log = logging.getLogger(__name__)
 
 _MAX_PAGE_BYTES = 16 * 1024 * 1024
+_COST_WEIGHT = 0.3  # of the newest response time in the moving average
+
+
+def scrape_interval_s(config: CollectorsConfig, cost_s: float | None) -> float:
+    """The interval between two scrapes of an endpoint whose scrapes take `cost_s`
+    (None: not known yet): `scrape_interval_s`, stretched so that scrapes take at most
+    `max_scrape_share` of the endpoint's time, capped at `max_scrape_interval_s`."""
+    interval = config.scrape_interval_s
+    if cost_s is None or config.max_scrape_share <= 0:
+        return interval
+    return min(config.max_scrape_interval_s, max(interval, cost_s / config.max_scrape_share))
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,8 @@ class ScrapeView:
 class _EndpointState:
     __slots__ = (
         "adapter",
+        "cost_s",
+        "interval_s",
         "is_restricted",
         "is_stale",
         "last_error",
@@ -69,8 +91,10 @@ class _EndpointState:
         "view",
     )
 
-    def __init__(self, adapter: EngineAdapter) -> None:
+    def __init__(self, adapter: EngineAdapter, interval_s: float) -> None:
         self.adapter = adapter
+        self.cost_s: float | None = None  # moving average of a scrape's response time
+        self.interval_s = interval_s  # the current interval between two scrapes
         self.pattern = adapter.line_filter()
         self.is_restricted = True  # asks for its series by name (see the module docstring)
         self.metrics: EngineMetrics | None = None
@@ -96,7 +120,7 @@ class MetricsScraper:
         self._clock = clock
         self._on_stale_change = on_stale_change
         self._states = {
-            url: _EndpointState(ADAPTERS[kind])
+            url: _EndpointState(ADAPTERS[kind], config.scrape_interval_s)
             for url, kind in targets.items()
             if ADAPTERS[kind].is_scraped
         }
@@ -108,9 +132,13 @@ class MetricsScraper:
     def endpoints(self) -> tuple[str, ...]:
         return tuple(self._states)
 
-    @property
-    def stale_after_s(self) -> float:
-        return self.config.stale_after_intervals * self.config.scrape_interval_s
+    def interval_s(self, url: str) -> float:
+        """`url`'s current interval between two scrapes (module docstring)."""
+        return self._states[url].interval_s
+
+    def stale_after_s(self, url: str) -> float:
+        """No successful scrape of `url` for longer than this: its metrics are stale."""
+        return self.config.stale_after_intervals * self._states[url].interval_s
 
     def adopt(self, old: MetricsScraper) -> None:
         """A reload: keep `old`'s last values for endpoints scraped by both with the
@@ -136,14 +164,16 @@ class MetricsScraper:
         self._session = None
 
     async def _loop(self, url: str, phase_s: float = 0.0) -> None:
-        interval = self.config.scrape_interval_s
+        state = self._states[url]
         loop = asyncio.get_running_loop()
         if phase_s > 0:
             await asyncio.sleep(phase_s)
         next_at = loop.time()
         while True:
             await self.scrape_once(url)
-            # Fixed cadence; a scrape slower than the interval skips ticks, never piles up.
+            # A steady cadence; a scrape slower than the interval skips ticks, never
+            # piles up.
+            interval = state.interval_s
             next_at += interval
             now = loop.time()
             if next_at < now:
@@ -181,6 +211,7 @@ class MetricsScraper:
                 timeout=aiohttp.ClientTimeout(total=self.config.scrape_timeout_s),
             )
         params = _series_params(state.adapter) if state.is_restricted else None
+        sent_at = time.perf_counter()  # a duration, not a time routing sees
         try:
             async with self._session.get(url + "/metrics", params=params) as resp:
                 if resp.status != 200:
@@ -192,7 +223,8 @@ class MetricsScraper:
                     if size > _MAX_PAGE_BYTES:
                         raise _ScrapeError(f"page over {_MAX_PAGE_BYTES} bytes")
                     chunks.append(chunk)
-                return b"".join(chunks)
+            self.record_cost(url, time.perf_counter() - sent_at)
+            return b"".join(chunks)
         except (TimeoutError, aiohttp.ClientError, OSError, _ScrapeError) as exc:
             self.record_failure(url, repr(exc) if not isinstance(exc, _ScrapeError) else str(exc))
             return None
@@ -210,6 +242,25 @@ class MetricsScraper:
             state.metrics = metrics
             state.version += 1
         self._evaluate(url, state, state.updated_at)
+
+    def record_cost(self, url: str, cost_s: float) -> None:
+        """A scrape of `url` took `cost_s` from request to last byte: update its
+        moving average and its interval (module docstring)."""
+        state = self._states[url]
+        state.cost_s = (
+            cost_s
+            if state.cost_s is None
+            else state.cost_s + _COST_WEIGHT * (cost_s - state.cost_s)
+        )
+        interval = scrape_interval_s(self.config, state.cost_s)
+        if interval > 1.5 * state.interval_s or interval < state.interval_s / 1.5:
+            log.info(
+                "%s: scraping every %.2f s (its scrapes take %.1f ms)",
+                url,
+                interval,
+                state.cost_s * 1000,
+            )
+        state.interval_s = interval
 
     def record_failure(self, url: str, error: str) -> None:
         state = self._states[url]
@@ -234,7 +285,7 @@ class MetricsScraper:
 
     def _evaluate(self, url: str, state: _EndpointState, now: float) -> None:
         since = state.updated_at if state.updated_at is not None else self._started_at
-        is_stale = now - since > self.stale_after_s
+        is_stale = now - since > self.config.stale_after_intervals * state.interval_s
         if is_stale == state.is_stale:
             return
         state.is_stale = is_stale
