@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from headway.core.block_hash import BlockHasher, BlockHashMemo
-from headway.core.block_pool import BlockPool
+from headway.core.block_pool import BlockPool, PrefixHit
 from headway.core.costmodel import SeqWork, StepCost
 from headway.core.kv_cache_manager import KvCacheManager
 from headway.core.kv_events import KvEvent
@@ -39,6 +39,8 @@ from headway.core.scheduler import Scheduler, SchedulerConfig
 from headway.core.sequence import EngineRequest, FinishReason, SeqStatus, Sequence
 
 StepCostFn = Callable[[Seq[SeqWork]], StepCost]
+
+_NO_PREFIX = PrefixHit(())
 
 
 class RequestError(ValueError):
@@ -109,6 +111,17 @@ class StepResult:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedRequest:
+    """What `add_request` computes for a request before it queues it (its prompt's
+    block hashes and its sampling key), computed ahead by `prepare_request`: the
+    simulator does it in a gap between step ends instead of inside a step."""
+
+    request: EngineRequest
+    block_hashes: tuple[bytes, ...]
+    sample_key: int
+
+
 @dataclass(frozen=True)
 class AbortResult:
     """A removed request: whether it existed and how many blocks became free at once."""
@@ -163,6 +176,9 @@ class Engine:
         self._jump_done = 0
         # (step, index in the batch) of each block allocation in the plan, in order.
         self._jump_allocs: list[tuple[int, int]] = []
+        # `step()` takes the decode fast path when it can (tests turn it off to
+        # compare it with the general path).
+        self.use_decode_fast_path = True
 
     # -- queries ----------------------------------------------------------------
     @property
@@ -219,17 +235,34 @@ class Engine:
                 f"prefill is disabled"
             )
 
-    def add_request(self, request: EngineRequest) -> None:
+    def prepare_request(self, request: EngineRequest) -> PreparedRequest:
+        """The hashing `add_request(request)` would do, done now (it changes nothing:
+        the prompt's block hashes and the sampling key depend only on the request and
+        the engine's configuration); pass the result to `add_request`."""
+        seq = Sequence(request, -1)
+        if request.prompt_block_hashes is not None:
+            seq.block_hashes = list(request.prompt_block_hashes)
+        self.kv.update_hashes(seq)
+        return PreparedRequest(
+            request, tuple(seq.block_hashes), self.sampler.key_for(request.prompt_token_ids)
+        )
+
+    def add_request(self, request: EngineRequest, prepared: PreparedRequest | None = None) -> None:
         """Queue `request` (the next `step` may schedule it); raises `RequestError`
-        as `check_request` does."""
+        as `check_request` does. `prepared`: `prepare_request(request)`'s result, if
+        it was prepared ahead (the same sequence results either way)."""
         self.check_request(request)
         self._jump_costs = ()
         seq = Sequence(request, self._arrivals)
         self._arrivals += 1
-        seq.sample_key = self.sampler.key_for(request.prompt_token_ids)
-        if request.prompt_block_hashes is not None:
-            seq.block_hashes = list(request.prompt_block_hashes)
-        self.kv.update_hashes(seq)
+        if prepared is not None and prepared.request is request:
+            seq.sample_key = prepared.sample_key
+            seq.block_hashes = list(prepared.block_hashes)
+        else:
+            seq.sample_key = self.sampler.key_for(request.prompt_token_ids)
+            if request.prompt_block_hashes is not None:
+                seq.block_hashes = list(request.prompt_block_hashes)
+            self.kv.update_hashes(seq)
         self._seqs[request.request_id] = seq
         if not request.ignore_eos:
             self._natural_len[request.request_id] = self.sampler.natural_length(seq.sample_key)
@@ -267,6 +300,10 @@ class Engine:
     # -- the step ---------------------------------------------------------------
     def step(self) -> StepResult:
         self._jump_costs = ()
+        if self.use_decode_fast_path:
+            result = self._decode_step()
+            if result is not None:
+                return result
         sched = self.scheduler.schedule()
         work = [SeqWork(s.num_new_tokens, s.num_context_tokens) for s in sched.scheduled]
         cost = self._step_cost(work)
@@ -330,6 +367,114 @@ class Engine:
             num_decode_tokens=num_decode,
             num_prefix_query_tokens=sched.num_prefix_query_tokens,
             num_prefix_hit_tokens=sched.num_prefix_hit_tokens,
+        )
+
+    def _decode_step(self) -> StepResult | None:
+        """`step()` for the common step of a busy engine, or None (changing nothing)
+        when it is not one: nothing waits, every running sequence has exactly one
+        token left to compute and is scheduled, and the blocks it needs are free (no
+        preemption). What it does, in what order, is what the scheduler and `step()`
+        do for such a step (allocation and scheduled caching in batch order first,
+        then sampling, hashing, caching and finishing in batch order), without the
+        per-sequence scheduling objects; tests/core/test_core_engine_decode_path.py
+        checks it against the general path."""
+        sched = self.scheduler
+        running = sched.running
+        if sched.waiting or not running or len(running) > sched.config.max_num_batched_tokens:
+            return None
+        bs = self.config.block_size
+        # Sequences with a block to allocate or a block to cache at scheduling time:
+        # rare (a block boundary), done in batch order before anything else.
+        edges: list[Sequence] = []
+        num_allocs = 0
+        for seq in running:
+            c = seq.num_computed_tokens
+            if seq.num_tokens - c != 1:
+                return None
+            if c >= len(seq.block_ids) * bs:
+                num_allocs += 1
+                edges.append(seq)
+            elif (c + 1) // bs > seq.num_cached_blocks:
+                edges.append(seq)
+        # One block each: with this many free, every allocation succeeds as the
+        # scheduler's would, so nothing is preempted.
+        if num_allocs > self.pool.num_free:
+            return None
+        kv = self.kv
+        for seq in edges:
+            c = seq.num_computed_tokens
+            if c >= len(seq.block_ids) * bs:
+                kv.allocate(seq, 1, _NO_PREFIX)
+            if (c + 1) // bs > seq.num_cached_blocks:
+                sched._cache_scheduled(seq, c + 1)
+        cost = self._step_cost([SeqWork(1, seq.num_computed_tokens) for seq in running])
+        counters = self.counters
+        sampler = self.sampler
+        eos = sampler.eos_token_id
+        token_at = sampler.token_at
+        natural_len = self._natural_len
+        max_model_len = self.config.max_model_len
+        outputs: list[TokenOutput] = []
+        finished: list[tuple[Sequence, FinishReason]] = []
+        num_prefill = num_decode = 0
+        for seq in running:
+            req = seq.request
+            num_prompt = seq.num_prompt_tokens
+            c = seq.num_computed_tokens
+            if c >= num_prompt:
+                num_decode += 1
+            else:  # the last token of a chunked prefill
+                num_prefill += 1
+            num_computed = seq.num_computed_tokens = c + 1
+            out_ids = seq.output_token_ids
+            pos = len(out_ids)
+            # `_sample`, then `_stop_reason`, inline.
+            rid = req.request_id
+            natural = None if req.ignore_eos else natural_len.get(rid)
+            token = (
+                eos if natural is not None and pos + 1 >= natural else token_at(seq.sample_key, pos)
+            )
+            out_ids.append(token)
+            num_tokens = seq.num_tokens = seq.num_tokens + 1
+            if num_tokens // bs > len(seq.block_hashes):
+                kv.update_hashes(seq)
+            if min(num_computed // bs, len(seq.block_hashes)) > seq.num_cached_blocks:
+                kv.cache_full_blocks(seq)
+            num_output = pos + 1
+            reason: FinishReason | None = None
+            if (not req.ignore_eos and token == eos) or token in req.stop_token_ids:
+                reason = FinishReason.STOP
+            elif num_output >= req.max_tokens or num_tokens >= max_model_len:
+                reason = FinishReason.LENGTH
+            if num_output == 1:
+                counters.num_prompt_tokens += num_prompt
+            cached = seq.num_cached_tokens
+            outputs.append(
+                TokenOutput(
+                    rid, (token,), num_prompt, num_output, cached if cached > 0 else 0, reason
+                )
+            )
+            if reason is not None:
+                finished.append((seq, reason))
+        # Finishing frees blocks: after every sequence's tokens, in batch order, as the
+        # general path's loop (which finishes each as it goes: nothing later in the
+        # loop reads the pool but caching, which a finish cannot affect) leaves it.
+        for seq, reason in finished:
+            self._finish(seq, reason)
+            counters.num_finished += 1
+        counters.num_generation_tokens += len(outputs)
+        counters.num_steps += 1
+        return StepResult(
+            duration_s=cost.duration_s,
+            cost=cost,
+            outputs=tuple(outputs),
+            preempted_ids=(),
+            admitted_ids=(),
+            events=tuple(self.pool.drain_events()),
+            num_prefill_tokens=num_prefill,
+            num_decode_tokens=num_decode,
+            num_prefix_query_tokens=0,
+            num_prefix_hit_tokens=0,
         )
 
     # -- decode jumps -------------------------------------------------------------

@@ -57,7 +57,13 @@ class DeterministicSampler:
         return max(self.min_output_tokens, int(length))
 
     def token_at(self, key: int, position: int) -> int:
-        return self.vocab[_mix64(key + position) % len(self.vocab)]
+        """The token at output `position` of the answer keyed `key` (`_mix64` inlined:
+        called once per generated token)."""
+        x = (key + position + 0x9E3779B97F4A7C15) & _MASK
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+        vocab = self.vocab
+        return vocab[(x ^ (x >> 31)) % len(vocab)]
 
     def tokens_at(self, key: int, start: int, count: int) -> list[int]:
         """`token_at(key, p)` for p in [start, start + count) (the mix inlined: a decode
