@@ -35,7 +35,7 @@ from aiohttp import web
 
 from headway.core.engine import TokenOutput
 from headway.core.sequence import FinishReason
-from headway.sim import clock
+from headway.sim import clock, trace
 from headway.sim.protocol import ParsedRequest
 from headway.sim.replica import Replica, RequestHandle
 
@@ -541,6 +541,8 @@ class CompletionWriter:
             await self.replica.wait_for_gap(
                 STREAM_OPEN_WORK_S, min(STREAM_OPEN_MAX_DEFER_S, self.replica.max_defer_s)
             )
+            if trace.ON:
+                trace.ev("o0", self.replica.index)
             await resp.prepare(request)
             transport = request.transport
             sock = transport.get_extra_info("socket") if transport else None
@@ -553,8 +555,12 @@ class CompletionWriter:
             while sink.queue:  # emitted while the response was being opened
                 await resp.write(sink.queue.popleft())
             sink.open(resp, transport, resp.headers.get("Transfer-Encoding") == "chunked")
+            if trace.ON:
+                trace.ev("o1", self.replica.index)
             while True:
                 await sink.wait()
+                if trace.ON and sink.queue:
+                    trace.ev("q", self.replica.index, len(sink.queue))
                 while sink.queue:
                     await resp.write(sink.queue.popleft())
                 if sink.error is not None:
@@ -564,6 +570,8 @@ class CompletionWriter:
             # Every token is out: closing the response (and the handler's bookkeeping
             # after it) can wait for a gap between the replicas' step ends.
             await self.replica.wait_for_gap(STREAM_END_WORK_S, STREAM_END_MAX_DEFER_S)
+            if trace.ON:
+                trace.ev("e0", self.replica.index)
         finally:
             sink.close()
             sink.detach()

@@ -9,13 +9,19 @@ Bookkeeping (metrics, non-streamed requests, KV events) follows the writes. Requ
 that arrive during a step join the next one, as on a real engine.
 
 All replicas of a process share one event loop, so one replica's work delays
-another's writes. Two rules keep that small:
+another's writes. These rules keep that small:
 * computing and rendering a step (deferrable: its end is scheduled from the previous
   step's end, not from when it was computed) waits, up to half the step (10 ms at
-  most), for a gap in which no other replica's step ends (`PreciseTimer.wait_for_gap`);
+  most), for a gap in which no other replica's step ends (`PreciseTimer.wait_for_gap`)
+  as wide as the work will take (an admission costs about as much again as a decode
+  step: the gap asked for counts the requests the step will admit); hashing the
+  prompts of requests that arrived (`Engine.prepare_request`) goes first, in a gap of
+  its own; work that gave up waiting still lets a wake-up already due go first;
 * a step's writes start early by half their usual duration, so they straddle the
   step's end instead of all trailing it (early counts as lag too); replicas whose
-  steps end closer than that share the time around the ends (`clock.EmitSlots`);
+  steps end closer than that share the time around the ends (`clock.EmitSlots`); the
+  loop sleeps once per step, until its slot, and a booking or release that moves the
+  slot moves the sleep (`SimTimer.move`);
 * garbage collections run in such gaps too (`clock.GcPacer`), not amid writes.
 
 Each step's end is scheduled from the previous step's scheduled end, not from when
@@ -35,10 +41,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from headway.core.engine import Engine, RequestError, StepResult, TokenOutput
+from headway.core.engine import Engine, PreparedRequest, RequestError, StepResult, TokenOutput
 from headway.core.kv_events import EventBatch
 from headway.core.sequence import EngineRequest, FinishReason
-from headway.sim import clock
+from headway.sim import clock, trace
 from headway.sim.clock import EmitSlots, LagHistogram, SimTimer
 from headway.sim.faults import FaultConfig, FaultInjector
 from headway.sim.kv_publisher import KvEventPublisher
@@ -142,13 +148,19 @@ class Replica:
         self._handles: dict[str, RequestHandle] = {}
         # Arrived, not yet in the engine: request id -> (request, arrival time).
         self._pending: dict[str, tuple[EngineRequest, float]] = {}
+        # Pending requests whose hashing is done (`Engine.prepare_request`).
+        self._prepared: dict[str, PreparedRequest] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._timer = timer
-        # Shared by the replicas on this loop (each its own if not given).
+        # Shared by the replicas on this loop (each its own if not given). While this
+        # replica sleeps for its slot, another's booking or release may move it.
         self._slots = slots if slots is not None else EmitSlots()
+        self._slots.watch(index, self._slot_moved)
+        self._slot_key = ("slot", index)
+        self._slot_start = 0.0
         # Offset that turns clock.now() into wall-clock time for emission stamps.
         self._wall_offset = time.time() - clock.now()
         self.model_time_s = 0.0
@@ -159,6 +171,9 @@ class Replica:
         self.emission_lag = LagHistogram()
         self._work_avg_s = 0.0  # how long computing and rendering a step takes
         self._work_s = 0.0  # the gap that work asks for
+        # What each request admitted adds to it, and what preparing one takes.
+        self._admit_avg_s = 0.0
+        self._prepare_avg_s = 0.0
         self._max_defer_s = 0.0  # how long the next step may be put off
         self._emit_avg_s = 0.0  # how long writing a step's chunks takes
 
@@ -210,11 +225,25 @@ class Replica:
         admitted = [rid for rid, (_, at) in self._pending.items() if at <= step_start]
         for rid in admitted:  # in arrival order (dicts keep insertion order)
             request, _ = self._pending.pop(rid)
-            self.engine.add_request(request)
+            self.engine.add_request(request, self._prepared.pop(rid, None))
+
+    def _prepare_pending(self) -> None:
+        """Hash the prompts of pending requests not yet prepared (what `add_request`
+        would do inside the step that admits them)."""
+        started_at = clock.now()
+        num = 0
+        for rid, (request, _) in self._pending.items():
+            if rid not in self._prepared:
+                self._prepared[rid] = self.engine.prepare_request(request)
+                num += 1
+        if num:
+            each_s = (clock.now() - started_at) / num
+            self._prepare_avg_s += 0.2 * (each_s - self._prepare_avg_s)
 
     def abort(self, request_id: str) -> int:
         """Drop a request now (client gone); returns KV blocks freed."""
         self._handles.pop(request_id, None)
+        self._prepared.pop(request_id, None)
         if self._pending.pop(request_id, None) is not None:
             self.engine.counters.num_aborted += 1  # counted like the engine's own aborts
             return 0
@@ -223,6 +252,7 @@ class Replica:
     def finish(self, request_id: str, reason: FinishReason) -> None:
         """End a request for a reason found outside the engine (a stop string)."""
         self._handles.pop(request_id, None)
+        self._prepared.pop(request_id, None)
         if self._pending.pop(request_id, None) is None:
             self.engine.finish_request(request_id, reason)
 
@@ -264,47 +294,94 @@ class Replica:
                 next_start = max(next_start, min(at for _, at in self._pending.values()))
             # Computing and rendering the next step can wait a little; a replica whose
             # step ends meanwhile cannot. Put it off while another step's end is near.
-            # So can a due garbage collection.
+            # So can a due garbage collection. Hashing the prompts of the requests it
+            # admits (the larger part of an admission) goes first, in a gap of its own.
+            give_up_at = clock.now() + self._max_defer_s
+            num_new = len(self._pending) - len(self._prepared)
+            if num_new > 0:
+                await self._timer.wait_for_gap(
+                    1.5 * num_new * self._prepare_avg_s + 5e-5, self._max_defer_s
+                )
+                if trace.ON:
+                    trace.ev("p0", self.index, num_new)
+                self._prepare_pending()
+                if trace.ON:
+                    trace.ev("p1", self.index)
             gc_generation = clock.GC_PACER.due()
             gc_s = 0.0 if gc_generation is None else clock.GC_PACER.duration_s[gc_generation]
-            await self._timer.wait_for_gap(self._work_s + gc_s, self._max_defer_s)
+            num_admits = sum(1 for _, at in self._pending.values() if at <= next_start)
+            await self._timer.wait_for_gap(
+                self._work_s + 1.5 * num_admits * self._admit_avg_s + gc_s,
+                max(0.0, give_up_at - clock.now()),
+            )
             if gc_generation is not None and clock.GC_PACER.due() is not None:
+                if trace.ON:
+                    trace.ev("g0", self.index, gc_generation)
                 clock.GC_PACER.collect(gc_generation)
+                if trace.ON:
+                    trace.ev("g1", self.index, gc_generation)
+            if trace.ON:
+                trace.ev("c0", self.index)
             started_at = clock.now()
             self._admit_pending(next_start)
+            if trace.ON:
+                trace.ev("ca", self.index)
             result = self.engine.step()
+            if trace.ON:
+                trace.ev("cs", self.index)
             self._note_admitted(result, next_start)
             self.model_time_s += result.duration_s
             real_s = result.duration_s / self.time_scale * self.faults.config.slowdown
             due = next_start + real_s
             ready = self._prepare(result, due)
-            # The gap asked for next time: this work's recent average with a margin.
-            self._work_avg_s += 0.2 * (clock.now() - started_at - self._work_avg_s)
+            if trace.ON:
+                trace.ev("c1", self.index, len(result.outputs), len(result.admitted_ids))
+            # The gap asked for next time: this work's recent average with a margin,
+            # and what each admission adds to it.
+            took_s = clock.now() - started_at
+            if result.admitted_ids:
+                each_s = max(0.0, took_s - self._work_avg_s) / len(result.admitted_ids)
+                self._admit_avg_s += 0.2 * (each_s - self._admit_avg_s)
+            else:
+                self._work_avg_s += 0.2 * (took_s - self._work_avg_s)
             self._work_s = 1.5 * self._work_avg_s + 5e-5
             self._max_defer_s = min(DEFER_FRACTION * real_s, MAX_DEFER_S)
             # The writes take a while: start them early by half that, so that they
             # straddle the step's end instead of all trailing it; if other replicas'
             # steps end close by, share the time around the ends with them
-            # (`EmitSlots`). Wake up early enough for a slot moved earlier, then wait
-            # for the slot as booked by then.
-            span_s = self._emit_avg_s
-            self._slots.book(self.index, due, span_s)
-            await self._timer.sleep_until(due - 1.5 * span_s - 5e-5)
-            start = self._slots.start_of(self.index)
-            await self._timer.sleep_until(start)
+            # (`EmitSlots`): one sleep, moved by `_slot_moved` while the slots
+            # around it change.
+            self._slots.book(self.index, due, self._emit_avg_s)
+            self._slot_start = self._slots.start_of(self.index)
+            await self._timer.sleep_until(self._slot_start, key=self._slot_key)
+            start = self._slot_start
             now = clock.now()
+            if trace.ON:
+                trace.ev("w0", self.index, start, due)
             lag = now - start
             self.wake_lag.record(lag)
             self.max_observed_lag_s = max(self.max_observed_lag_s, lag)
             next_start = now + (due - start) if lag > self.max_lag_s else due
             written_at = self._emit(ready)
+            if trace.ON:
+                trace.ev("w1", self.index, len(written_at), real_s)
             self._slots.release(self.index)
             if written_at:
                 self._emit_avg_s += 0.2 * (written_at[-1] - now - self._emit_avg_s)
             # Other replicas' writes before this one's bookkeeping and next step: the
             # bookkeeping waits while another step's end is near or its writes are due.
             await self._timer.wait_for_gap(SETTLE_WORK_S, SETTLE_MAX_DEFER_S)
+            if trace.ON:
+                trace.ev("s0", self.index)
             self._settle(ready, written_at, result, due)
+            if trace.ON:
+                trace.ev("s1", self.index)
+
+    def _slot_moved(self, start: float) -> None:
+        """Another replica's booking or release moved this one's slot: move the sleep
+        for it, unless it is over."""
+        if self._timer.move(self._slot_key, start):
+            self._slot_start = start
 
     def _note_admitted(self, result: StepResult, started_at: float) -> None:
         for rid in result.admitted_ids:

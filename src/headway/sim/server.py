@@ -19,7 +19,7 @@ from headway.core.sequence import EngineRequest
 from headway.core.tokenizer import ChatTemplate
 from headway.openai_errors import ApiError, decode_json_object, error_response
 from headway.resources.tokenizer import HfTokenizer
-from headway.sim import clock
+from headway.sim import clock, trace
 from headway.sim.completions import (
     CompletionWriter,
     RequestState,
@@ -164,6 +164,8 @@ class ReplicaServer:
 
     async def _complete(self, request: web.Request, is_chat: bool) -> web.StreamResponse:
         received_at = clock.now()
+        if trace.ON:
+            trace.ev("h0", self.replica.index)
         faults = self.replica.faults
         if faults.config.hang:
             await asyncio.Event().wait()  # until the client gives up
@@ -211,6 +213,8 @@ class ReplicaServer:
         except RequestError as exc:
             status = 409 if "already in the engine" in str(exc) else 400
             raise ApiError(status, str(exc)) from None
+        if trace.ON:
+            trace.ev("h1", self.replica.index)
         prefix = "chatcmpl-" if is_chat else "cmpl-"
         state = RequestState(parsed, prefix + request_id, int(time.time()), parsed.model)
         state.front_end_at = front_end_at
@@ -247,6 +251,8 @@ class ReplicaServer:
         if handle.scheduled_at is not None and handle.first_token_at is not None:
             self.metrics.observe_prefill(handle.first_token_at - handle.scheduled_at)
             self.metrics.observe_decode(now - handle.first_token_at)
+        if trace.ON:
+            trace.ev("e1", self.replica.index)
         return resp
 
     async def _front_end(self, received_at: float) -> float | None:
