@@ -159,20 +159,32 @@ def test_error_records(
 def test_metrics_histograms_by_model_and_endpoint(gw: InProcessGateway) -> None:
     body = {"model": MODEL, "prompt": "y", "max_tokens": 5, "ignore_eos": True, "stream": True}
     assert post(gw.url, "/v1/completions", body).status == 200
-    fams = families(gw.url)
     healthy = gw.config.pools[0].endpoints[1]
-    for name in (
+    names = (
         "headway_gateway_ttft_seconds",
         "headway_gateway_tpot_seconds",
         "headway_gateway_inter_token_latency_seconds",
         "headway_gateway_e2e_seconds",
-    ):
-        counts = [
-            s.value
-            for s in fams[name].samples
-            if s.name == name + "_count" and s.labels == {"model": MODEL, "endpoint": healthy}
+    )
+
+    def counts(fams: Any) -> list[float]:
+        return [
+            sum(
+                s.value
+                for s in fams[name].samples
+                if s.name == name + "_count" and s.labels == {"model": MODEL, "endpoint": healthy}
+            )
+            for name in names
         ]
-        assert counts and counts[0] >= 1, name
+
+    # A stream's latency histograms are recorded once its last bytes are out, so a
+    # client that saw the end may ask a moment before they are.
+    fams = poll(
+        lambda: families(gw.url),
+        lambda f: min(counts(f)) >= 1,
+        deadline_s=10,
+        what="latency histograms of the streamed request",
+    )
     tokens = {
         s.labels["kind"]: s.value
         for s in fams["headway_gateway_tokens"].samples
