@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +172,63 @@ def test_bench_real_engines_smoke(tmp_path: Path) -> None:
         assert run["cache_demand_tokens"] > 0
         assert set(doc["summary"][arm]) >= {"ttft_p90_ms", "cached_share", "output_tokens_per_s"}
     assert doc["runs"]["headway kv-aware"][0]["cached_share"] > 0
+
+
+def _arm(p90: tuple[float, float, float], share: tuple[float, float, float]) -> dict[str, Any]:
+    def stat(v: tuple[float, float, float]) -> dict[str, float]:
+        return {"mean": v[0], "min": v[1], "max": v[2]}
+
+    return {"ttft_p90_ms": stat(p90), "cached_share": stat(share)}
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "expected"),
+    [
+        # p90 (mean, min, max), cached share (mean, min, max)
+        (((200, 190, 210), (0.85, 0.84, 0.86)), ((250, 220, 280), (0.80, 0.78, 0.83)),
+         {"p90": (True, True), "share": (True, True), "met": True}),
+        (((200, 190, 230), (0.85, 0.84, 0.86)), ((250, 220, 280), (0.80, 0.78, 0.83)),
+         {"p90": (True, False), "share": (True, True), "met": False}),
+        (((200, 190, 210), (0.85, 0.82, 0.86)), ((250, 220, 280), (0.80, 0.78, 0.83)),
+         {"p90": (True, True), "share": (True, False), "met": False}),
+        (((260, 250, 270), (0.79, 0.79, 0.79)), ((250, 220, 280), (0.80, 0.78, 0.83)),
+         {"p90": (False, False), "share": (False, False), "met": False}),
+    ],
+    ids=["met", "p90-ranges-overlap", "share-ranges-overlap", "behind"],
+)  # fmt: skip
+def test_bench_real_engines_target_check(
+    ours: tuple[Any, Any], theirs: tuple[Any, Any], expected: dict[str, Any]
+) -> None:
+    summary = {
+        "headway kv-aware": _arm(*ours),
+        "sglang-router cache_aware": _arm(*theirs),
+        "headway round-robin": _arm((900, 800, 1000), (0.5, 0.4, 0.6)),
+    }
+    got = bench.target_check(summary)
+    assert (got["ttft_p90_ms"]["is_best_mean"], got["ttft_p90_ms"]["is_beyond_spread"]) == expected[
+        "p90"
+    ]
+    assert (
+        got["cached_share"]["is_best_mean"],
+        got["cached_share"]["is_beyond_spread"],
+    ) == expected["share"]
+    assert got["is_met"] is expected["met"]
+    assert bench.target_check({"headway kv-aware": _arm(*ours)}) == {}
+
+
+def test_bench_real_engines_extra_headway_arms() -> None:
+    args = bench.parse_args(
+        ["--arms", "", "--headway-arm",
+         'slow={"routing": "kv-aware", "collectors": {"scrape_interval_s": 2}}',
+         "--headway-arm", 'rr={"routing": "round-robin"}']
+    )  # fmt: skip
+    slow, rr = args.extra_arms
+    assert (slow.label, slow.collectors, slow.uses_kv_events) == (
+        "headway slow",
+        {"scrape_interval_s": 2},
+        True,
+    )
+    assert (rr.label, rr.routing, rr.uses_kv_events) == ("headway rr", "round-robin", False)
+    for bad in ("x", "x=notjson", 'x={"routing": "kv-aware", "oops": 1}', "={}"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--headway-arm", bad])
