@@ -21,9 +21,6 @@ Invariants:
   another share one hand-off (one thread wake-up and one loop wake-up for all).
 * `wake_bias_s` learns only from wake-ups that were due on their own, never from ones
   batched early, and stays within [0, `max_wake_bias_s`] (default 0.5 ms).
-* A sleeper given a `key` can be moved (`move`) until it is handed over: its old heap
-  entry becomes stale (skipped, never woken, never a deadline) and a new one takes
-  its place; `sleep_until` then returns at the moved deadline, never before it.
 
 All times are readings of the timer's clock (default `time.perf_counter()`, which is
 CLOCK_MONOTONIC on Linux, like `time.monotonic()`).
@@ -37,7 +34,7 @@ import itertools
 import signal
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable
 
 now = time.perf_counter
 
@@ -56,17 +53,12 @@ def _learned_bias(bias_s: float, error_s: float, max_bias_s: float) -> float:
 
 class _GapWaits:
     """What both timers share for deferrable work: the next deadline sleeper's fire time
-    and `wait_for_gap`; and for sleepers that may move (`move`). A timer keeps `_heap`
-    entries (fire at, seq, future, is deadline), `_fired` (deadline sleepers woken, not
-    yet returned), `_stale` (seqs of entries replaced by a move), `_keyed` (key ->
-    [deadline], seq, future, is deadline of a movable sleeper) and calls `_returned`
-    when a deadline sleeper returns."""
+    and `wait_for_gap`. A timer keeps `_heap` entries (fire at, seq, future, is
+    deadline), `_fired` (deadline sleepers woken, not yet returned) and calls
+    `_returned` when a deadline sleeper returns."""
 
     _heap: list[tuple[float, int, asyncio.Future[bool], bool]]
     _fired: set[asyncio.Future[bool]]
-    _stale: set[int]
-    _keyed: dict[Hashable, tuple[list[float], int, asyncio.Future[bool], bool]]
-    _seq: Iterator[int]
     _gap_waiters: list[asyncio.Future[None]]
     _loop: asyncio.AbstractEventLoop
     _clock: Callable[[], float]
@@ -77,47 +69,10 @@ class _GapWaits:
         """When the earliest pending deadline sleeper will be woken, if any."""
         # No lock: copying the list is atomic under the GIL, and taking the lock here
         # would make the loop wait whenever the timer thread waits for the GIL.
-        stale = self._stale
         fire_at = [
-            t
-            for t, seq, fut, is_deadline in list(self._heap)
-            if is_deadline and not fut.done() and seq not in stale
+            t for t, _, fut, is_deadline in list(self._heap) if is_deadline and not fut.done()
         ]
         return min(fire_at) if fire_at else None
-
-    def _push(
-        self, deadline: list[float], fut: asyncio.Future[bool], is_deadline: bool, key: Hashable
-    ) -> bool:
-        """Add a heap entry for `fut` (replacing its keyed one, if any); returns whether
-        it is now the earliest. The caller holds the timer's lock, if it has one."""
-        seq = next(self._seq)
-        if key is not None:
-            old = self._keyed.get(key)
-            if old is not None and old[2] is fut:
-                self._stale.add(old[1])
-            self._keyed[key] = (deadline, seq, fut, is_deadline)
-        heapq.heappush(self._heap, (deadline[0] - self.wake_bias_s, seq, fut, is_deadline))
-        return self._heap[0][1] == seq
-
-    def _move(self, key: Hashable, deadline: float) -> bool | None:
-        """`move` without the lock: None if `key` sleeps no more (woken, or never
-        slept), else whether its entry is now the earliest."""
-        entry = self._keyed.get(key)
-        if entry is None:
-            return None
-        cell, _, fut, is_deadline = entry
-        if fut.done() or fut in self._fired:
-            return None
-        if cell[0] == deadline:
-            return False
-        cell[0] = deadline
-        return self._push(cell, fut, is_deadline, key)
-
-    def _pop_stale(self) -> None:
-        """Drop stale entries from the top of the heap."""
-        heap, stale = self._heap, self._stale
-        while heap and heap[0][1] in stale:
-            stale.discard(heapq.heappop(heap)[1])
 
     async def wait_for_gap(self, width_s: float, max_wait_s: float) -> None:
         """Wait until no deadline sleeper is due within `width_s` (and those already
@@ -148,39 +103,24 @@ class _GapWaits:
             finally:
                 timeout.cancel()
 
-    async def _resume(
-        self,
-        fut: asyncio.Future[bool],
-        deadline: list[float],
-        is_deadline: bool,
-        key: Hashable,
-    ) -> None:
+    async def _resume(self, fut: asyncio.Future[bool], deadline: float, is_deadline: bool) -> None:
         """The end of `sleep_until`: wait for the hand-off of `fut`, learn the wake
-        bias from a sleeper due alone, yield until `deadline[0]` (as last moved). Only
-        then is a deadline sleeper off the books: while one woken early yields until
-        its deadline, `wait_for_gap` must still see it as due."""
+        bias from a sleeper due alone, yield until `deadline`. Only then is a deadline
+        sleeper off the books: while one woken early yields until its deadline,
+        `wait_for_gap` must still see it as due."""
         clock = self._clock
         try:
             is_due_alone = await fut
             if is_due_alone:
                 self.wake_bias_s = _learned_bias(
-                    self.wake_bias_s, clock() - deadline[0], self._max_wake_bias_s
+                    self.wake_bias_s, clock() - deadline, self._max_wake_bias_s
                 )
-            while clock() < deadline[0]:
+            while clock() < deadline:
                 await asyncio.sleep(0)
         finally:
-            if key is not None:
-                self._forget_key(key, fut)
             if is_deadline:
                 self._forget_fired(fut)
                 self._returned()
-
-    def _forget_key(self, key: Hashable, fut: asyncio.Future[bool]) -> None:
-        entry = self._keyed.get(key)
-        if entry is not None and entry[2] is fut:
-            del self._keyed[key]
-            if not fut.done():  # cancelled before its hand-off: its entry is stale
-                self._stale.add(entry[1])
 
     def _forget_fired(self, fut: asyncio.Future[bool]) -> None:
         self._fired.discard(fut)
@@ -225,8 +165,6 @@ class PreciseTimer(_GapWaits):
         self._closed = False
         # Deadline sleepers woken whose coroutine has not resumed yet.
         self._fired: set[asyncio.Future[bool]] = set()
-        self._stale = set()
-        self._keyed = {}
         # `wait_for_gap` callers waiting for a deadline sleeper to return (loop only).
         self._gap_waiters: list[asyncio.Future[None]] = []
         self.wake_bias_s = 0.0
@@ -235,41 +173,26 @@ class PreciseTimer(_GapWaits):
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    async def sleep_until(
-        self, deadline: float, is_deadline: bool = True, key: Hashable = None
-    ) -> None:
+    async def sleep_until(self, deadline: float, is_deadline: bool = True) -> None:
         """Return at `deadline` (timer clock seconds), or at once if it has passed.
 
         The thread fires `wake_bias_s` early: about the hand-off delay of earlier
         wake-ups seen on an idle loop (thread hand-off, loop wake-up), so that the
         coroutine resumes on time; a resumption still early yields until the deadline.
-        `is_deadline=False` marks a sleep that others need not make room for. With a
-        `key` (one sleeper per key at a time), `move(key, t)` changes the deadline
-        until the sleeper is handed over.
+        `is_deadline=False` marks a sleep that others need not make room for.
         """
         clock = self._clock
         if deadline <= clock():
             return
         fut: asyncio.Future[bool] = self._loop.create_future()
-        cell = [deadline]
         with self._cond:
+            heapq.heappush(
+                self._heap, (deadline - self.wake_bias_s, next(self._seq), fut, is_deadline)
+            )
             # The thread only needs waking when its next deadline moved earlier.
-            if self._push(cell, fut, is_deadline, key):
+            if self._heap[0][2] is fut:
                 self._cond.notify()
-        await self._resume(fut, cell, is_deadline, key)
-
-    def move(self, key: Hashable, deadline: float) -> bool:
-        """Move the sleeper of `key` to `deadline`; False (nothing changed) if it is
-        not sleeping any more (handed over) or never slept."""
-        with self._cond:
-            is_first = self._move(key, deadline)
-            if is_first:
-                self._cond.notify()
-        return is_first is not None
-
-    def _forget_key(self, key: Hashable, fut: asyncio.Future[bool]) -> None:
-        with self._cond:
-            super()._forget_key(key, fut)
+        await self._resume(fut, deadline, is_deadline)
 
     def _forget_fired(self, fut: asyncio.Future[bool]) -> None:
         with self._cond:  # the thread adds to `_fired`
@@ -287,7 +210,6 @@ class PreciseTimer(_GapWaits):
         while True:
             with self._cond:
                 while not self._closed:
-                    self._pop_stale()
                     if not self._heap:
                         self._cond.wait()
                         continue
@@ -301,15 +223,10 @@ class PreciseTimer(_GapWaits):
                 horizon = t + self._batch_window_s
                 woken: list[tuple[asyncio.Future[bool], bool]] = []
                 while self._heap and self._heap[0][0] <= horizon:
-                    fire_at, seq, fut, is_deadline = heapq.heappop(self._heap)
-                    if seq in self._stale:
-                        self._stale.discard(seq)
-                        continue
+                    fire_at, _, fut, is_deadline = heapq.heappop(self._heap)
                     if is_deadline:
                         self._fired.add(fut)
                     woken.append((fut, fire_at <= t))
-                if not woken:
-                    continue
                 self.num_handoffs += 1
                 self.num_wakeups += len(woken)
             try:
@@ -369,8 +286,6 @@ class AlarmTimer(_GapWaits):
         self._heap = []
         self._seq = itertools.count()
         self._fired = set()
-        self._stale = set()
-        self._keyed = {}
         self._gap_waiters = []
         self._armed_for: float | None = None
         self.wake_bias_s = 0.0
@@ -388,29 +303,17 @@ class AlarmTimer(_GapWaits):
             and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
         )
 
-    async def sleep_until(
-        self, deadline: float, is_deadline: bool = True, key: Hashable = None
-    ) -> None:
+    async def sleep_until(self, deadline: float, is_deadline: bool = True) -> None:
         """Return at `deadline` (timer clock seconds), or at once if it has passed;
-        `is_deadline=False` marks a sleep that others need not make room for; a `key`
-        lets `move` change the deadline until the sleeper is woken."""
+        `is_deadline=False` marks a sleep that others need not make room for."""
         clock = self._clock
         if deadline <= clock():
             return
         fut: asyncio.Future[bool] = self._loop.create_future()
-        cell = [deadline]
-        if self._push(cell, fut, is_deadline, key):
+        heapq.heappush(self._heap, (deadline - self.wake_bias_s, next(self._seq), fut, is_deadline))
+        if self._heap[0][2] is fut:
             self._arm()
-        await self._resume(fut, cell, is_deadline, key)
-
-    def move(self, key: Hashable, deadline: float) -> bool:
-        """Move the sleeper of `key` to `deadline`; False (nothing changed) if it is
-        not sleeping any more (woken) or never slept."""
-        is_first = self._move(key, deadline)
-        if is_first is None:
-            return False
-        self._arm()  # earlier: ring sooner; later: the old entry is stale
-        return True
+        await self._resume(fut, deadline, is_deadline)
 
     def close(self) -> None:
         """Disarm, and give ITIMER_REAL and SIGALRM back (sleepers left are never woken)."""
@@ -421,7 +324,6 @@ class AlarmTimer(_GapWaits):
 
     def _arm(self) -> None:
         """Point the alarm at the earliest deadline (or disarm it)."""
-        self._pop_stale()
         if not self._heap:
             if self._armed_for is not None:
                 signal.setitimer(signal.ITIMER_REAL, 0.0)
@@ -440,10 +342,7 @@ class AlarmTimer(_GapWaits):
         horizon = t + self._batch_window_s
         num_woken = 0
         while self._heap and self._heap[0][0] <= horizon:
-            fire_at, seq, fut, is_deadline = heapq.heappop(self._heap)
-            if seq in self._stale:
-                self._stale.discard(seq)
-                continue
+            fire_at, _, fut, is_deadline = heapq.heappop(self._heap)
             num_woken += 1
             if not fut.done():
                 if is_deadline:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import gc
-from collections.abc import Callable
 from typing import Any
 
 from headway.precise_timer import AlarmTimer, PreciseTimer, now
@@ -129,55 +128,26 @@ class EmitSlots:
     distance of a write from its own step's end (early counts as lag too) is then about
     one span instead of one and a half.
 
-    A booking or a release can move other keys' slots: each key may `watch` its own,
-    and is told its new start whenever it changes (a replica moves its timer sleep).
-
     Invariants: a booked key has one slot until released; `start_of` depends only on the
-    booked slots, not on the order they were booked in; a watcher is called only for a
-    key that stays booked and whose start changed, with `start_of(key)`.
+    booked slots, not on the order they were booked in.
     """
 
     def __init__(self) -> None:
         self._slots: dict[int, tuple[float, float]] = {}  # key -> (step end, span)
-        self._starts: dict[int, float] = {}  # key -> start, for the slots booked now
-        self._watchers: dict[int, Callable[[float], None]] = {}
-
-    def watch(self, key: int, on_move: Callable[[float], None]) -> None:
-        """Call `on_move(start)` when `key`'s booked slot moves because of another
-        key's booking or release."""
-        self._watchers[key] = on_move
 
     def book(self, key: int, end_at: float, span_s: float) -> None:
         """Book (or move) `key`'s writes for a step ending at `end_at`."""
         self._slots[key] = (end_at, max(span_s, 0.0))
-        self._update(key)
 
     def release(self, key: int) -> None:
         """`key`'s writes are done (or will not happen)."""
-        if self._slots.pop(key, None) is not None:
-            self._update(key)
+        self._slots.pop(key, None)
 
     def start_of(self, key: int) -> float:
         """When `key`'s writes should start, given every slot booked now."""
-        return self._starts[key]
-
-    def _update(self, changed: int) -> None:
-        """Recompute every start after `changed` was booked or released; tell the
-        other keys' watchers whose start moved."""
-        before, self._starts = self._starts, self._layout()
-        watchers = self._watchers
-        if not watchers:
-            return
-        for k, start in self._starts.items():
-            if k != changed and before.get(k, start) != start:
-                on_move = watchers.get(k)
-                if on_move is not None:
-                    on_move(start)
-
-    def _layout(self) -> dict[int, float]:
-        # Runs of merged slots, in order of their ends: (start, span, [(key, span)...]).
+        # Runs of merged slots, in order of their ends: [start, span, [(key, span)...]].
         runs: list[tuple[float, float, list[tuple[int, float]]]] = []
-        for end_at, k, span_s in sorted([(e, k, sp) for k, (e, sp) in self._slots.items()]):
+        for k, (end_at, span_s) in sorted(self._slots.items(), key=lambda kv: (kv[1], kv[0])):
             start, span, members = end_at - span_s / 2, span_s, [(k, span_s)]
             while runs and runs[-1][0] + runs[-1][1] > start:
                 prev_start, prev_span, prev_members = runs.pop()
@@ -187,9 +157,9 @@ class EmitSlots:
                 span += prev_span
                 start, members = center - span / 2, prev_members + members
             runs.append((start, span, members))
-        starts: dict[int, float] = {}
         for start, _, members in runs:
             for k, span_s in members:
-                starts[k] = start
+                if k == key:
+                    return start
                 start += span_s
-        return starts
+        raise KeyError(key)

@@ -19,9 +19,7 @@ another's writes. These rules keep that small:
   its own; work that gave up waiting still lets a wake-up already due go first;
 * a step's writes start early by half their usual duration, so they straddle the
   step's end instead of all trailing it (early counts as lag too); replicas whose
-  steps end closer than that share the time around the ends (`clock.EmitSlots`); the
-  loop sleeps once per step, until its slot, and a booking or release that moves the
-  slot moves the sleep (`SimTimer.move`);
+  steps end closer than that share the time around the ends (`clock.EmitSlots`);
 * garbage collections run in such gaps too (`clock.GcPacer`), not amid writes.
 
 Each step's end is scheduled from the previous step's scheduled end, not from when
@@ -155,12 +153,8 @@ class Replica:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._timer = timer
-        # Shared by the replicas on this loop (each its own if not given). While this
-        # replica sleeps for its slot, another's booking or release may move it.
+        # Shared by the replicas on this loop (each its own if not given).
         self._slots = slots if slots is not None else EmitSlots()
-        self._slots.watch(index, self._slot_moved)
-        self._slot_key = ("slot", index)
-        self._slot_start = 0.0
         # Offset that turns clock.now() into wall-clock time for emission stamps.
         self._wall_offset = time.time() - clock.now()
         self.model_time_s = 0.0
@@ -349,12 +343,13 @@ class Replica:
             # The writes take a while: start them early by half that, so that they
             # straddle the step's end instead of all trailing it; if other replicas'
             # steps end close by, share the time around the ends with them
-            # (`EmitSlots`): one sleep, moved by `_slot_moved` while the slots
-            # around it change.
-            self._slots.book(self.index, due, self._emit_avg_s)
-            self._slot_start = self._slots.start_of(self.index)
-            await self._timer.sleep_until(self._slot_start, key=self._slot_key)
-            start = self._slot_start
+            # (`EmitSlots`). Wake up early enough for a slot moved earlier, then wait
+            # for the slot as booked by then.
+            span_s = self._emit_avg_s
+            self._slots.book(self.index, due, span_s)
+            await self._timer.sleep_until(due - 1.5 * span_s - 5e-5)
+            start = self._slots.start_of(self.index)
+            await self._timer.sleep_until(start)
             now = clock.now()
             if trace.ON:
                 trace.ev("w0", self.index, start, due)
@@ -376,12 +371,6 @@ class Replica:
             self._settle(ready, written_at, result, due)
             if trace.ON:
                 trace.ev("s1", self.index)
-
-    def _slot_moved(self, start: float) -> None:
-        """Another replica's booking or release moved this one's slot: move the sleep
-        for it, unless it is over."""
-        if self._timer.move(self._slot_key, start):
-            self._slot_start = start
 
     def _note_admitted(self, result: StepResult, started_at: float) -> None:
         for rid in result.admitted_ids:
