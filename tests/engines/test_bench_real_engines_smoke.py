@@ -13,9 +13,6 @@ finds its first turn's prefix cached (cached share > 0, measured by vLLM's
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_runner import run_benchmark  # noqa: E402
 
 import real_engines as bench  # noqa: E402
 
@@ -142,10 +141,7 @@ def test_bench_real_engines_engine_ttft() -> None:
 @pytest.mark.engine
 @pytest.mark.timeout(240)
 def test_bench_real_engines_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "real_engines.json"
-    cmd = [
-        sys.executable,
-        str(REPO / "benchmarks" / "real_engines.py"),
+    args = [
         "--runs", "1",
         "--arms", ",".join(ARMS),
         "--groups", "2",
@@ -153,14 +149,8 @@ def test_bench_real_engines_smoke(tmp_path: Path) -> None:
         "--turns", "2",
         "--session-rate", "20",
         "--think-s", "0",
-        "--out", str(out),
     ]  # fmt: skip
-    state = os.environ.get("HEADWAY_ENGINES_STATE")
-    if state:
-        cmd += ["--replicas-state", state]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=220, check=False)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    doc = json.loads(out.read_text())
+    doc = run_benchmark("real_engines.py", args, tmp_path / "real_engines.json")
     assert doc["workload"]["num_requests"] == 6
     assert sum(doc["workload"]["sessions_per_group"]) == 3
     assert doc["skipped_arms"] == []

@@ -6,31 +6,17 @@ asserted: the adaptive cadence itself is tested in tests/gateway/test_gateway_sc
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from bench_runner import run_benchmark
 
 
 @pytest.mark.engine
 @pytest.mark.timeout(240)
 def test_bench_scrape_load_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "scrape_load.json"
-    cmd = [
-        sys.executable, str(REPO / "benchmarks" / "scrape_load.py"),
-        "--rounds", "1", "--duration-s", "2", "--settle-s", "1", "--out", str(out),
-    ]  # fmt: skip
-    state = os.environ.get("HEADWAY_ENGINES_STATE")
-    if state:
-        cmd += ["--replicas-state", state]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=220, check=False)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    doc = json.loads(out.read_text())
+    args = ["--rounds", "1", "--duration-s", "2", "--settle-s", "1"]
+    doc = run_benchmark("scrape_load.py", args, tmp_path / "scrape_load.json")
     assert doc["benchmark"] == "scrape_load"
     assert [r["arm"] for r in doc["rounds"]] == ["adaptive (default)", "fixed 0.25 s"]
     for r in doc["rounds"]:

@@ -353,7 +353,8 @@ def test_scrape_interval_follows_what_a_scrape_costs(
 
 def test_stale_after_counts_the_endpoints_own_intervals() -> None:
     """An endpoint scraped every 1 s (its scrapes cost 10 ms, 1% allowed) goes stale after
-    4 of its own intervals, not 4 x scrape_interval_s; the moving average follows."""
+    4 of its own intervals, not 4 x scrape_interval_s; the moving average follows, and
+    a small page's response time counts as no cost."""
     clock = FakeClock()
     cfg = CollectorsConfig(scrape_interval_s=0.25, stale_after_intervals=4)
     scraper = MetricsScraper({"http://a": EngineKind.VLLM}, cfg, clock=clock)
@@ -361,36 +362,43 @@ def test_stale_after_counts_the_endpoints_own_intervals() -> None:
     assert scraper.interval_s("http://a") == pytest.approx(1.0)
     scraper.record_cost("http://a", 0.020)  # 0.7 x 10 + 0.3 x 20 ms = 13 ms
     assert scraper.interval_s("http://a") == pytest.approx(1.3)
+    scraper.record_cost("http://a", 0.5, page_bytes=2048)  # small page: waiting, no cost
+    assert scraper.interval_s("http://a") == pytest.approx(0.7 * 1.3)
     scraper.record_success("http://a", EngineMetrics(1, 2, 0.5, 16, 100))
-    clock.now += 5.1  # 4 x 0.25 s would have been stale long ago
+    clock.now += 3.6  # 4 x 0.25 s would have been stale long ago
     assert not scraper.view("http://a").is_stale  # type: ignore[union-attr]
-    clock.now += 0.2  # past 4 x 1.3 s
+    clock.now += 0.1  # past 4 x 0.91 s
     assert scraper.view("http://a").is_stale  # type: ignore[union-attr]
 
 
 class TimedPage(ThreadedUpstream):
-    """A vLLM page that takes `delay_s` to answer; counts the scrapes it got."""
+    """A vLLM page (`padded`: grown past 16 KiB with comments, as large as a real
+    one's rendering costs) that takes `delay_s` to answer; counts the scrapes it got."""
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, padded: bool = True) -> None:
         super().__init__()
         self.delay_s = delay_s
+        self.page = ("# filler\n" * 3000 if padded else "") + VLLM_PAGE
         self.num_scrapes = 0
 
     def add_routes(self, app: web.Application) -> None:
         async def metrics(request: web.Request) -> web.Response:
             self.num_scrapes += 1
             await asyncio.sleep(self.delay_s)
-            return web.Response(text=VLLM_PAGE, content_type="text/plain")
+            return web.Response(text=self.page, content_type="text/plain")
 
         app.router.add_get("/metrics", metrics)
 
 
 def test_a_slow_endpoint_is_scraped_less_often_than_a_fast_one() -> None:
-    """Both at a 0.05 s cadence, scrapes allowed 20% of an endpoint's time: the one
-    answering in 0.1 s moves to ~0.5 s, the fast one stays at 0.05 s."""
+    """All at a 0.05 s cadence, scrapes allowed 20% of an endpoint's time: the one
+    answering its large page in 0.1 s moves to ~0.5 s; the fast one, and a slow one
+    whose page is small (its time is waiting, not rendering), stay at 0.05 s."""
     slow, fast = TimedPage(0.1).start(), TimedPage(0.0).start()
+    slow_small = TimedPage(0.1, padded=False).start()
     cfg = CollectorsConfig(scrape_interval_s=0.05, max_scrape_share=0.2, max_scrape_interval_s=5)
-    scraper = MetricsScraper({slow.url: EngineKind.VLLM, fast.url: EngineKind.VLLM}, cfg)
+    urls = (slow.url, fast.url, slow_small.url)
+    scraper = MetricsScraper(dict.fromkeys(urls, EngineKind.VLLM), cfg)
 
     async def run() -> None:
         scraper.start()
@@ -403,11 +411,13 @@ def test_a_slow_endpoint_is_scraped_less_often_than_a_fast_one() -> None:
         asyncio.run(run())
         assert 0.45 <= scraper.interval_s(slow.url) <= 1.5
         assert scraper.interval_s(fast.url) < 0.2
+        assert scraper.interval_s(slow_small.url) == 0.05
         # The slow one: its first scrape, then one every ~0.6 s (answer + interval).
-        assert slow.num_scrapes <= 4 < 8 <= fast.num_scrapes
-        for url in (slow.url, fast.url):
+        assert slow.num_scrapes <= 4 < 6 <= slow_small.num_scrapes
+        assert fast.num_scrapes >= 8
+        for url in urls:
             view = scraper.view(url)
             assert view is not None and view.metrics == CANNED["vllm-dp2-lora"][2]
     finally:
-        slow.stop()
-        fast.stop()
+        for upstream in (slow, fast, slow_small):
+            upstream.stop()

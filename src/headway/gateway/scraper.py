@@ -9,7 +9,9 @@ follows what its answers cost: every `max(scrape_interval_s, cost / max_scrape_s
 seconds, capped at `max_scrape_interval_s`, where `cost` is a moving average of the
 scrape's response time (request sent to the last byte read; an engine busy serving
 answers later, and is scraped less often while it is). Failed scrapes leave it as it
-was.
+was, and so do small pages (under 16 KiB: llama.cpp's, the simulator's named series),
+whose render costs next to nothing: their response time is waiting (llama.cpp answers
+a scrape between two decode steps), which is no reason to look less often.
 
 The request asks for just those series (`/metrics?name[]=...`), which prometheus_client's
 exposition apps (and `headway sim`) honour: such an engine does not render its histograms
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 
 _MAX_PAGE_BYTES = 16 * 1024 * 1024
 _COST_WEIGHT = 0.3  # of the newest response time in the moving average
+# Pages smaller than this cost their engine well under a millisecond to render (vLLM's
+# ~52 KB take prometheus_client 7.6 ms on a CPU core): their response time is waiting.
+_COSTLY_PAGE_BYTES = 16 * 1024
 
 
 def scrape_interval_s(config: CollectorsConfig, cost_s: float | None) -> float:
@@ -223,7 +228,7 @@ class MetricsScraper:
                     if size > _MAX_PAGE_BYTES:
                         raise _ScrapeError(f"page over {_MAX_PAGE_BYTES} bytes")
                     chunks.append(chunk)
-            self.record_cost(url, time.perf_counter() - sent_at)
+            self.record_cost(url, time.perf_counter() - sent_at, size)
             return b"".join(chunks)
         except (TimeoutError, aiohttp.ClientError, OSError, _ScrapeError) as exc:
             self.record_failure(url, repr(exc) if not isinstance(exc, _ScrapeError) else str(exc))
@@ -243,9 +248,13 @@ class MetricsScraper:
             state.version += 1
         self._evaluate(url, state, state.updated_at)
 
-    def record_cost(self, url: str, cost_s: float) -> None:
-        """A scrape of `url` took `cost_s` from request to last byte: update its
-        moving average and its interval (module docstring)."""
+    def record_cost(self, url: str, cost_s: float, page_bytes: int = _COSTLY_PAGE_BYTES) -> None:
+        """A scrape of `url` took `cost_s` from request to last byte and read
+        `page_bytes`: update its moving average and its interval (module docstring).
+        A page under `_COSTLY_PAGE_BYTES` counts as free: rendering it is not what took
+        the time, waiting was (llama.cpp answers between two decode steps)."""
+        if page_bytes < _COSTLY_PAGE_BYTES:
+            cost_s = 0.0
         state = self._states[url]
         state.cost_s = (
             cost_s
