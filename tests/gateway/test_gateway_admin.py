@@ -171,8 +171,12 @@ def test_reload_moves_queued_requests(fleets: Fleets) -> None:
     holder = {"config": {"pools": [one]}}
     gw = InProcessGateway(holder["config"], admin=True).start()
     gw.gateway.config_loader = lambda: _loader(holder)
+    # a's steps 4x slower: the long request (~1.6 s at full speed) must outlast the
+    # reload even on a loaded machine, or its slot frees and the third request may go
+    # to a.
+    assert post(a, "/admin/faults", {"slowdown": 4}).status == 200
     try:
-        long, long_out = _in_thread(_routed_to, gw.url, 8000, True)  # ~1.5 s on a
+        long, long_out = _in_thread(_routed_to, gw.url, 8000, True)  # ~6.5 s on a
         poll(lambda: gw.gateway.tracker.load(a).num_requests, lambda n: n == 1, what="long")
         queued, queued_out = _in_thread(_routed_to, gw.url, 2)
         poll(
@@ -195,9 +199,10 @@ def test_reload_moves_queued_requests(fleets: Fleets) -> None:
         assert scrape(gw.url)["headway_gateway_queued_requests"] == 0
         assert queued_out["value"] == b  # served by the new endpoint, not after the long one
         assert long.is_alive() or long_out["value"] == a
-        long.join(20)
+        long.join(30)
         assert long_out["value"] == a
     finally:
+        assert post(a, "/admin/faults", {"slowdown": 1}).status == 200
         gw.stop()
 
 
