@@ -141,10 +141,6 @@ class MetricsScraper:
         """`url`'s current interval between two scrapes (module docstring)."""
         return self._states[url].interval_s
 
-    def stale_after_s(self, url: str) -> float:
-        """No successful scrape of `url` for longer than this: its metrics are stale."""
-        return self.config.stale_after_intervals * self._states[url].interval_s
-
     def adopt(self, old: MetricsScraper) -> None:
         """A reload: keep `old`'s last values for endpoints scraped by both with the
         same engine kind (routing keeps seeing them until the next scrape)."""
