@@ -17,6 +17,11 @@ reports the token lag (|write - step end| over the step) as the trace saw it and
 the steps with a token past the threshold, what the loop was doing from the slot's
 start to the late wake-up (by the span open at each moment; "untraced" is the loop's
 own machinery, aiohttp, the kernel, or the process not running: see the CPU share).
+It also counts the loop's stalls: stretches between two consecutive trace points in
+which the thread ran for more than `--stall-ms` of CPU (one callback or several
+without a trace point between them: nothing else on the loop could run), by the pair
+of trace points around them (`ca>cs` is `Engine.step`, `cs>c1` rendering, `g0>g1` a
+collection, `-` no trace point), with the longest listed.
 """
 
 from __future__ import annotations
@@ -78,9 +83,15 @@ if ON:
 Event = tuple[float, float, str, int, float, float]
 
 
-def report(events: list[Event], start_s: float, end_s: float, threshold: float) -> str:
+def report(
+    events: list[Event],
+    start_s: float,
+    end_s: float,
+    threshold: float,
+    stall_cpu_s: float = 0.001,
+) -> str:
     """The lag and late-step breakdown of a trace, over [start_s, end_s] after its first
-    request."""
+    request, and the loop's stalls over `stall_cpu_s` of CPU."""
     events = sorted(events)
     first = next((e[0] for e in events if e[2] == "h0"), events[0][0])
     lo, hi = first + start_s, first + end_s
@@ -168,7 +179,40 @@ def report(events: list[Event], start_s: float, end_s: float, threshold: float) 
             f"  {name:>20} x{len(v):<6} {np.percentile(v, 50):.3f} / "
             f"{np.percentile(v, 99):.3f} / {v.max():.3f}"
         )
+    lines += stall_report(events, lo, hi, stall_cpu_s)
     return "\n".join(lines)
+
+
+def stalls(events: list[Event], lo: float, hi: float, min_cpu_s: float = 0.001) -> list[Event]:
+    """Stretches between consecutive trace points within (lo, hi) in which the thread
+    ran more than `min_cpu_s` of CPU: (start, cpu s, previous code, replica, wall s,
+    next code's index in `events`) per stall, in time order. `events` sorted by time."""
+    out: list[Event] = []
+    for i in range(1, len(events)):
+        t0, cpu0, code0, index0, _, _ = events[i - 1]
+        t1, cpu1, _, _, _, _ = events[i]
+        if lo < t0 < hi and cpu1 - cpu0 > min_cpu_s:
+            out.append((t0, cpu1 - cpu0, code0, index0, t1 - t0, float(i)))
+    return out
+
+
+def stall_report(events: list[Event], lo: float, hi: float, min_cpu_s: float) -> list[str]:
+    """Lines: the count of stalls (see `stalls`) by the trace points around them, and
+    the longest ones."""
+    found = stalls(events, lo, hi, min_cpu_s)
+    lines = [f"stalls over {min_cpu_s * 1e3:g} ms of CPU: {len(found)}"]
+    by_kind: dict[str, list[float]] = collections.defaultdict(list)
+    labelled = []
+    for t, cpu_s, code, _, _, i in found:
+        nxt = events[int(i)][2]
+        kind = f"{code}>{nxt}"
+        by_kind[kind].append(cpu_s)
+        labelled.append((cpu_s, t, kind))
+    for kind, values in sorted(by_kind.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"  {kind:>8}: {len(values)} (CPU ms max {max(values) * 1e3:.2f})")
+    for cpu_s, t, kind in sorted(labelled, reverse=True)[:10]:
+        lines.append(f"  {t - lo:8.3f} s  {kind:>8}  {cpu_s * 1e3:.2f} ms")
+    return lines
 
 
 def _track(open_now: set[tuple[str, int]], e: Event) -> None:
@@ -185,9 +229,10 @@ def main() -> None:
     ap.add_argument("--start-s", type=float, default=4.0, help="after the first request")
     ap.add_argument("--end-s", type=float, default=9.5, help="after the first request")
     ap.add_argument("--threshold", type=float, default=0.05, help="late: lag over step")
+    ap.add_argument("--stall-ms", type=float, default=1.0, help="a stall: CPU ms untraced")
     args = ap.parse_args()
     events: list[Event] = [tuple(json.loads(line)) for line in args.trace.read_text().splitlines()]
-    print(report(events, args.start_s, args.end_s, args.threshold))
+    print(report(events, args.start_s, args.end_s, args.threshold, args.stall_ms / 1e3))
 
 
 if __name__ == "__main__":
