@@ -720,6 +720,26 @@ def cached_share_bound(
     return round(cacheable / total, 4) if total else None
 
 
+def miss_kinds(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Calls that found under half their prompt cached, by kind: `first` (a session's
+    first turn, its tenant's first session in the run: unavoidable), `tenant` (a first
+    turn whose tenant was seen before: the system prompt was evicted, or is not where
+    the call went) and `history` (a later turn: the session's own history was evicted,
+    or the call went elsewhere). Tells a router's placement from the KV pressure."""
+    seen: set[int] = set()
+    out = {"first": 0, "tenant": 0, "history": 0}
+    for r in sorted((r for r in rows if "error" not in r), key=lambda r: r["sent_at_s"]):
+        is_miss = 2 * (r.get("cached_tokens") or 0) < r["prompt_tokens"]
+        if r["turn"] > 0:
+            out["history"] += is_miss
+        elif r["group"] in seen:
+            out["tenant"] += is_miss
+        else:
+            out["first"] += is_miss
+            seen.add(r["group"])
+    return out
+
+
 def system_prompt_tokens(rs: he.ReplicaSet, workload: Workload) -> list[int]:
     """Tokens of each group's system message under the chat template (vLLM /tokenize)."""
     out = []
@@ -958,6 +978,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     stop_process(proc)
                     raise
                 before, cpu0 = replica_counters(rs), cpu_seconds(proc.pid)
+                client_cpu0 = time.process_time()
                 engine_cpu0 = [tree_cpu_seconds(r.pid) for r in rs.replicas]
                 try:
                     res, rows = asyncio.run(
@@ -983,6 +1004,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                     res["engine_ttft"] = engine_ttft(before, after)
                     res["router_cpu_s"] = round(cpu_seconds(proc.pid) - cpu0, 3)
+                    # The benchmark's own client (this process): it shares the cores too.
+                    res["client_cpu_s"] = round(time.process_time() - client_cpu0, 3)
                     # What the replicas burnt serving this arm (engine and API server:
                     # a router's own calls to them, such as scrapes or tokenize, count).
                     res["engine_cpu_s"] = [
@@ -1001,6 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     res["gateway_ttft"] = gateway_ttft(access_log)
                 res["cache_demand_tokens"] = cache_demand_tokens(rows, system_tokens)
                 res["cached_share_bound"] = cached_share_bound(rows, system_tokens, rs.block_size)
+                res["misses"] = miss_kinds(rows)
                 results[arm.label].append(res)
                 if rows_out is not None:
                     for row in rows:
@@ -1015,7 +1039,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  engine TTFT p50 {res['engine_ttft']['p50_ms']}"
                     f" p90 {res['engine_ttft']['p90_ms']} ms"
                     f"  tok/s {res['output_tokens_per_s']}  wall {res['wall_s']} s"
-                    f"  CPU router {res['router_cpu_s']} engines {res['engine_cpu_s']} s"
+                    f"  CPU router {res['router_cpu_s']} client {res['client_cpu_s']}"
+                    f" engines {res['engine_cpu_s']} s  misses {res['misses']}"
                     f"  errors {res['num_errors']}"
                     f" {res['errors'][:1]}",
                     flush=True,

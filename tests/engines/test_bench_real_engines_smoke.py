@@ -89,6 +89,22 @@ def test_bench_real_engines_cache_accounting() -> None:
     assert bench.cache_demand_tokens(rows, system_tokens) == 170 + 60 + 35 + 30
 
 
+def test_bench_real_engines_miss_kinds() -> None:
+    def row(session: int, group: int, turn: int, sent_at_s: float, cached: int) -> dict[str, Any]:
+        return {**_row(session, group, turn, 100), "sent_at_s": sent_at_s, "cached_tokens": cached}
+
+    rows = [
+        row(1, 0, 0, 1.0, 90),  # tenant 0 again (by time: session 0 came first), a hit
+        row(0, 0, 0, 0.0, 0),  # tenant 0 first seen: a miss nobody avoids
+        row(0, 0, 1, 2.0, 40),  # its own history lost: a history miss
+        row(2, 0, 0, 3.0, 49),  # tenant 0's prompt lost: a tenant miss (49 < half)
+        row(3, 1, 0, 4.0, 50),  # tenant 1 first seen, yet half cached: not a miss
+        row(3, 1, 1, 5.0, 50),  # exactly half: not a miss
+        {"session": 4, "group": 2, "turn": 0, "sent_at_s": 6.0, "error": "boom"},
+    ]
+    assert bench.miss_kinds(rows) == {"first": 1, "tenant": 1, "history": 1}
+
+
 def _engine_page(ttfts_s: list[float]) -> dict[str, float]:
     """One replica's counters as `replica_counters` reads them, from a page rendered by
     prometheus-client's own histogram (vLLM's TTFT buckets)."""
