@@ -93,6 +93,7 @@ class GcPacer:
     def __init__(self) -> None:
         # Recent duration of a collection of each generation, seconds.
         self.duration_s = [2e-4, 1.5e-3, 0.02]
+        self.last_collected_at = now()  # when the last collection here ended
 
     def due(self) -> int | None:
         """The generation a collection is due for now, if any."""
@@ -108,7 +109,8 @@ class GcPacer:
     def collect(self, generation: int) -> None:
         started = now()
         gc.collect(generation)
-        took = now() - started
+        self.last_collected_at = ended = now()
+        took = ended - started
         self.duration_s[generation] += 0.2 * (took - self.duration_s[generation])
 
 

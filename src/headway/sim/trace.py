@@ -31,7 +31,10 @@ import atexit
 import collections
 import json
 import os
+import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +64,36 @@ def ev(code: str, index: int = -1, a: float = 0.0, b: float = 0.0) -> None:
     EVENTS.append((_now(), _cpu(), code, index, a, b))
 
 
+# With HEADWAY_SIM_TRACE_STACKS=1 too: a watchdog thread looks every millisecond and,
+# when the loop thread ran more than a millisecond of CPU without a trace point,
+# records where it is (the stalls that no trace point names). It costs the loop a
+# GIL hand-off per look: for finding stalls, not for measuring lag.
+STACKS: list[tuple[float, float, str]] = []
+
+
+def _watch(thread_id: int, period_s: float = 0.001, min_cpu_s: float = 0.001) -> None:
+    clock_id = time.pthread_getcpuclockid(thread_id)
+    last_n, last_cpu, recorded = -1, 0.0, False
+    while True:
+        time.sleep(period_s)
+        n, cpu = len(EVENTS), time.clock_gettime(clock_id)
+        if n != last_n:
+            last_n, last_cpu, recorded = n, cpu, False
+        elif cpu - last_cpu > min_cpu_s and not recorded:
+            frame = sys._current_frames().get(thread_id)
+            where = traceback.format_stack(frame, limit=12) if frame is not None else []
+            STACKS.append((_now(), cpu - last_cpu, "".join(where)))
+            recorded = True
+
+
 def _dump() -> None:
     with open(f"{PATH}.{os.getpid()}", "w") as f:
         for e in EVENTS:
             f.write(json.dumps(e) + "\n")
+    if STACKS:
+        with open(f"{PATH}.{os.getpid()}.stacks", "w") as f:
+            for t, cpu_s, where in STACKS:
+                f.write(f"--- at {t:.6f}, {cpu_s * 1e3:.2f} ms of CPU untraced so far\n{where}")
 
 
 if ON:
@@ -78,6 +107,10 @@ if ON:
         _on_alarm(self)
 
     AlarmTimer._on_alarm = _traced_on_alarm  # type: ignore[method-assign]
+    if os.environ.get("HEADWAY_SIM_TRACE_STACKS") == "1":
+        threading.Thread(
+            target=_watch, args=(threading.get_ident(),), name="headway-trace-watch", daemon=True
+        ).start()
 
 
 Event = tuple[float, float, str, int, float, float]
