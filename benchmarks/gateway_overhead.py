@@ -9,6 +9,10 @@ so every client sees the same N+1 events). A load generator (`--loadgen`, a subp
 per arm) holds C keep-alive connections in a closed loop for R requests, after a short
 warm-up, and records per-request latency, time to first chunk (streaming) and req/s.
 
+With `--chunk-gap-ms G` the stub sleeps G ms between chunks, as an engine paces its
+tokens: each chunk then reaches the gateway in a read of its own (what a real engine's
+stream costs), where back to back several share a read.
+
 Cases: {non-streaming, streaming N chunks} x {concurrency 1, 32}; arms: direct to the
 stub, through `headway serve`, and through `vllm-router` (round_robin, retries off) when
 `scripts/install_peer_routers.sh --check` finds it. Every case runs every arm once per
@@ -137,7 +141,10 @@ async def _stub_main(args: argparse.Namespace) -> None:
             return web.Response(body=plain, content_type="application/json")
         resp = web.StreamResponse(headers=sse_headers)
         await resp.prepare(request)
-        for chunk in chunks:
+        gap_s = args.chunk_gap_ms / 1000
+        for i, chunk in enumerate(chunks):
+            if gap_s and i:
+                await asyncio.sleep(gap_s)  # paced, as an engine decodes
             await resp.write(chunk)
         if b'"include_usage":true' in body or b'"include_usage": true' in body:
             await resp.write(usage_chunk)
@@ -333,7 +340,8 @@ class Fleet:
         ready = self.tmp / "stub.json"
         stub = self._spawn(
             [*self.client_pin, sys.executable, __file__, "--stub", "--port", "0",
-             "--chunks", str(a.chunks), "--ready-file", str(ready)],
+             "--chunks", str(a.chunks), "--chunk-gap-ms", str(a.chunk_gap_ms),
+             "--ready-file", str(ready)],
             "stub.log",
         )  # fmt: skip
         self.urls["direct"] = _wait_ready_file(ready, stub, "stub")
@@ -577,6 +585,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--chunks", type=int, default=64, help="SSE content chunks per stream")
     ap.add_argument("--concurrency", default="1,32")
+    ap.add_argument(
+        "--chunk-gap-ms",
+        type=float,
+        default=0.0,
+        help="the stub sleeps this long between chunks (paced, as an engine decodes: each"
+        " chunk then arrives on its own); 0: back to back",
+    )
     ap.add_argument("--no-peers", action="store_true", help="skip the vllm-router column")
     ap.add_argument("--tiny", action="store_true", help="a seconds-long smoke configuration")
     ap.add_argument("--profile", action="store_true", help="py-spy the gateway on one arm")
@@ -753,6 +768,7 @@ def main() -> None:
                 "warmup_per_arm": args.warmup,
                 "rounds": args.rounds,
                 "chunks": args.chunks,
+                "chunk_gap_ms": args.chunk_gap_ms,
                 "concurrency": concurrencies,
                 "tiny": args.tiny,
                 "gateway_ref": args.gateway_ref,

@@ -13,7 +13,17 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gateway_overhead.
 def test_gateway_overhead_tiny(tmp_path: Path) -> None:
     out = tmp_path / "x.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--no-peers", "--out", str(out)],
+        # Paced chunks (1 ms apart): the stub's pacing path runs too.
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--tiny",
+            "--no-peers",
+            "--chunk-gap-ms",
+            "1",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -25,6 +35,7 @@ def test_gateway_overhead_tiny(tmp_path: Path) -> None:
     assert doc["arms"] == ["direct", "headway"]
     assert doc["vllm_router_skipped"] == "--no-peers"
     config = doc["config"]
+    assert config["chunk_gap_ms"] == 1
     assert len(doc["rows"]) == 2 * len(config["concurrency"])
     for row in doc["rows"]:
         assert set(row["arms"]) == {"direct", "headway"}

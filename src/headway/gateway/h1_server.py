@@ -169,14 +169,24 @@ class ResponseStream:
         self._is_chunked = is_chunked
 
     async def write(self, data: bytes) -> None:
+        if self.write_now(data):
+            await self._request._conn.drain()
+
+    def write_now(self, data: bytes) -> bool:
+        """`write` without waiting (from a callback): True when the client is not
+        keeping up, so the caller must `await drain()` before writing more."""
         if not data:
-            return  # an empty chunk would end a chunked body
+            return False  # an empty chunk would end a chunked body
         conn = self._request._conn
         if conn.is_closed:
             raise ConnectionResetError("the client closed the connection")
         conn.write(b"%x\r\n%b\r\n" % (len(data), data) if self._is_chunked else data)
-        if conn.drain_waiter is not None or conn.is_write_paused:
-            await conn.drain()
+        return conn.drain_waiter is not None or conn.is_write_paused
+
+    async def drain(self) -> None:
+        """Until the client has taken what was written (`ConnectionResetError` if it
+        went away meanwhile)."""
+        await self._request._conn.drain()
 
     async def end(self) -> None:
         request = self._request

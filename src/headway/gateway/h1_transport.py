@@ -21,6 +21,9 @@ Invariants:
   the upstream never saw the request).
 * Reading pauses the socket while more than `_MAX_BUFFERED_BYTES` wait unread, so a
   slow client cannot make the gateway buffer an upstream's whole stream.
+* While `push` runs, body pieces go to its sink in the protocol callback and are never
+  buffered; they are buffered again from `stop_push` on (or when `push` returns), so
+  no piece is lost or reordered between the two ways of reading.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -94,6 +97,7 @@ class _Connection(asyncio.Protocol):
         self._error: str | None = None
         self._headers_future: asyncio.Future[None] | None = None
         self._data_waiter: asyncio.Future[None] | None = None
+        self._sink: Callable[[bytes], None] | None = None  # set while `push` runs
 
     # ---------------------------------------------------------------- protocol
 
@@ -165,6 +169,10 @@ class _Connection(asyncio.Protocol):
             future.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink(body)
+            return
         self._buffer.append(body)
         self._num_buffered += len(body)
         if self._num_buffered > _MAX_BUFFERED_BYTES and not self._is_paused:
@@ -245,6 +253,25 @@ class _Connection(asyncio.Protocol):
             finally:
                 self._data_waiter = None
 
+    async def push(self, sink: Callable[[bytes], None]) -> None:
+        if self._buffer or self.is_message_complete or self._error is not None:
+            return
+        self._sink = sink
+        try:
+            while self._sink is not None and not self.is_message_complete and self._error is None:
+                waiter = self._data_waiter = self._loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    self._data_waiter = None
+        finally:
+            self._sink = None
+
+    def stop_push(self) -> None:
+        if self._sink is not None:
+            self._sink = None
+            self._wake()
+
     def prepare_reuse(self) -> None:
         self._reset()
         self.idle_since = time.monotonic()
@@ -269,6 +296,12 @@ class _H1Response:
 
     async def read_chunk(self) -> bytes:
         return await self._conn.read_chunk()
+
+    async def push(self, sink: Callable[[bytes], None]) -> None:
+        await self._conn.push(sink)
+
+    def stop_push(self) -> None:
+        self._conn.stop_push()
 
     async def read_all(self, limit_bytes: int) -> bytes:
         parts: list[bytes] = []

@@ -65,6 +65,7 @@ from headway.gateway.scraper import MetricsScraper
 from headway.gateway.sse import SseRelayFilter
 from headway.gateway.tracker import InFlightTracker
 from headway.gateway.transport import (
+    PushingResponse,
     Transport,
     UpstreamConnectError,
     UpstreamReadError,
@@ -284,6 +285,123 @@ class _Deadline:
     def close(self) -> None:
         self.queued_at = None  # its entry, if any, is skipped (and dropped) later
         self.at = None
+
+
+def _nothing() -> None:
+    pass
+
+
+class _SseRelay:
+    """One streamed response's relay state: what `feed` does with each upstream piece
+    (SSE filtering, token counting, inter-chunk gaps, the idle deadline, the write to
+    the client), whether it is called by the relay's loop or, pushed, from the
+    upstream connection's protocol callback (`on_pushed`, which never raises: a
+    failure stops the push and `raise_failure` re-raises it in the relay's task)."""
+
+    __slots__ = (
+        "_failure",
+        "_gateway",
+        "_request",
+        "_route",
+        "deadline",
+        "idle_s",
+        "is_counted",
+        "last_at",
+        "must_drain",
+        "rec",
+        "reply_headers",
+        "resp",
+        "sse",
+        "stop_push",
+        "total_deadline",
+    )
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        request: HttpRequest,
+        route: Route,
+        rec: RequestRecord,
+        sse: SseRelayFilter,
+        reply_headers: Mapping[str, str],
+        deadline: _Deadline,
+        total_deadline: float | None,
+        idle_s: float | None,
+    ) -> None:
+        self._gateway = gateway
+        self._request = request
+        self._route = route
+        self.rec = rec
+        self.sse = sse
+        self.reply_headers = reply_headers
+        self.deadline = deadline
+        self.total_deadline = total_deadline
+        self.idle_s = idle_s
+        self.resp: ResponseStream | None = None
+        self.last_at = 0.0
+        self.is_counted = False
+        self.must_drain = False  # the client is not keeping up: drain before more
+        self._failure: BaseException | None = None
+        self.stop_push: Callable[[], None] = _nothing  # set when the upstream pushes
+
+    def feed(self, chunk: bytes) -> None:
+        """Relay one upstream piece. Raises `_ClientGone` when the client has gone."""
+        sse = self.sse
+        out = sse.feed(chunk)
+        if sse.is_done and not self.is_counted:
+            # Count before the last bytes go out, so a client that reads /metrics
+            # right after its stream ended sees its tokens.
+            self._gateway._count_tokens(self._route, sse.usage, self.rec)
+            self.is_counted = True
+        now = time.monotonic()
+        if out:
+            resp = self.resp
+            if resp is None:
+                resp = self.resp = self._request.start_stream(200, self.reply_headers)
+            if self.last_at:
+                gaps = self.rec.chunk_gaps_s
+                gaps.append(now - self.last_at)
+                if len(gaps) >= _MAX_PENDING_GAPS:  # bounded memory on long streams
+                    route = self._route
+                    self._gateway.metrics.itl.add((route.pool.model, route.endpoint), gaps)
+                    gaps.clear()
+            else:
+                self.rec.first_byte_at = now
+            self.last_at = now
+            try:
+                self.must_drain = resp.write_now(out)
+            except ConnectionError:
+                raise _ClientGone from None
+        idle_s = self.idle_s
+        self.deadline.at = (
+            _earliest(self.total_deadline, now + idle_s) if idle_s else self.total_deadline
+        )
+
+    def on_pushed(self, chunk: bytes) -> None:
+        """`feed` from the upstream's protocol callback; stops the push when the
+        client must drain first or something failed."""
+        try:
+            self.feed(chunk)
+        except BaseException as exc:  # re-raised in the relay's task
+            self._failure = exc
+            self.stop_push()
+            return
+        if self.must_drain:
+            self.stop_push()
+
+    def raise_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    async def drain(self) -> None:
+        """Until the client has taken what was written (`_ClientGone` if it went)."""
+        assert self.resp is not None
+        try:
+            await self.resp.drain()
+        except ConnectionError:
+            raise _ClientGone from None
+        self.must_drain = False
 
 
 class Gateway:
@@ -1008,65 +1126,61 @@ class Gateway:
     ) -> bool:
         """Relay SSE bytes as they come; True when the upstream stream ended cleanly.
         The client's response starts with the first relayed bytes: an upstream that
-        fails before them raises `_AttemptFailed` (retryable)."""
+        fails before them raises `_AttemptFailed` (retryable).
+
+        Once the response has started, an upstream that can (`PushingResponse`) hands
+        each piece over in its protocol callback and the relay writes it there: one
+        task wake-up per stream instead of one per token. The relay falls back to
+        reading (`read_chunk`) while the client is not keeping up (until it drains)
+        and for what is left when the push ends (the end of the body, an error)."""
         timeouts = self.config.timeouts
         total_deadline = arrived_at + timeouts.total_s if timeouts.total_s else None
-        reply_headers = _response_headers(upstream.headers, request_id, route_header)
-        resp: ResponseStream | None = None
-        sse = SseRelayFilter(strip_usage=req.must_strip_usage)
-        idle_s = timeouts.idle_s
-        last_at = 0.0
-        gaps = rec.chunk_gaps_s
-        is_counted = False
+        relay = _SseRelay(
+            self,
+            request,
+            route,
+            rec,
+            SseRelayFilter(strip_usage=req.must_strip_usage),
+            _response_headers(upstream.headers, request_id, route_header),
+            deadline,
+            total_deadline,
+            timeouts.idle_s,
+        )
+        push = None
+        if isinstance(upstream, PushingResponse):
+            push, relay.stop_push = upstream.push, upstream.stop_push
         error: tuple[int, str] | None = None
         while True:
             try:
+                if push is not None and relay.resp is not None:
+                    await deadline.wait(push(relay.on_pushed))
+                    relay.raise_failure()
+                    if relay.must_drain:
+                        await relay.drain()
                 chunk = await deadline.wait(upstream.read_chunk())
             except _UpstreamTimeout:
-                what = "the next chunk" if last_at else "the first token"
+                what = "the next chunk" if relay.last_at else "the first token"
                 error = (504, f"upstream {route.endpoint} timed out waiting for {what}")
                 break
             except UpstreamReadError as exc:
                 error = (502, f"upstream {route.endpoint} connection lost mid-stream: {exc}")
                 break
             if not chunk:
-                if not sse.is_done:
+                if not relay.sse.is_done:
                     error = (502, f"upstream {route.endpoint} ended the stream before it finished")
                 break
-            out = sse.feed(chunk)
-            if sse.is_done and not is_counted:
-                # Count before the last bytes go out, so a client that reads /metrics
-                # right after its stream ended sees its tokens.
-                self._count_tokens(route, sse.usage, rec)
-                is_counted = True
-            now = time.monotonic()
-            if out:
-                if resp is None:
-                    resp = request.start_stream(200, reply_headers)
-                if last_at:
-                    gaps.append(now - last_at)
-                    if len(gaps) >= _MAX_PENDING_GAPS:  # bounded memory on long streams
-                        self.metrics.itl.add((route.pool.model, route.endpoint), gaps)
-                        gaps.clear()
-                else:
-                    rec.first_byte_at = now
-                last_at = now
-                try:
-                    await resp.write(out)
-                except ConnectionError:
-                    raise _ClientGone from None
-            if idle_s:
-                deadline.at = _earliest(total_deadline, now + idle_s)
-            else:
-                deadline.at = total_deadline
-        if not is_counted:
-            self._count_tokens(route, sse.usage, rec)
+            relay.feed(chunk)
+            if relay.must_drain:
+                await relay.drain()
+        if not relay.is_counted:
+            self._count_tokens(route, relay.sse.usage, rec)
+        resp = relay.resp
         if error is not None and resp is None:
             reason = "timeout" if error[0] == 504 else "read_error"
             raise _AttemptFailed(ApiError(*error), reason)
         try:
             if resp is None:
-                resp = request.start_stream(200, reply_headers)
+                resp = request.start_stream(200, relay.reply_headers)
             if error is not None:
                 log.warning("request %s: %s", request_id, error[1])
                 await resp.write(sse_error_event(*error))

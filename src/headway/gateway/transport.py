@@ -9,8 +9,8 @@ that the upstream sees the disconnect and aborts its request at once.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol, runtime_checkable
 
 import aiohttp
 
@@ -30,6 +30,25 @@ class UpstreamResponse(Protocol):
 
     def finish(self, *, is_complete: bool) -> None:
         """Done with the exchange; an incomplete one is aborted (connection closed)."""
+        ...
+
+
+@runtime_checkable
+class PushingResponse(UpstreamResponse, Protocol):
+    """A response that can hand its body over as it arrives, from the connection's
+    protocol callback: no task wake-up per piece (a paced engine stream sends one
+    token per read)."""
+
+    async def push(self, sink: Callable[[bytes], None]) -> None:
+        """Call `sink(piece)` for each body piece as it arrives, until the body ends,
+        the connection fails, or `stop_push` (which `sink` may call); then return.
+        Returns at once when pieces are already buffered (read them with `read_chunk`
+        first). What is left after it returns (the end, an error, later pieces) is
+        read with `read_chunk`. `sink` must not raise."""
+        ...
+
+    def stop_push(self) -> None:
+        """Pieces from now on are buffered for `read_chunk`; `push` returns."""
         ...
 
 
