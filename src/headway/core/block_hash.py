@@ -58,16 +58,15 @@ class BlockHashMemo:
     their leading blocks' digests, so a gateway or simulator that hashes every prompt
     finds most of them here (a lookup, ~5x cheaper than SHA-256 over CBOR).
 
-    Bounded, with a bounded cost per call: a direct-mapped table of a fixed number of
-    slots (the largest power of two <= `max_entries`), allocated once; a block goes to
-    the slot its parent digest and tokens pick and replaces whatever was there. A dict
-    (an `OrderedDict` evicting its oldest) rebuilt its table as it grew and, once full,
-    every ~100k insertions to clear the slots its evictions left: stalls of 1-20 ms
-    at 10k-87k entries, in the middle of a simulator step. A prefix that is looked up
-    again stays unless another block lands on its slot; the slot is a function of the
-    block alone (not of the process's string-hash seed), so hits and misses repeat
-    from run to run. Safe to share between threads in CPython: a slot holds one tuple,
-    replaced whole (the counters may miss an increment).
+    Bounded, with a bounded cost per call: a table of a fixed number of slots (the
+    largest power of two <= `max_entries`), allocated once, in pairs. A block goes to
+    the slot its key hashes to; the block that was there moves to the other slot of
+    the pair, and the one there is forgotten (two-way set-associative, newest first).
+    A dict (an `OrderedDict` evicting its oldest) rebuilt its table as it grew and,
+    once full, every ~100k insertions to clear the slots its evictions left: stalls of
+    1-20 ms at 10k-87k entries, in the middle of a simulator step. Safe to share
+    between threads in CPython: a slot holds one tuple, replaced whole (the counters
+    may miss an increment).
     """
 
     __slots__ = ("_mask", "_num_entries", "_slots", "max_entries", "num_hits", "num_misses")
@@ -78,8 +77,8 @@ class BlockHashMemo:
         self.max_entries = max_entries
         num_slots = 1 << (max_entries.bit_length() - 1)
         self._mask = num_slots - 1
-        # (parent, token ids, extra keys, digest) per slot.
-        self._slots: list[tuple[bytes, tuple[int, ...], ExtraKeys, bytes] | None] = [
+        # ((parent, token ids, extra keys), digest) per slot.
+        self._slots: list[tuple[tuple[bytes, tuple[int, ...], ExtraKeys], bytes] | None] = [
             None
         ] * num_slots
         self._num_entries = 0
@@ -87,23 +86,26 @@ class BlockHashMemo:
         self.num_misses = 0
 
     def digest(self, parent: bytes, token_ids: tuple[int, ...], extra_keys: ExtraKeys) -> bytes:
-        # The parent is a SHA-256 digest: its bytes are as good as any hash, and
-        # with the tokens' (int tuples hash the same in every process) pick the slot.
-        i = (hash(token_ids) ^ int.from_bytes(parent, "little")) & self._mask
-        entry = self._slots[i]
-        if (
-            entry is not None
-            and entry[0] == parent
-            and entry[1] == token_ids
-            and entry[2] == extra_keys
-        ):
+        key = (parent, token_ids, extra_keys)
+        slots = self._slots
+        mask = self._mask
+        i = hash(key) & mask
+        entry = slots[i]
+        if entry is not None and entry[0] == key:
             self.num_hits += 1
-            return entry[3]
+            return entry[1]
+        j = (i ^ 1) & mask  # the pair's other slot (the same one in a 1-slot table)
+        other = slots[j]
+        if other is not None and other[0] == key:
+            self.num_hits += 1
+            return other[1]
         self.num_misses += 1
         digest = hash_block(parent, token_ids, extra_keys)
-        if entry is None:
+        if entry is None or other is None:
             self._num_entries += 1
-        self._slots[i] = (parent, token_ids, extra_keys, digest)
+        if entry is not None:
+            slots[j] = entry
+        slots[i] = (key, digest)
         return digest
 
     def __len__(self) -> int:
