@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 from headway.core.engine import Engine, PreparedRequest, RequestError, StepResult, TokenOutput
@@ -170,6 +171,8 @@ class Replica:
         self._prepare_avg_s = 0.0
         self._max_defer_s = 0.0  # how long the next step may be put off
         self._emit_avg_s = 0.0  # how long writing a step's chunks takes
+        # The last step's writes: when each finished, and how late they began.
+        self._written: tuple[list[float], float] = ([], 0.0)
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> None:
@@ -349,20 +352,16 @@ class Replica:
             self._slots.book(self.index, due, span_s)
             await self._timer.sleep_until(due - 1.5 * span_s - 5e-5)
             start = self._slots.start_of(self.index)
+            # From its start on, another replica whose writes end first makes these
+            # writes straight after its own (`EmitSlots.arm`); else this wake-up does.
+            self._slots.arm(self.index, start, partial(self._write_step, ready, start, due, real_s))
             await self._timer.sleep_until(start)
-            now = clock.now()
-            if trace.ON:
-                trace.ev("w0", self.index, start, due)
-            lag = now - start
-            self.wake_lag.record(lag)
-            self.max_observed_lag_s = max(self.max_observed_lag_s, lag)
-            next_start = now + (due - start) if lag > self.max_lag_s else due
-            written_at = self._emit(ready)
-            if trace.ON:
-                trace.ev("w1", self.index, len(written_at), real_s)
-            self._slots.release(self.index)
-            if written_at:
-                self._emit_avg_s += 0.2 * (written_at[-1] - now - self._emit_avg_s)
+            if self._slots.disarm(self.index):
+                self._write_step(ready, start, due, real_s)
+            written_at, lag = self._written
+            # Another replica's writes that came due meanwhile go before anything else.
+            self._slots.write_due(clock.now)
+            next_start = due + lag if lag > self.max_lag_s else due
             # Other replicas' writes before this one's bookkeeping and next step: the
             # bookkeeping waits while another step's end is near or its writes are due.
             await self._timer.wait_for_gap(SETTLE_WORK_S, SETTLE_MAX_DEFER_S)
@@ -371,6 +370,30 @@ class Replica:
             self._settle(ready, written_at, result, due)
             if trace.ON:
                 trace.ev("s1", self.index)
+
+    def _write_step(
+        self,
+        ready: list[tuple[RequestHandle, TokenOutput]],
+        start: float,
+        due: float,
+        real_s: float,
+    ) -> None:
+        """A step's writes, at or after its slot's `start` (from this replica's loop or
+        from another's `EmitSlots.write_due`): records how late they began, and leaves
+        when each write finished and that lag in `_written`."""
+        now = clock.now()
+        if trace.ON:
+            trace.ev("w0", self.index, start, due)
+        lag = now - start
+        self.wake_lag.record(lag)
+        self.max_observed_lag_s = max(self.max_observed_lag_s, lag)
+        written_at = self._emit(ready)
+        if trace.ON:
+            trace.ev("w1", self.index, len(written_at), real_s)
+        self._slots.release(self.index)
+        if written_at:
+            self._emit_avg_s += 0.2 * (written_at[-1] - now - self._emit_avg_s)
+        self._written = (written_at, lag)
 
     def _note_admitted(self, result: StepResult, started_at: float) -> None:
         for rid in result.admitted_ids:
