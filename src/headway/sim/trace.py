@@ -21,7 +21,9 @@ It also counts the loop's stalls: stretches between two consecutive trace points
 which the thread ran for more than `--stall-ms` of CPU (one callback or several
 without a trace point between them: nothing else on the loop could run), by the pair
 of trace points around them (`ca>cs` is `Engine.step`, `cs>c1` rendering, `g0>g1` a
-collection, `-` no trace point), with the longest listed.
+collection, any pair that opens no span untraced work), with the longest listed. With
+`HEADWAY_SIM_TRACE_STACKS=1` too, `path.<pid>.stacks` holds where the loop thread was
+in each untraced stall (a watchdog thread's look, at most a millisecond late).
 """
 
 from __future__ import annotations
