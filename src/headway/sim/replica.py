@@ -343,6 +343,9 @@ class Replica:
                 self._work_avg_s += 0.2 * (took_s - self._work_avg_s)
             self._work_s = 1.5 * self._work_avg_s + 5e-5
             self._max_defer_s = min(DEFER_FRACTION * real_s, MAX_DEFER_S)
+            # A computation that ran past another replica's slot start makes its writes
+            # now, before its wake-up's hop (never before the start).
+            self._slots.write_due(clock.now)
             # The writes take a while: start them early by half that, so that they
             # straddle the step's end instead of all trailing it; if other replicas'
             # steps end close by, share the time around the ends with them
@@ -370,6 +373,7 @@ class Replica:
             self._settle(ready, written_at, result, due)
             if trace.ON:
                 trace.ev("s1", self.index)
+            self._slots.write_due(clock.now)
 
     def _write_step(
         self,
