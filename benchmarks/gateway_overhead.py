@@ -732,7 +732,9 @@ def main() -> None:
             "stream_value": stream_lo and stream_lo["added_p50_ms"],
             "met": added <= TARGET_ADDED_P50_MS,
         }
-    if stream_lo is not None:
+    # The per-chunk target is for chunks back to back (the stub's default); paced, each
+    # chunk costs a wake-up of its own and the figure is reported, not judged.
+    if stream_lo is not None and not args.chunk_gap_ms:
         worst_chunk = max(hw(True, c)["cpu_us_per_chunk"] for c in concurrencies)  # type: ignore[index]
         targets["cpu_us_per_chunk"] = {
             "target": TARGET_CPU_US_PER_CHUNK,
