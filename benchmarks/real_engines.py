@@ -99,6 +99,7 @@ sys.path.insert(0, str(REPO / "scripts" / "engines"))
 import headway_engines as he  # noqa: E402
 
 from _common import cpu_seconds, free_port, sse_json, stop_process, write_result  # noqa: E402
+from host_steal import StealSampler  # noqa: E402
 
 ROUTE_HEADER = "x-headway-route"  # Headway's routing decision, asked for per request
 WORDS = ("alpha", "river", "stone", "cloud", "market", "signal", "garden", "copper", "vector")
@@ -643,19 +644,31 @@ async def run_workload(
         messages = [{"role": "system", "content": workload.system_prompts[s.group]}]
         for t, msg in enumerate(s.user_msgs):
             messages.append({"role": "user", "content": msg})
-            sent_at_s = time.monotonic() - t0
+            sent_mono_s = time.monotonic()
             row = await one_request(http, base, model, messages, max_tokens, headers)
-            rows.append({"session": i, "group": s.group, "turn": t, "sent_at_s": sent_at_s, **row})
+            row["sent_mono_s"] = sent_mono_s
+            rows.append(
+                {"session": i, "group": s.group, "turn": t, "sent_at_s": sent_mono_s - t0, **row}
+            )
             messages.append({"role": "assistant", "content": row.get("text", "")})
             if t < len(s.think_s):
                 await asyncio.sleep(s.think_s[t])
 
     timeout = aiohttp.ClientTimeout(total=600)
     connector = aiohttp.TCPConnector(limit=0)  # open loop: no client-side queue
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
-        t0 = time.monotonic()
-        await asyncio.gather(*(session(i, s, http, t0) for i, s in enumerate(workload.sessions)))
-        wall_s = time.monotonic() - t0
+    with StealSampler() as steal:
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
+            t0 = time.monotonic()
+            await asyncio.gather(
+                *(session(i, s, http, t0) for i, s in enumerate(workload.sessions))
+            )
+            wall_s = time.monotonic() - t0
+    for r in rows:
+        sent_mono_s = r.pop("sent_mono_s")
+        if r.get("ttft_s") is not None:
+            # How much CPU the host took from this machine while the call waited for
+            # its first token (see host_steal_summary).
+            r["steal_share"] = round(steal.share(sent_mono_s, sent_mono_s + r["ttft_s"]), 4)
     ok = [r for r in rows if "error" not in r and r["ttft_s"] is not None]
     ttfts = sorted(r["ttft_s"] for r in ok)
 
@@ -665,20 +678,51 @@ async def run_workload(
         return round(float(ttfts[min(len(ttfts) - 1, round(q * (len(ttfts) - 1)))]) * 1000, 2)
 
     prompt_tokens = sum(r["prompt_tokens"] for r in ok)
+    p90_ms = pct(0.9)
     return {
         "num_requests": len(rows),
         "num_errors": len(rows) - len(ok),
         "errors": sorted({r["error"] for r in rows if "error" in r})[:3],
         "wall_s": round(wall_s, 3),
         "ttft_p50_ms": pct(0.5),
-        "ttft_p90_ms": pct(0.9),
+        "ttft_p90_ms": p90_ms,
         "ttft_p99_ms": pct(0.99),
         "output_tokens_per_s": round(sum(r["completion_tokens"] for r in ok) / wall_s, 1),
         "prompt_tokens": prompt_tokens,
         "cached_share": round(sum(r["cached_tokens"] for r in ok) / prompt_tokens, 4)
         if prompt_tokens
         else None,
+        "host_steal": host_steal_summary(
+            ok, steal.share(t0, t0 + wall_s), p90_ms / 1000 if p90_ms is not None else None
+        ),
     }, rows
+
+
+def host_steal_summary(
+    rows: Sequence[dict[str, Any]], run_share: float, p90_s: float | None
+) -> dict[str, Any]:
+    """Whether the run's slow calls coincide with the host taking the CPUs away: the
+    share of the machine's CPU time the hypervisor stole over the run (`run_share`),
+    and on average in the TTFT windows of the cache hits (>= 80% of the prompt cached:
+    their TTFT is not their own prefill) at or above the run's p90 (`slow_hits_share`)
+    and below it (`fast_hits_share`)."""
+
+    def mean_share(sel: list[dict[str, Any]]) -> float | None:
+        return round(statistics.fmean(r["steal_share"] for r in sel), 4) if sel else None
+
+    hits = [
+        r
+        for r in rows
+        if "steal_share" in r and 5 * (r.get("cached_tokens") or 0) >= 4 * r["prompt_tokens"]
+    ]
+    slow = [r for r in hits if p90_s is not None and r["ttft_s"] >= p90_s]
+    fast = [r for r in hits if p90_s is None or r["ttft_s"] < p90_s]
+    return {
+        "run_share": round(run_share, 4),
+        "slow_hits": len(slow),
+        "slow_hits_share": mean_share(slow),
+        "fast_hits_share": mean_share(fast),
+    }
 
 
 def cache_demand_tokens(rows: Sequence[dict[str, Any]], system_tokens: Sequence[int]) -> int:
@@ -1041,7 +1085,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"  tok/s {res['output_tokens_per_s']}  wall {res['wall_s']} s"
                     f"  CPU router {res['router_cpu_s']} client {res['client_cpu_s']}"
                     f" engines {res['engine_cpu_s']} s  misses {res['misses']}"
-                    f"  errors {res['num_errors']}"
+                    f"  steal {res['host_steal']}  errors {res['num_errors']}"
                     f" {res['errors'][:1]}",
                     flush=True,
                 )

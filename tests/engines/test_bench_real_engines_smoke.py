@@ -105,6 +105,32 @@ def test_bench_real_engines_miss_kinds() -> None:
     assert bench.miss_kinds(rows) == {"first": 1, "tenant": 1, "history": 1}
 
 
+def test_bench_real_engines_host_steal_summary() -> None:
+    def row(ttft_s: float, cached: int, steal: float) -> dict[str, Any]:
+        return {
+            **_row(0, 0, 1, 100),
+            "ttft_s": ttft_s,
+            "cached_tokens": cached,
+            "steal_share": steal,
+        }
+
+    rows = [
+        row(0.30, 90, 0.20),  # a slow hit (>= p90 0.25 s)
+        row(0.25, 80, 0.10),  # at p90, exactly 80% cached: a slow hit
+        row(0.05, 95, 0.00),  # fast hits
+        row(0.06, 100, 0.02),
+        row(0.90, 10, 0.50),  # a miss: its own prefill, not counted either way
+    ]
+    out = bench.host_steal_summary(rows, 0.03, 0.25)
+    assert out == {
+        "run_share": 0.03,
+        "slow_hits": 2,
+        "slow_hits_share": 0.15,
+        "fast_hits_share": 0.01,
+    }
+    assert bench.host_steal_summary([], 0.0, None)["slow_hits_share"] is None
+
+
 def _engine_page(ttfts_s: list[float]) -> dict[str, float]:
     """One replica's counters as `replica_counters` reads them, from a page rendered by
     prometheus-client's own histogram (vLLM's TTFT buckets)."""
