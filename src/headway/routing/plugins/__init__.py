@@ -14,6 +14,7 @@ from headway.routing.plugins import (
     max_score,
     power_of_two,
     precise_prefix,
+    prefill_cost,
     prefix_affinity,
     queue_depth,
     round_robin,
@@ -42,6 +43,7 @@ BUILTIN_SPECS: tuple[PluginSpec[Any], ...] = (
     routed_load.SPEC,
     approx_prefix.SPEC,
     precise_prefix.SPEC,
+    prefill_cost.SPEC,
     session_affinity.SPEC,
     lora_affinity.SPEC,
     # pickers
