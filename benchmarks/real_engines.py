@@ -390,19 +390,7 @@ def replica_num_gpu_blocks(rs: he.ReplicaSet) -> list[int]:
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of `pid` and all its descendants (a vLLM replica: API server,
     engine core, workers), from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(stat.parent.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        total += cpu_seconds(p)
-        todo.extend(children.get(p, ()))
-    return total
+    return sum(p["cpu_s"] for p in he.process_tree(pid))
 
 
 def reset_caches(rs: he.ReplicaSet, timeout_s: float = 30) -> None:
@@ -896,6 +884,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--think-s", type=float, default=1.0, help="mean think time between turns (exponential)"
     )
     ap.add_argument("--num-gpu-blocks", type=int, default=140, help="KV blocks per replica")
+    ap.add_argument(
+        "--pin",
+        choices=("replica", "worker"),
+        default="replica",
+        help="pin each replica's whole process tree to its core, or only its model runner"
+        " (before session 10; headway_engines.start_vllm says why it matters)",
+    )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--arms", default=",".join(a.label for a in ARMS))
     ap.add_argument(
@@ -983,6 +978,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # counted `missing_tokens`). The flag only registers endpoints.
             extra=["--enable-scale-out"],
             extra_env={"VLLM_SERVER_DEV_MODE": "1"},
+            pin_replica=args.pin == "replica",
         )
 
     is_ours = args.replicas_state is None

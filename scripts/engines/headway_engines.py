@@ -20,7 +20,10 @@ tokenizer is the project's shipped `tokenizer.json` with a chat template that re
 exactly as `headway.core.tokenizer.ChatTemplate`. Replica i listens on its own HTTP
 port and binds its KV-event PUB and replay ROUTER sockets on their own ports
 (`tcp://*:P`, so the gateway discovers them from `/kv_event_sources`), and with two or
-more cores it is pinned to core `i % num_cores` (`VLLM_CPU_OMP_THREADS_BIND`).
+more cores it is pinned to core `i % num_cores`: its model runner
+(`VLLM_CPU_OMP_THREADS_BIND`) and, unless `--pin-worker-only`, its API server and
+engine core process too, so that one replica's processes never run on another's core
+(see `start_vllm`).
 Replicas are stopped by the PIDs in the state file (process groups: vLLM's engine
 core is a child process).
 
@@ -45,7 +48,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -605,6 +608,15 @@ def replica_env(
     return env
 
 
+def _pin_to(cpu: int) -> Callable[[], None]:
+    """A `preexec_fn` that pins the child (and what it starts) to one core."""
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
 def start_vllm(
     model_dir: Path,
     num_replicas: int,
@@ -617,12 +629,20 @@ def start_vllm(
     num_gpu_blocks: int | None = None,
     kv_cache_gib: int = 1,
     pin: bool = True,
+    pin_replica: bool = True,
     ready_timeout_s: float = READY_TIMEOUT_S,
     extra: Sequence[str] = (),
     extra_env: dict[str, str] | None = None,
 ) -> ReplicaSet:
     """Start `num_replicas` vLLM servers in parallel and wait until each answers
-    `/health`; on failure everything started is stopped again."""
+    `/health`; on failure everything started is stopped again.
+
+    `pin`: replica i's model runner (its OMP threads) runs on core `i % num_cores`.
+    `pin_replica`: so do its API server and its engine core process (the CPU affinity
+    of the whole process tree). Why: vLLM's engine core and its worker wait for each
+    other's messages by spinning (`sched_yield`, for 1 s after each message: vLLM's
+    shared-memory queue), so an active replica keeps a second core busy; unpinned, that
+    spinning lands on the other replica's core."""
     if block_size % 32:
         raise SystemExit(
             f"--block-size: vLLM's CPU backend needs a multiple of 32, got {block_size}"
@@ -659,6 +679,8 @@ def start_vllm(
                 stderr=subprocess.STDOUT,
                 env=replica_env(cpu, hash_seed, kv_cache_gib, extra_env),
                 start_new_session=True,  # its own process group: stop() kills the tree
+                # Children inherit the affinity: the engine core and worker processes.
+                preexec_fn=_pin_to(cpu) if pin_replica and cpu is not None else None,
             )
         rs.replicas.append(
             Replica(
@@ -712,6 +734,27 @@ def start_llamacpp(
         stop(rs)
         raise
     return rs
+
+
+def process_tree(pid: int) -> list[dict[str, Any]]:
+    """`pid` and its descendants (Linux /proc), each with its name, the CPUs it may run
+    on and its CPU seconds so far: where a vLLM replica's API server, engine core and
+    worker run, and how busy each is. Processes that exit meanwhile are left out."""
+    out: list[dict[str, Any]] = []
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            comm = Path(f"/proc/{p}/comm").read_text().strip()
+            cpus = sorted(os.sched_getaffinity(p))
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        out.append({"pid": p, "comm": comm, "cpus": cpus, "cpu_s": cpu_s})
+    return out
 
 
 def _alive(pid: int) -> bool:
@@ -792,6 +835,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sv.add_argument("--kv-cache-gib", type=int, default=1)
     sv.add_argument("--no-pin", action="store_true")
     sv.add_argument(
+        "--pin-worker-only",
+        action="store_true",
+        help="pin only each replica's model runner to its core, not its API server and"
+        " engine core (before session 10: those spin on any core)",
+    )
+    sv.add_argument(
         "--dev-mode", action="store_true", help="VLLM_SERVER_DEV_MODE=1 (/reset_prefix_cache)"
     )
     bl = sub.add_parser("build-llamacpp", help="build llama-server from the llama-cpp-python sdist")
@@ -829,6 +878,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             num_gpu_blocks=args.num_gpu_blocks,
             kv_cache_gib=args.kv_cache_gib,
             pin=not args.no_pin,
+            pin_replica=not args.pin_worker_only,
             extra_env={"VLLM_SERVER_DEV_MODE": "1"} if args.dev_mode else None,
         )
         args.state_file.write_text(rs.to_json())
