@@ -986,6 +986,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rs = start_replicas(0) if is_ours else he.ReplicaSet.from_json(args.replicas_state.read_text())
     warm_up_engines(rs)
     results: dict[str, list[dict[str, Any]]] = {a.label: [] for a in arms}
+    failed: list[dict[str, Any]] = []  # arm-runs whose router did not come up
     rows_out = args.rows_out.open("w") if args.rows_out else None
     try:
         num_gpu_blocks = replica_num_gpu_blocks(rs)
@@ -1008,9 +1009,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if args.gateway_log and arm.router == "headway"
                     else None
                 )
-                proc, base, metrics_url = start_router(
-                    arm, rs, peers, tmp, args.scrape_interval_s, args.router_nice, access_log
-                )
+                try:
+                    proc, base, metrics_url = start_router(
+                        arm, rs, peers, tmp, args.scrape_interval_s, args.router_nice, access_log
+                    )
+                except RuntimeError as exc:
+                    # One arm-run lost, not the whole set: recorded, the set goes on.
+                    print(f"run {run} {arm.label}: router not ready: {exc}", flush=True)
+                    failed.append({"run": run, "arm": arm.label, "error": str(exc)})
+                    continue
                 try:
                     warm_up_router(base, rs.served_model_name)
                     reset_caches(rs)
@@ -1130,6 +1137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
             },
             "skipped_arms": skipped,
+            "failed_arm_runs": failed,
             "summary": summary,
             "target": target,
             "runs": results,

@@ -466,6 +466,47 @@ def test_replay_from_after_the_start_without_a_clean_reset_is_stale(
     assert s.index.is_stale(URL) and s.src.num_replays_failed == 1
 
 
+class Lossy(Scripted):
+    """A replay that loses the batches in `lost` the first `times` times it is asked,
+    as vLLM's ROUTER drops frames when its send queue is full."""
+
+    def __init__(self, kept: dict[int, bytes], lost: set[int], times: int) -> None:
+        super().__init__(kept)
+        self.lost, self.times = lost, times
+
+    async def _replay(self, src: SourceState, start: int) -> list[tuple[int, bytes]] | None:
+        got = await super()._replay(src, start)
+        assert got is not None
+        if len(self.replays) > self.times:
+            return got
+        return [(seq, p) for seq, p in got if seq not in self.lost]
+
+
+def test_a_replay_with_holes_is_asked_again_from_the_hole() -> None:
+    kept = {0: stored(1), 1: stored(2), 2: removed(1), 3: stored(3), 4: removed(3), 5: stored(4)}
+    s = Lossy(kept, lost={2, 3}, times=1)
+    s.feed((6, stored(5)))
+    assert s.replays == [0, 2]
+    assert not s.index.is_stale(URL)
+    assert s.src.num_replays_failed == 0 and s.src.num_replay_retries == 1
+    # In order: 1 stored then removed, 3 stored then removed.
+    assert s.index.blocks_of(URL) == {2, 4, 5}
+
+
+def test_a_replay_that_keeps_losing_is_stale_until_a_reset() -> None:
+    kept = {0: stored(1), 1: stored(2), 2: removed(1), 3: stored(3)}
+    s = Lossy(kept, lost={2}, times=99)
+    s.feed((4, stored(5)))
+    assert s.replays == [0, 2, 2]  # REPLAY_ATTEMPTS in all, the last two from the hole
+    assert s.index.is_stale(URL)
+    assert s.src.num_replays_failed == 1 and s.src.num_replay_retries == 2
+    # Nothing past the hole came from the replay (a removal must not come before
+    # its store): 3 was not applied.
+    assert 3 not in s.index.blocks_of(URL)
+    s.feed((5, cleared()), (6, stored(7)))
+    assert not s.index.is_stale(URL) and s.index.blocks_of(URL) == {7}
+
+
 def test_replay_of_a_full_vllm_buffer_arrives_whole() -> None:
     """vLLM's replay ROUTER sends its whole buffer (10,000 batches by default) from a
     thread and drops what the reader's queue has no room for; the subscriber must take

@@ -50,7 +50,6 @@ by the engine's host.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +84,7 @@ from headway.routing import KvBlockIndex
 log = logging.getLogger(__name__)
 
 END_OF_REPLAY = -1
+REPLAY_ATTEMPTS = 3  # replays per gap: the first, then again from a hole in it
 _WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]", "::")
 
 
@@ -268,6 +268,7 @@ class SourceState:
     num_batches: int = 0
     num_gaps: int = 0
     num_replays_failed: int = 0
+    num_replay_retries: int = 0  # replays asked again from a hole in the last
     num_restarts: int = 0
     num_decode_errors: int = 0
 
@@ -452,7 +453,15 @@ class KvEventSubscriber:
         The replay covers the gap when it is contiguous from `start` on, or from an
         `AllBlocksCleared` in it (the engine's cache was reset there, so nothing before
         matters: a long-running engine keeps only its last batches, not seq 0 on),
-        and reaches the live seq."""
+        and reaches the live seq.
+
+        Batches are applied in order up to the first hole in a replay, and the rest is
+        asked for again from the hole (`REPLAY_ATTEMPTS` replays in all): vLLM's replay
+        ROUTER drops frames when its send queue is full (1,000 by default), so a replay
+        of a long history can come back with holes even into an unbounded receive
+        queue (seen against real vLLM: 0..1280 with a hole, the index stale for the rest
+        of the run). A hole that stays leaves the index stale until the engine's next
+        cache reset, as any gap that cannot be replayed."""
         batches = await self.replay(src, start)
         if batches is None:
             src.num_replays_failed += 1
@@ -466,26 +475,42 @@ class KvEventSubscriber:
                 src.is_synced = False
             self._update_stale(src.endpoint_id)
             return
-        seqs = [s for s, _ in batches]
-        cleared_at: int | None = None  # index in `batches` of the last reset applied
-        for i, (seq, payload) in enumerate(batches):
-            if src.last_seq is None or seq > src.last_seq:
-                if self.apply(src, seq, payload):
-                    cleared_at = i
-                src.replayed_through = seq
+        seqs: list[int] = []  # contiguous after the first
+        cleared_at: int | None = None  # index in `seqs` of the last reset applied
+        hole: int | None = None
+        for attempt in range(1, REPLAY_ATTEMPTS + 1):
+            hole = None
+            for seq, payload in batches:
+                if seqs and seq <= seqs[-1]:
+                    continue  # already seen in an earlier replay
+                if seqs and seq != seqs[-1] + 1:
+                    hole = seqs[-1] + 1
+                    break
+                if src.last_seq is None or seq > src.last_seq:
+                    if self.apply(src, seq, payload):
+                        cleared_at = len(seqs)
+                    src.replayed_through = seq
+                seqs.append(seq)
+            if hole is None or attempt == REPLAY_ATTEMPTS:
+                break
+            log.info("%s: KV-event replay lost batches from %d; asking again", src.endpoint_id, hole)  # fmt: skip
+            src.num_replay_retries += 1
+            more = await self.replay(src, hole)
+            if more is None:
+                break
+            batches = more
         from_i = 0 if seqs and seqs[0] <= start else cleared_at
         covers = (not seqs and upto is None) or (
-            from_i is not None
-            and all(b == a + 1 for a, b in itertools.pairwise(seqs[from_i:]))
-            and (upto is None or seqs[-1] >= upto - 1)
+            from_i is not None and hole is None and (upto is None or seqs[-1] >= upto - 1)
         )
         if not covers:
             src.num_replays_failed += 1
             log.warning(
-                "%s: KV-event replay from %d incomplete (got %s); index stale",
+                "%s: KV-event replay from %d incomplete (got %s%s); index stale",
                 src.endpoint_id,
                 start,
                 f"{seqs[0]}..{seqs[-1]}" if seqs else "nothing",
+                f", missing {hole} on" if hole is not None else "",
             )
             src.is_synced = False
         elif start == 0 or cleared_at is not None:
