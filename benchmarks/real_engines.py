@@ -840,6 +840,31 @@ def target_check(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def paired_wins(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Run by run (the arms of a run share its freshly started replicas and its
+    moment's machine): per metric and per other arm, in how many of the runs both
+    finished `headway kv-aware` did better, as `[won, compared]`. A paired view of the
+    target beside `target_check`'s ranges, which grow stricter the more runs there are."""
+    ours = {r.get("run"): r for r in results.get(TARGET_ARM, ())}
+    out: dict[str, Any] = {}
+    for key, lower_is_better in (("ttft_p90_ms", True), ("cached_share", False)):
+        sign = 1 if lower_is_better else -1
+        per_arm: dict[str, list[int]] = {}
+        for label, runs in results.items():
+            if label == TARGET_ARM:
+                continue
+            pairs = [
+                (ours[r["run"]][key], r[key])
+                for r in runs
+                if r.get("run") in ours
+                and ours[r["run"]].get(key) is not None
+                and r.get(key) is not None
+            ]
+            per_arm[label] = [sum(sign * a < sign * b for a, b in pairs), len(pairs)]
+        out[key] = per_arm
+    return out
+
+
 def _run_value(run: dict[str, Any], key: str) -> Any:
     """A run's figure; `engine_ttft_<q>` reads `run["engine_ttft"][<q>]`."""
     if key.startswith("engine_ttft_"):
@@ -1073,6 +1098,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 res["cache_demand_tokens"] = cache_demand_tokens(rows, system_tokens)
                 res["cached_share_bound"] = cached_share_bound(rows, system_tokens, rs.block_size)
                 res["misses"] = miss_kinds(rows)
+                res["run"] = run
                 results[arm.label].append(res)
                 if rows_out is not None:
                     for row in rows:
@@ -1102,6 +1128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, s in summary.items():
         print(f"{label:26s} TTFT p90 {s.get('ttft_p90_ms')}  cached share {s.get('cached_share')}")
     target = target_check(summary)
+    if target:
+        target["paired_wins"] = paired_wins(results)
     print(f"target (Headway kv-aware vs every other arm): {json.dumps(target)}")
     fleet_kv_tokens = sum(num_gpu_blocks) * rs.block_size
     write_result(

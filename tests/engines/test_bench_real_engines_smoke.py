@@ -248,6 +248,23 @@ def test_bench_real_engines_target_check(
     assert bench.target_check({"headway kv-aware": _arm(*ours)}) == {}
 
 
+def test_bench_real_engines_paired_wins() -> None:
+    def run(i: int, p90: float, share: float) -> dict[str, Any]:
+        return {"run": i, "ttft_p90_ms": p90, "cached_share": share}
+
+    results = {
+        "headway kv-aware": [run(0, 40, 0.86), run(1, 36, 0.87), run(2, 39, 0.85)],
+        # Run 1 of this arm never came up (failed_arm_runs): two runs compared.
+        "sglang-router cache_aware": [run(0, 41, 0.85), run(2, 38, 0.87)],
+        "vllm-router cache_aware": [run(1, 50, 0.80), run(0, 45, 0.86), run(2, 39, 0.80)],
+    }
+    assert bench.paired_wins(results) == {
+        "ttft_p90_ms": {"sglang-router cache_aware": [1, 2], "vllm-router cache_aware": [2, 3]},
+        # a tie (0.86 against 0.86 in run 0) is not a win
+        "cached_share": {"sglang-router cache_aware": [1, 2], "vllm-router cache_aware": [2, 3]},
+    }
+
+
 def test_bench_real_engines_extra_headway_arms() -> None:
     args = bench.parse_args(
         ["--arms", "", "--headway-arm",
