@@ -507,6 +507,80 @@ def test_a_replay_that_keeps_losing_is_stale_until_a_reset() -> None:
     assert not s.index.is_stale(URL) and s.index.blocks_of(URL) == {7}
 
 
+class CutShort(Scripted):
+    """A replay that stops after `per_replay` batches each time, its end marker lost,
+    as a long-running engine's ROUTER did (3,000 of 10,000 batches, then silence)."""
+
+    def __init__(self, kept: dict[int, bytes], per_replay: int) -> None:
+        super().__init__(kept)
+        self.per_replay = per_replay
+
+    async def _replay(self, src: SourceState, start: int) -> list[tuple[int, bytes]] | None:
+        got = await super()._replay(src, start)
+        assert got is not None
+        return got[: self.per_replay]
+
+
+def test_a_replay_cut_short_is_asked_for_the_rest_while_it_brings_more() -> None:
+    """Ten batches, three a replay: the gap 0..9 is filled in four replays (more than
+    REPLAY_ATTEMPTS: each brought something new), every batch applied in order."""
+    kept = {i: stored(100 + i) for i in range(10)} | {4: removed(101, 102)}
+    s = CutShort(kept, per_replay=3)
+    s.feed((10, stored(7)))
+    assert s.replays == [0, 3, 6, 9]
+    assert not s.index.is_stale(URL) and s.src.num_replays_failed == 0
+    assert s.index.blocks_of(URL) == ({100 + i for i in range(10)} - {101, 102, 104}) | {7}
+    assert s.src.last_seq == 10
+
+
+def test_a_replay_cut_short_that_brings_nothing_more_is_stale() -> None:
+    """The engine kept 0..4 but the live seq is 9: the replays reach 4, the next brings
+    nothing, and the index stays stale (5..8 are lost) until a reset."""
+    s = CutShort({i: stored(100 + i) for i in range(5)}, per_replay=3)
+    s.feed((9, stored(7)))
+    assert s.replays == [0, 3, 5, 5]
+    assert s.index.is_stale(URL) and s.src.num_replays_failed == 1
+
+
+def test_a_replay_whose_end_marker_is_lost_returns_what_came() -> None:
+    """A real ROUTER that sends 50 batches and never the end marker: after the idle
+    timeout the replay returns the 50 (not None: `fill_gap` asks for the rest)."""
+    import threading
+
+    import zmq
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+
+    def serve() -> None:
+        client, _, _start = router.recv_multipart()
+        for seq in range(50):
+            router.send_multipart((client, b"", b"kv", seq.to_bytes(8, "big"), stored(seq)))
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    src = KvEventSource("tcp://127.0.0.1:1", replay_endpoint=f"tcp://127.0.0.1:{port}")
+    cfg = CollectorsConfig(kv_replay_timeout_s=0.3)
+    sub = KvEventSubscriber(KvBlockIndex(), cfg, sources={URL: [src]})
+
+    async def run() -> list[tuple[int, bytes]] | None:
+        sub.start()
+        try:
+            (state,) = sub.sources(URL)
+            return await sub.replay(state, 0)
+        finally:
+            await sub.stop()
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        server.join(timeout=5)
+        router.close(0)
+    assert got is not None and [seq for seq, _ in got] == list(range(50))
+
+
 def test_replay_of_a_full_vllm_buffer_arrives_whole() -> None:
     """vLLM's replay ROUTER sends its whole buffer (10,000 batches by default) from a
     thread and drops what the reader's queue has no room for; the subscriber must take

@@ -156,3 +156,78 @@ def test_idle_misses_spread_evenly(prefix_scorer: str, source: str) -> None:
         counts[result.decision.endpoint_id] += 1
         handler.observe(c, result)
     assert max(counts.values()) - min(counts.values()) <= 1
+
+
+BLOCKS = tuple(range(100, 110))  # a 10-block prompt
+
+
+def _new_tokens_scorer() -> tuple[RoutedLoadScorer, tuple[Any, ...]]:
+    """unit new-tokens; KV events say `warm` holds 9 of the prompt's 10 blocks."""
+    kv = KvBlockIndex()
+    kv.store("warm", BLOCKS[:9])
+    scorer = RoutedLoadScorer(
+        RoutedLoadParams(unit="new-tokens", half_life_decisions=10**9),
+        RoutingResources(kv_index=kv),
+    )
+    return scorer, (snap("warm"), snap("cold"))
+
+
+@pytest.mark.parametrize(
+    ("chosen", "expected"),
+    [("warm", 0.1 * 330 + 20), ("cold", 330.0 + 20)],
+    ids=["a-hit-writes-its-uncached-tail", "a-miss-writes-the-whole-prompt"],
+)
+def test_new_tokens_count_what_the_chosen_engine_writes(chosen: str, expected: float) -> None:
+    """w grows by the prompt tokens the chosen endpoint did not hold when it was chosen
+    (as `score` saw them) plus the request's output: the blocks it writes there."""
+    scorer, eps = _new_tokens_scorer()
+    c = ctx(block_hashes=BLOCKS, num_prompt_tokens_est=330, max_output_tokens=20)
+    scorer.score(c, eps, RequestScratch(0.0))
+    scorer.observe(c, routed(chosen))
+    assert scorer.routed_load(chosen) == pytest.approx(expected)
+
+
+def test_new_tokens_without_a_scored_decision_count_the_whole_prompt() -> None:
+    """`observe` for a request `score` never saw (or another request's scores): the
+    conservative reading, every prompt token written."""
+    scorer, eps = _new_tokens_scorer()
+    c = ctx(block_hashes=BLOCKS, num_prompt_tokens_est=330, max_output_tokens=20)
+    scorer.score(ctx(request_id="other", block_hashes=BLOCKS), eps, RequestScratch(0.0))
+    scorer.observe(c, routed("warm"))
+    assert scorer.routed_load("warm") == pytest.approx(350.0)
+
+
+@pytest.mark.parametrize(
+    ("unit", "expected"),
+    [("new-tokens", "busy"), ("requests", "churn"), ("tokens", "churn")],
+    ids=["new-tokens-follow-the-cache-writes", "requests-count-calls", "tokens-count-gross"],
+)
+def test_where_a_cold_prefix_goes(unit: str, expected: str) -> None:
+    """Through the handler, kv-aware's shape plus routed-load (range, 3): one cold prompt
+    each, then `busy` serves six warm turns of a tenant it holds (few new tokens each)
+    and `churn` one more cold prompt; nothing in flight now. A new tenant's first prompt
+    goes where fewer tokens were written lately (new-tokens: `busy`), though `busy`
+    took more requests and more prompt tokens (the other units: `churn`)."""
+    kv = KvBlockIndex()
+    hot = tuple(range(1000, 1010))
+    kv.store("busy", hot)
+    profile = _kv_aware_with_routed_load("precise-prefix", "auto")
+    profile["scorers"][-1] = {
+        "type": "routed-load", "weight": 3.0, "params": {"unit": unit, "normalize": "range"},
+    }  # fmt: skip
+    handler = build_handler({"profiles": {"p": profile}}, resources=RoutingResources(kv_index=kv))
+    rng = np.random.default_rng(0)
+    busy, churn = snap("busy"), snap("churn")
+
+    def route(name: str, blocks: tuple[int, ...], eps: tuple[Any, ...]) -> str | None:
+        c = ctx(request_id=name, block_hashes=blocks, num_prompt_tokens_est=330)
+        result = handler.decide(c, eps, now=0.0, rng=rng, timer=zero_timer)
+        handler.observe(c, result)
+        return result.decision.endpoint_id
+
+    route("cold0", (5000,), (busy,))
+    route("cold1", (5001,), (churn,))
+    for k in range(6):  # the hot tenant's turns: affinity keeps them on its holder
+        assert route(f"hot{k}", hot, (busy, churn)) == "busy"
+    route("cold2", (5002,), (churn,))
+    assert route("new", tuple(range(7000, 7010)), (busy, churn)) == expected

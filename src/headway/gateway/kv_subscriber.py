@@ -84,7 +84,8 @@ from headway.routing import KvBlockIndex
 log = logging.getLogger(__name__)
 
 END_OF_REPLAY = -1
-REPLAY_ATTEMPTS = 3  # replays per gap: the first, then again from a hole in it
+REPLAY_ATTEMPTS = 3  # replays per gap: the first, then again from a hole in it ...
+MAX_REPLAYS = 64  # ... (retries that bring something new do not count), at most this many
 _WILDCARD_HOSTS = ("*", "0.0.0.0", "[::]", "::")
 
 
@@ -456,12 +457,16 @@ class KvEventSubscriber:
         and reaches the live seq.
 
         Batches are applied in order up to the first hole in a replay, and the rest is
-        asked for again from the hole (`REPLAY_ATTEMPTS` replays in all): vLLM's replay
-        ROUTER drops frames when its send queue is full (1,000 by default), so a replay
-        of a long history can come back with holes even into an unbounded receive
-        queue (seen against real vLLM: 0..1280 with a hole, the index stale for the rest
-        of the run). A hole that stays leaves the index stale until the engine's next
-        cache reset, as any gap that cannot be replayed."""
+        asked for again from the hole: vLLM's replay ROUTER drops frames when its send
+        queue is full (1,000 by default), so a replay of a long history can come back
+        with holes even into an unbounded receive queue (seen against real vLLM:
+        0..1280 with a hole, the index stale for the rest of the run), or cut short,
+        its end marker lost (seen: 3,000 of a long-running engine's 10,000 batches,
+        then silence). A replay that ends before the live seq counts as a hole there.
+        Retries go on while each brings new batches (at most `MAX_REPLAYS` replays);
+        `REPLAY_ATTEMPTS` - 1 that bring nothing end it. A hole that stays leaves the
+        index stale until the engine's next cache reset, as any gap that cannot be
+        replayed."""
         batches = await self.replay(src, start)
         if batches is None:
             src.num_replays_failed += 1
@@ -478,8 +483,10 @@ class KvEventSubscriber:
         seqs: list[int] = []  # contiguous after the first
         cleared_at: int | None = None  # index in `seqs` of the last reset applied
         hole: int | None = None
-        for attempt in range(1, REPLAY_ATTEMPTS + 1):
+        num_replays, num_stalled = 1, 0
+        while True:
             hole = None
+            num_seen = len(seqs)
             for seq, payload in batches:
                 if seqs and seq <= seqs[-1]:
                     continue  # already seen in an earlier replay
@@ -491,10 +498,14 @@ class KvEventSubscriber:
                         cleared_at = len(seqs)
                     src.replayed_through = seq
                 seqs.append(seq)
-            if hole is None or attempt == REPLAY_ATTEMPTS:
+            if hole is None and upto is not None and seqs and seqs[-1] < upto - 1:
+                hole = seqs[-1] + 1  # cut short of the live batch that revealed the gap
+            num_stalled = num_stalled + 1 if len(seqs) == num_seen else 0
+            if hole is None or num_stalled >= REPLAY_ATTEMPTS - 1 or num_replays >= MAX_REPLAYS:
                 break
             log.info("%s: KV-event replay lost batches from %d; asking again", src.endpoint_id, hole)  # fmt: skip
             src.num_replay_retries += 1
+            num_replays += 1
             more = await self.replay(src, hole)
             if more is None:
                 break
@@ -549,7 +560,8 @@ class KvEventSubscriber:
     async def _replay(self, src: SourceState, start: int) -> list[tuple[int, bytes]] | None:
         """The engine's kept batches from `start` on; None when there is no replay
         socket, or it went `kv_replay_timeout_s` without sending a frame (a long
-        replay that keeps coming is not cut off).
+        replay that keeps coming is not cut off) before sending any: after some, what
+        came (the end marker was lost; `fill_gap` asks for the rest).
 
         vLLM's ROUTER sends its whole buffer (10,000 batches by default) at once and
         drops frames a slow reader's queue has no room for: the queue here is
@@ -578,7 +590,7 @@ class KvEventSubscriber:
         except TimeoutError:
             log.warning("%s: KV-event replay from %s: nothing for %g s after %d batches",
                         src.endpoint_id, src.source.replay_endpoint, idle_s, len(out))  # fmt: skip
-            return None
+            return out or None
         finally:
             sock.close(0)
 

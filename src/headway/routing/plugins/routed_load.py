@@ -11,9 +11,16 @@ Per endpoint e, w(e) is an exponentially decayed sum of the work routed there:
     w(e) <- w(e) * 2^(-1 / half_life_decisions)    on every routed decision (any e)
     w(chosen) += u(request)
 
-with u = 1 (`unit: requests`, the default) or u = prompt tokens (estimate) + the
-request's max output tokens (`unit: tokens`; gross: `observe` does not see the
-expected cache hit, and a hit's work is mostly its decode anyway). The decay is clock-free: one step per
+with u = 1 (`unit: requests`, the default), u = prompt tokens (estimate) + the
+request's max output tokens (`unit: tokens`, gross), or u = the prompt tokens the
+chosen endpoint does not hold + the max output tokens (`unit: new-tokens`: the KV
+blocks the request writes into that engine's prefix cache, so w is the cache's recent
+turnover: what pushes the least recently used prefixes out of it; the share held is
+`precise-prefix`'s, precise from KV events and approximate where those are stale).
+Placing a cold prefix where turnover is least keeps it cached longest, and leaves
+each engine's residence time (capacity / turnover) alike: a hot tenant's sessions
+grow their histories on its engine, so a replica serving one counts as busier for
+new tenants even while its in-flight load is light. The decay is clock-free: one step per
 decision this profile commits, so the memory spans the last ~`half_life_decisions`
 decisions whatever the request rate (the default, 2048, spans several visits of
 every tenant in the routing_quality scenario: 150 tenants x 3 calls per visit).
@@ -47,9 +54,13 @@ from headway.routing.context import RequestContext
 from headway.routing.decision import Decision, PluginKind
 from headway.routing.load import inverse_relative
 from headway.routing.plugin import Endpoints, PluginSpec
+from headway.routing.prefix.approx_index import ApproxPrefixIndex
+from headway.routing.prefix.kv_index import KvBlockIndex
+from headway.routing.prefix.matching import approx_fractions, prefix_fractions
+from headway.routing.shared import RoutingResources
 from headway.routing.state import RequestScratch
 
-_UNITS = ("requests", "tokens")
+_UNITS = ("requests", "tokens", "new-tokens")
 _NORMALIZE = ("relative", "range")
 _RENORMALIZE_AT = 2.0**32  # rescale stored values once the growth factor passes this
 _FORGET_BELOW = 2.0**-20  # ... and drop entries this small relative to the largest
@@ -58,7 +69,8 @@ _FORGET_BELOW = 2.0**-20  # ... and drop entries this small relative to the larg
 @dataclass(frozen=True)
 class RoutedLoadParams:
     half_life_decisions: int = 2048  # routed decisions after which past work counts half
-    unit: str = "requests"  # requests: 1 per call; tokens: prompt estimate + max output
+    unit: str = "requests"  # requests: 1 a call; tokens: prompt + max output; new-tokens:
+    # the prompt tokens the chosen endpoint does not hold + max output (cache turnover)
     normalize: str = "relative"  # relative: 1 - w / max w; range: (max w - w) / (max - min)
 
     def __post_init__(self) -> None:
@@ -75,8 +87,15 @@ class RoutedLoadParams:
 class RoutedLoadScorer:
     TYPE: ClassVar[str] = "routed-load"
 
-    def __init__(self, params: RoutedLoadParams) -> None:
+    def __init__(self, params: RoutedLoadParams, resources: RoutingResources | None = None) -> None:
         self.params = params
+        resources = resources or RoutingResources()
+        self._kv_index: KvBlockIndex | None = resources.kv_index
+        self._approx = resources.approx_index or ApproxPrefixIndex()
+        # The held shares `score` computed for the request being decided (`observe`
+        # follows its decision at once; it must not re-match: other plugins' observe
+        # may already have recorded this very prompt in the approximate index).
+        self._held: tuple[RequestContext, Mapping[str, float]] | None = None
         self._growth = 2.0 ** (1.0 / params.half_life_decisions)
         self._scale = 1.0  # stored value / w
         self._stored: dict[str, float] = {}
@@ -94,6 +113,8 @@ class RoutedLoadScorer:
     def score(
         self, ctx: RequestContext, endpoints: Endpoints, scratch: RequestScratch
     ) -> Mapping[str, float]:
+        if self.params.unit == "new-tokens":
+            self._held = (ctx, self._held_shares(ctx, endpoints, scratch))
         known = [self._stored[e.endpoint_id] for e in endpoints if e.endpoint_id in self._stored]
         fill = min(known, default=0.0)
         values = {e.endpoint_id: self._stored.get(e.endpoint_id, fill) for e in endpoints}
@@ -111,7 +132,10 @@ class RoutedLoadScorer:
         if self.params.unit == "requests":
             work = 1.0
         else:
-            work = float(ctx.num_prompt_tokens_est + (ctx.max_output_tokens or 0))
+            prompt = float(ctx.num_prompt_tokens_est)
+            if self.params.unit == "new-tokens":
+                prompt *= 1.0 - self._held_share(ctx, endpoint_id)
+            work = prompt + (ctx.max_output_tokens or 0)
         self._scale *= self._growth
         stored = self._stored.get(endpoint_id)
         if stored is None and self._stored:
@@ -122,6 +146,22 @@ class RoutedLoadScorer:
         self._stored[endpoint_id] = (stored or 0.0) + work * self._scale
         if self._scale > _RENORMALIZE_AT:
             self._renormalize()
+
+    def _held_shares(
+        self, ctx: RequestContext, endpoints: Endpoints, scratch: RequestScratch
+    ) -> Mapping[str, float]:
+        if self._kv_index is None:
+            return approx_fractions(ctx, endpoints, scratch, self._approx)
+        return prefix_fractions(ctx, endpoints, scratch, self._kv_index, self._approx)
+
+    def _held_share(self, ctx: RequestContext, endpoint_id: str) -> float:
+        """The share of `ctx`'s prompt `endpoint_id` held when it was chosen: what
+        `score` saw, or (a decision that ran no scorer: a lone candidate) 0, the
+        conservative reading (a cold prompt writes all its blocks)."""
+        held, self._held = self._held, None
+        if held is None or held[0] is not ctx:
+            return 0.0
+        return held[1].get(endpoint_id, 0.0)
 
     def _renormalize(self) -> None:
         top = max(self._stored.values())
@@ -138,4 +178,5 @@ SPEC = PluginSpec(
     factory=RoutedLoadScorer,
     reads=frozenset(),  # the endpoint id only
     summary="1 - decayed work this profile routed to the endpoint / the candidates' maximum",
+    needs_resources=True,  # unit new-tokens: the prefix indexes
 )
