@@ -168,8 +168,12 @@ PRESET_SHAPES: dict[str, tuple[list[str], list[tuple[str, float]], str]] = {
     ),
     "kv-aware": (
         [*_ELIGIBLE, "prefix-affinity-until-saturated", "saturation"],
-        [("precise-prefix", 2.0), ("token-load", 1.0), ("least-request", 1.0),
-         ("routed-load", 3.0)],
+        [
+            ("precise-prefix", 2.0),
+            ("token-load", 1.0),
+            ("least-request", 1.0),
+            ("routed-load", 3.0),
+        ],
         "max-score",
     ),
     "kv-aware-approx": (
