@@ -113,8 +113,10 @@ def test_state_is_bounded_departed_endpoints_are_dropped() -> None:
         ({"half_life_decisions": 0}, "half_life_decisions"),
         ({"unit": "bytes"}, "unit"),
         ({"normalize": "absolute"}, "normalize"),
+        ({"cold_below_match": 0.0}, "cold_below_match"),
+        ({"cold_below_match": 1.5}, "cold_below_match"),
     ],
-    ids=["half-life-positive", "unit-known", "normalize-known"],
+    ids=["half-life-positive", "unit-known", "normalize-known", "cold-above-0", "cold-at-most-1"],
 )
 def test_params_validated(params: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -231,3 +233,32 @@ def test_where_a_cold_prefix_goes(unit: str, expected: str) -> None:
         assert route(f"hot{k}", hot, (busy, churn)) == "busy"
     route("cold2", (5002,), (churn,))
     assert route("new", tuple(range(7000, 7010)), (busy, churn)) == expected
+
+
+@pytest.mark.parametrize(
+    ("held_blocks", "expected"),
+    [(0, {"warm": 0.0, "cold": 1.0}), (2, {"warm": 0.0, "cold": 1.0}),
+     (3, {"warm": 1.0, "cold": 1.0}), (9, {"warm": 1.0, "cold": 1.0})],
+    ids=["cached-nowhere", "below-the-threshold", "at-the-threshold", "warm"],
+)  # fmt: skip
+def test_cold_below_match_scores_only_cold_prompts(
+    held_blocks: int, expected: dict[str, float]
+) -> None:
+    """With `cold_below_match` 0.3 the term ranks the candidates (here: `warm` took
+    more work) only for a prompt no candidate holds 30% of; a prompt some candidate
+    holds 3 of 10 blocks of (an overloaded holder the affinity filter let through)
+    scores 1.0 everywhere, left to the prefix and load terms."""
+    kv = KvBlockIndex()
+    kv.store("warm", BLOCKS[:held_blocks])
+    scorer = RoutedLoadScorer(
+        RoutedLoadParams(normalize="range", half_life_decisions=10**9, cold_below_match=0.3),
+        RoutingResources(kv_index=kv),
+    )
+    scorer.observe(ctx(request_id="a"), routed("warm"))
+    scorer.observe(ctx(request_id="b"), routed("warm"))
+    scorer.observe(ctx(request_id="c"), routed("cold"))  # joins level with warm's 2, +1
+    scorer.observe(ctx(request_id="d"), routed("warm"))
+    scorer.observe(ctx(request_id="e"), routed("warm"))  # warm 4, cold 3
+    eps = (snap("warm"), snap("cold"))
+    got = scorer.score(ctx(block_hashes=BLOCKS), eps, RequestScratch(0.0))
+    assert dict(got) == expected
