@@ -60,8 +60,9 @@ engine's evictions (it trims itself by size, every 60 s). vllm-router's `cache_a
 is the same algorithm (a fork) on token ids it fetches from every worker per request;
 its `kv_aware` reads the engines' KV events. Headway's `kv-aware` keeps the endpoints
 holding the longest prefix (precise, from KV events) when one holds >= 30% of the
-prompt, unless its in-flight tokens are over 0.8 of its KV or out of balance, and
-places the rest by load (docs/policies.md).
+prompt, unless its in-flight tokens are over 0.8 of its KV or out of balance, places
+a prompt nobody holds where the cache took the fewest new tokens lately (its cache
+turnover), and the rest by load (docs/policies.md).
 
 Measured per request (streamed, `include_usage`): TTFT = send -> first chunk with a
 choice (vLLM sends the first, the role chunk, with the first output token);
