@@ -33,7 +33,7 @@ def _turnover(weight: float) -> Mapping[str, Any]:
             "type": "routed-load",
             "weight": weight,
             "params": MappingProxyType(
-                {"unit": "new-tokens", "normalize": "range", "cold_below_match": 0.3}
+                {"unit": "new-tokens", "normalize": "range", "cold_below_match": 0.5}
             ),
         }
     )
@@ -75,10 +75,11 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         # expected cache hit (gateway/routing.py). The turnover term (routed-load over
         # the new tokens each engine's cache was written lately, range-normalized, so
         # it outweighs the in-flight terms) places a prompt cached nowhere (a tenant's
-        # first request, or one after eviction; held < 30% everywhere, the filter's
-        # threshold) where the cache turns over least, so the prefix lives longest
-        # there; the in-flight terms near idle are timing noise (measured on real
-        # vLLM: tenant misses 8-10 -> 7 in every run). Warm prompts it leaves alone.
+        # first request, or one after eviction: no candidate holds half of it, so
+        # most of it is new wherever it goes) where the cache turns over least, so
+        # the prefix lives longest there; the in-flight terms near idle are timing
+        # noise (measured on real vLLM: tenant misses 8-10 -> 7). A prompt mostly
+        # held (its holders overloaded) it leaves to the prefix and load terms.
         # docs/policies.md has the numbers.
         "kv-aware": _profile(
             (*_ELIGIBLE, _affinity("auto"), "saturation"),
