@@ -9,7 +9,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -542,42 +542,63 @@ def test_a_replay_cut_short_that_brings_nothing_more_is_stale() -> None:
     assert s.index.is_stale(URL) and s.src.num_replays_failed == 1
 
 
-def test_a_replay_whose_end_marker_is_lost_returns_what_came() -> None:
-    """A real ROUTER that sends 50 batches and never the end marker: after the idle
-    timeout the replay returns the 50 (not None: `fill_gap` asks for the rest)."""
+def replay_from_router(
+    frames: Callable[[int], Iterator[tuple[bytes, ...]]], timeout_s: float, busy_loop: bool
+) -> list[tuple[int, bytes]] | None:
+    """`KvEventSubscriber.replay(0)` against a real ZMQ ROUTER on 127.0.0.1 that answers
+    the replay request with `frames(start)` (each sent after the client identity);
+    `busy_loop`: the event loop does other work meanwhile (0.5 ms a turn)."""
     import threading
 
     import zmq
 
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
+    router = zmq.Context.instance().socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
 
     def serve() -> None:
-        client, _, _start = router.recv_multipart()
-        for seq in range(50):
-            router.send_multipart((client, b"", b"kv", seq.to_bytes(8, "big"), stored(seq)))
+        client, _, start = router.recv_multipart()
+        for frame in frames(int.from_bytes(start, "big")):
+            router.send_multipart((client, *frame))
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
     src = KvEventSource("tcp://127.0.0.1:1", replay_endpoint=f"tcp://127.0.0.1:{port}")
-    cfg = CollectorsConfig(kv_replay_timeout_s=0.3)
+    cfg = CollectorsConfig(kv_replay_timeout_s=timeout_s)
     sub = KvEventSubscriber(KvBlockIndex(), cfg, sources={URL: [src]})
+
+    async def busy() -> None:
+        while True:
+            time.sleep(0.0005)
+            await asyncio.sleep(0)
 
     async def run() -> list[tuple[int, bytes]] | None:
         sub.start()
+        other_work = asyncio.create_task(busy()) if busy_loop else None
         try:
             (state,) = sub.sources(URL)
             return await sub.replay(state, 0)
         finally:
+            if other_work is not None:
+                other_work.cancel()
             await sub.stop()
 
     try:
-        got = asyncio.run(run())
+        return asyncio.run(run())
     finally:
         server.join(timeout=5)
         router.close(0)
+
+
+def test_a_replay_whose_end_marker_is_lost_returns_what_came() -> None:
+    """A real ROUTER that sends 50 batches and never the end marker: after the idle
+    timeout the replay returns the 50 (not None: `fill_gap` asks for the rest)."""
+
+    def frames(start: int) -> Iterator[tuple[bytes, ...]]:
+        for seq in range(50):
+            yield (b"", b"kv", seq.to_bytes(8, "big"), stored(seq))
+
+    got = replay_from_router(frames, timeout_s=0.3, busy_loop=False)
     assert got is not None and [seq for seq, _ in got] == list(range(50))
 
 
@@ -587,52 +608,17 @@ def test_replay_of_a_full_vllm_buffer_arrives_whole() -> None:
     it all while its event loop is busy with other work (0.5 ms per loop turn), and a
     replay that keeps coming (here in bursts 0.15 s apart, 1.5 s in all) is not cut
     off by the 0.5 s timeout, which bounds the wait for each frame."""
-    import threading
-
-    import zmq
-
     num_batches = 10_000
     tokens = tuple(range(16 * 16))
     payload = encode_batch(EventBatch(0.0, (BlockStored(tuple(range(1, 17)), None, tokens, 16),)))
-    ctx = zmq.Context.instance()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
 
-    def serve() -> None:
-        client, _, start = router.recv_multipart()
-        first = int.from_bytes(start, "big")
-        for seq in range(first, num_batches):
+    def frames(start: int) -> Iterator[tuple[bytes, ...]]:
+        for seq in range(start, num_batches):
             if seq % 1000 == 0:
                 time.sleep(0.15)
-            router.send_multipart((client, b"", b"kv", seq.to_bytes(8, "big"), payload))
-        router.send_multipart((client, b"", b"", (-1).to_bytes(8, "big", signed=True), b""))
+            yield (b"", b"kv", seq.to_bytes(8, "big"), payload)
+        yield (b"", b"", (-1).to_bytes(8, "big", signed=True), b"")
 
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    index = KvBlockIndex()
-    src = KvEventSource("tcp://127.0.0.1:1", replay_endpoint=f"tcp://127.0.0.1:{port}")
-    sub = KvEventSubscriber(index, CollectorsConfig(kv_replay_timeout_s=0.5), sources={URL: [src]})
-
-    async def busy() -> None:
-        while True:
-            time.sleep(0.0005)
-            await asyncio.sleep(0)
-
-    async def run() -> list[tuple[int, bytes]] | None:
-        sub.start()
-        other_work = asyncio.create_task(busy())
-        try:
-            (state,) = sub.sources(URL)
-            return await sub.replay(state, 0)
-        finally:
-            other_work.cancel()
-            await sub.stop()
-
-    try:
-        got = asyncio.run(run())
-    finally:
-        server.join(timeout=5)
-        router.close(0)
+    got = replay_from_router(frames, timeout_s=0.5, busy_loop=True)
     assert got is not None
     assert [seq for seq, _ in got] == list(range(num_batches))
