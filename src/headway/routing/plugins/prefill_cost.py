@@ -37,7 +37,7 @@ from headway.routing.load import inverse_relative
 from headway.routing.plugin import Endpoints, PluginSpec
 from headway.routing.prefix.approx_index import ApproxPrefixIndex
 from headway.routing.prefix.kv_index import KvBlockIndex
-from headway.routing.prefix.matching import approx_fractions, prefix_fractions
+from headway.routing.prefix.matching import prefix_fractions
 from headway.routing.shared import RoutingResources
 from headway.routing.state import RequestScratch
 
@@ -63,10 +63,7 @@ class PrefillCostScorer:
         self, ctx: RequestContext, endpoints: Endpoints, scratch: RequestScratch
     ) -> dict[str, float]:
         """cost(e) in tokens for every candidate (module docstring)."""
-        if self._kv_index is None:
-            held = approx_fractions(ctx, endpoints, scratch, self._approx)
-        else:
-            held = prefix_fractions(ctx, endpoints, scratch, self._kv_index, self._approx)
+        held = prefix_fractions(ctx, endpoints, scratch, self._kv_index, self._approx)
         prompt = ctx.num_prompt_tokens_est
         w = self.params.new_token_weight
         return {

@@ -63,7 +63,7 @@ from headway.routing.load import inverse_relative
 from headway.routing.plugin import Endpoints, PluginSpec
 from headway.routing.prefix.approx_index import ApproxPrefixIndex
 from headway.routing.prefix.kv_index import KvBlockIndex
-from headway.routing.prefix.matching import approx_fractions, prefix_fractions
+from headway.routing.prefix.matching import prefix_fractions
 from headway.routing.shared import RoutingResources
 from headway.routing.state import RequestScratch
 
@@ -166,14 +166,12 @@ class RoutedLoadScorer:
     def _held_shares(
         self, ctx: RequestContext, endpoints: Endpoints, scratch: RequestScratch
     ) -> Mapping[str, float]:
-        if self._kv_index is None:
-            return approx_fractions(ctx, endpoints, scratch, self._approx)
         return prefix_fractions(ctx, endpoints, scratch, self._kv_index, self._approx)
 
     def _held_share(self, ctx: RequestContext, endpoint_id: str) -> float:
         """The share of `ctx`'s prompt `endpoint_id` held when it was chosen: what
-        `score` saw, or (a decision that ran no scorer: a lone candidate) 0, the
-        conservative reading (a cold prompt writes all its blocks)."""
+        `score` saw, or 0 for a request `score` did not see, the conservative reading
+        (a cold prompt writes all its blocks)."""
         held, self._held = self._held, None
         if held is None or held[0] is not ctx:
             return 0.0
@@ -194,5 +192,5 @@ SPEC = PluginSpec(
     factory=RoutedLoadScorer,
     reads=frozenset(),  # the endpoint id only
     summary="1 - decayed work this profile routed to the endpoint / the candidates' maximum",
-    needs_resources=True,  # unit new-tokens: the prefix indexes
+    needs_resources=True,  # new-tokens and cold_below_match: the prefix indexes
 )
